@@ -1,0 +1,45 @@
+# One entry point for set-up, the demo job and the tests (see README "Quick start").
+# `make` targets are idempotent: the virtual environment is built once and reused.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.catvae-installed
+ARCH   := $(shell uname -m)
+
+# The torch/torchvision pair that installs on this kind of machine from local files
+# (pyproject.toml keeps ranges, so GPU machines with another torch work too). Override with
+# `make TORCH_PINS="torch==X torchvision==Y"` or `TORCH_PINS=` to take whatever pip resolves.
+ifeq ($(ARCH),aarch64)
+TORCH_PINS ?= torch==2.9.1 torchvision==0.24.1
+else
+TORCH_PINS ?= torch==2.14.1 torchvision==0.29.1
+endif
+
+export CATVAE_DATA_DIR ?= $(abspath ../shared/data)
+
+.PHONY: setup demo test bench lint clean
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml Makefile
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --disable-pip-version-check $(TORCH_PINS)
+	$(BIN)/python -m pip install -q --disable-pip-version-check -e '.[dev]'
+	touch $(STAMP)
+
+# The main job: a short MNIST training run with ReDGE-Cov (L=48, K=2), then its test metrics.
+demo: setup
+	$(BIN)/catvae fit --config configs/mnist/l48_k2.yaml --config configs/estimators/redge_cov.yaml \
+	  --config configs/quick.yaml --experiment_name demo
+
+test: setup
+	$(BIN)/python -m pytest -q
+
+bench: setup
+	$(BIN)/catvae bench estimators
+
+lint: setup
+	$(BIN)/ruff check catvae estimators callbacks tests
+
+clean:
+	rm -rf $(VENV) runs .pytest_cache

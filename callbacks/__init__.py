@@ -1,0 +1,1 @@
+"""Lightning callbacks for catvae (diagnostics, image logging, timing)."""

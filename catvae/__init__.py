@@ -1,0 +1,1 @@
+"""catvae: categorical VAEs and gradient-estimator comparisons with PyTorch Lightning."""

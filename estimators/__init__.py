@@ -1,0 +1,36 @@
+"""Gradient estimators for categorical latent variables (pure PyTorch, no Lightning).
+
+Every estimator is an ``nn.Module`` with one interface: ``forward(logits[..., K], hard=None)``
+returns a sample ``[..., K]`` — exactly one-hot when hard — whose gradient with respect to the
+logits is the estimator's. Build one by registry name::
+
+    import estimators
+    est = estimators.build("redge_cov", n_steps=3, t_1=0.5)
+    z = est(logits)          # one-hot, ReDGE-Cov gradient
+
+or by class (``estimators.ReDGECov(n_steps=3)``, also usable as a LightningCLI ``class_path``).
+"""
+
+from . import exact, functional
+from .base import CategoricalEstimator, available, build, get, register
+from .baselines import GumbelSoftmax, ReinMax, StraightThrough
+from .redge import DDIMEstimator, DiffusionSchedule, ReDGE, ReDGECov, ReDGEMax, ReDGEMaxCov
+
+__all__ = [
+    "CategoricalEstimator",
+    "DDIMEstimator",
+    "DiffusionSchedule",
+    "GumbelSoftmax",
+    "ReDGE",
+    "ReDGECov",
+    "ReDGEMax",
+    "ReDGEMaxCov",
+    "ReinMax",
+    "StraightThrough",
+    "available",
+    "build",
+    "exact",
+    "functional",
+    "get",
+    "register",
+]

@@ -1,0 +1,351 @@
+"""The estimator library against the paper's identities, exact enumeration and statistical tests."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from scipy import stats
+
+import estimators as E
+from estimators import exact
+from estimators.functional import cov_matvec, reinmax_grad
+from estimators.redge import DDIMEstimator, DiffusionSchedule, _Base
+
+ALL = E.available()
+REDGE = ["redge", "redge_max", "redge_cov", "redge_max_cov"]
+DDIM_OPTIONS = [(b, s) for b in ("standard", "fitted") for s in ("st", "reinmax")]
+
+
+def quadratic(A: torch.Tensor, b: torch.Tensor):
+    """f(x) = vec(x)ᵀ A vec(x) + bᵀ vec(x) over configurations [..., L, K] (non-separable when A couples rows)."""
+
+    def f(x):
+        v = x.reshape(*x.shape[:-2], -1)
+        return ((v @ A) * v).sum(-1) + v @ b
+
+    return f
+
+
+def cov(p: torch.Tensor) -> torch.Tensor:
+    return torch.diag(p) - torch.outer(p, p)
+
+
+# ---------------------------------------------------------------- interface, registry, validation
+
+
+def test_registry_lists_the_seven_estimators():
+    assert set(ALL) == {"st", "gumbel", "reinmax", "redge", "redge_max", "redge_cov", "redge_max_cov"}
+    est = E.build("redge_cov", n_steps=3, t_1=0.5)
+    assert isinstance(est, E.ReDGECov) and est.n_steps == 3 and est.t_1 == 0.5
+    assert E.get("reinmax") is E.ReinMax
+
+
+@pytest.mark.parametrize(
+    "name, kwargs, word",
+    [
+        ("gumbel", {"tau": 0.0}, "tau"),
+        ("st", {"tau": -1.0}, "tau"),
+        ("reinmax", {"tau": float("nan")}, "tau"),
+        ("redge", {"n_steps": 1}, "n_steps"),
+        ("redge_max", {"n_steps": 2.5}, "n_steps"),
+        ("redge", {"t_1": 0.0}, "t_1"),
+        ("redge_cov", {"t_1": 1.5}, "t_1"),
+        ("redge_cov", {"var_floor": 0.0}, "var_floor"),
+        ("redge", {"temperature": 1.0}, "parameters are"),
+        ("nope", {}, "unknown estimator"),
+    ],
+)
+def test_bad_hyperparameters_raise_value_error(name, kwargs, word):
+    with pytest.raises(ValueError, match=word):
+        E.build(name, **kwargs)
+
+
+@pytest.mark.parametrize("name", ALL)
+@pytest.mark.parametrize("shape", [(5,), (4, 3), (2, 3, 7), (2, 1, 3, 2)])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16, torch.float16])
+def test_hard_output_is_exactly_one_hot(name, shape, dtype):
+    torch.manual_seed(0)
+    logits = (3 * torch.randn(shape)).to(dtype).requires_grad_(True)
+    out = E.build(name)(logits)
+    assert out.shape == logits.shape and out.dtype == dtype
+    assert torch.all((out == 0) | (out == 1))
+    assert torch.all(out.sum(-1) == 1)
+    (out * torch.randn(shape).to(dtype)).sum().backward()
+    assert logits.grad is not None and torch.isfinite(logits.grad.float()).all()
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_soft_output_is_on_the_simplex(name):
+    torch.manual_seed(0)
+    out = E.build(name, hard=False)(torch.randn(6, 4, 5))
+    assert torch.all(out >= 0) and torch.allclose(out.sum(-1), torch.ones(6, 4))
+    assert not torch.all((out == 0) | (out == 1))
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_non_float_logits_rejected(name):
+    with pytest.raises(TypeError, match="floating-point"):
+        E.build(name)(torch.ones(3, 4, dtype=torch.long))
+
+
+# ---------------------------------------------------------------- sample laws
+
+
+@pytest.mark.parametrize("name", ["st", "gumbel", "reinmax"])
+def test_exact_samplers_match_softmax_chi_square(name):
+    torch.manual_seed(1)
+    logits = torch.tensor([[1.0, -0.5, 0.3, -1.2, 0.0], [2.0, 2.0, -3.0, 0.5, 0.1]])
+    n = 40_000
+    with torch.no_grad():
+        x = E.build(name)(logits.expand(n, 2, 5))
+    probs = torch.softmax(logits.double(), -1)
+    for row in range(2):
+        counts = x[:, row].sum(0).double().numpy()
+        assert stats.chisquare(counts, probs[row].numpy() * n).pvalue > 1e-3
+
+
+def _redge_tv(name: str, n_steps: int, t_1: float, logits: torch.Tensor, n: int = 200_000) -> float:
+    with torch.no_grad():
+        freq = E.build(name, n_steps=n_steps, t_1=t_1)(logits.expand(n, -1)).mean(0)
+    return 0.5 * (freq - torch.softmax(logits, -1)).abs().sum().item()
+
+
+@pytest.mark.parametrize("name", REDGE)
+def test_redge_law_is_exact_at_t1_equal_1(name):
+    # α_{t₁} = 0: x̂₀(x, t₁) = softmax(φ), so the hard sample is an exact draw.
+    torch.manual_seed(2)
+    logits = torch.tensor([1.0, -0.5, 0.3, -1.2])
+    n = 40_000
+    with torch.no_grad():
+        counts = E.build(name, n_steps=2, t_1=1.0)(logits.expand(n, 4)).sum(0).double().numpy()
+    assert stats.chisquare(counts, torch.softmax(logits.double(), -1).numpy() * n).pvalue > 1e-3
+
+
+@pytest.mark.parametrize("name", REDGE)
+def test_redge_law_error_shrinks_with_more_diffusion_steps(name):
+    """The hard sample's law is approximate: its TV distance to softmax(φ) comes from the DDIM
+    discretization, so it shrinks as the grid is refined (here t₁ = 0.1 fixed)."""
+    torch.manual_seed(3)
+    logits = torch.tensor([1.0, -0.5, 0.3, -1.2])
+    tv = [_redge_tv(name, n, 0.1, logits) for n in (3, 6, 30)]
+    print(f"{name}: TV(law, softmax) at t_1=0.1 for n_steps 3/6/30: {tv}")
+    assert tv[0] > tv[1] > tv[2]
+    assert tv[2] < 0.05 and tv[0] > 0.1
+
+
+# ---------------------------------------------------------------- gradient identities
+
+
+def _per_sample_grad(est, logits, f):
+    """Gradient of f(est(φ)) for each row of a batch of identical logits, and the samples."""
+    phi = logits.detach().clone().requires_grad_(True)
+    x = est(phi)
+    (grad,) = torch.autograd.grad(f(x).sum(), phi)
+    xs = x.detach().requires_grad_(True)
+    (g,) = torch.autograd.grad(f(xs).sum(), xs)  # ∇ₓf(X) at the returned sample
+    return x.detach(), grad, g
+
+
+def _quadratic_rows(K: int, seed: int = 0):
+    gen = torch.Generator().manual_seed(seed)
+    A = torch.randn(K, K, generator=gen, dtype=torch.float64)
+    b = torch.randn(K, generator=gen, dtype=torch.float64)
+
+    def f(x):  # per-row quadratic, [..., K] -> [...]
+        return ((x @ A) * x).sum(-1) + x @ b
+
+    return f
+
+
+def test_straight_through_is_cov_times_grad_eq4():
+    torch.manual_seed(4)
+    logits = torch.randn(64, 5, dtype=torch.float64)
+    x, grad, g = _per_sample_grad(E.build("st"), logits, _quadratic_rows(5))
+    p = torch.softmax(logits, -1)
+    expected = torch.stack([cov(p[i]) @ g[i] for i in range(64)])
+    torch.testing.assert_close(grad, expected)
+
+
+@pytest.mark.parametrize("name", ["redge", "redge_cov"])
+def test_one_step_redge_equals_straight_through(name):
+    torch.manual_seed(5)
+    logits = torch.randn(64, 5, dtype=torch.float64)
+    x, grad, g = _per_sample_grad(E.build(name, n_steps=2, t_1=1.0), logits, _quadratic_rows(5))
+    p = torch.softmax(logits, -1)
+    torch.testing.assert_close(grad, torch.stack([cov(p[i]) @ g[i] for i in range(64)]))
+
+
+def _reinmax_eq5(p, x, g):
+    d = (x - p).unsqueeze(-1)
+    return 0.5 * (cov(p) + d @ d.T) @ g
+
+
+def test_reinmax_equals_eq5():
+    torch.manual_seed(6)
+    logits = torch.randn(64, 5, dtype=torch.float64)
+    x, grad, g = _per_sample_grad(E.build("reinmax"), logits, _quadratic_rows(5))
+    p = torch.softmax(logits, -1)
+    torch.testing.assert_close(grad, torch.stack([_reinmax_eq5(p[i], x[i], g[i]) for i in range(64)]))
+
+
+@pytest.mark.parametrize("tau", [0.5, 1.0, 2.0])
+def test_reinmax_equals_authors_formula_with_temperature(tau):
+    """Authors' package: 2 Cov_m g − ½ Cov_π g (mean-centred), m = ½(softmax(φ/τ) + X), as matrices."""
+    torch.manual_seed(7)
+    logits = torch.randn(32, 4, dtype=torch.float64)
+    x, grad, g = _per_sample_grad(E.build("reinmax", tau=tau), logits, _quadratic_rows(4, seed=1))
+    p, p_tau = torch.softmax(logits, -1), torch.softmax(logits / tau, -1)
+    expected = []
+    for i in range(32):
+        m = 0.5 * (p_tau[i] + x[i])
+        r = 2 * cov(m) @ g[i] - 0.5 * cov(p[i]) @ g[i]
+        expected.append(r - r.mean())
+    torch.testing.assert_close(grad, torch.stack(expected))
+
+
+@pytest.mark.parametrize("name", ["redge_max", "redge_max_cov"])
+def test_one_step_redge_max_equals_reinmax(name):
+    torch.manual_seed(8)
+    logits = torch.randn(64, 5, dtype=torch.float64)
+    x, grad, g = _per_sample_grad(E.build(name, n_steps=2, t_1=1.0), logits, _quadratic_rows(5))
+    p = torch.softmax(logits, -1)
+    torch.testing.assert_close(grad, torch.stack([_reinmax_eq5(p[i], x[i], g[i]) for i in range(64)]))
+
+
+def test_reinmax_is_unbiased_for_quadratic_f_by_enumeration():
+    """App. B.2: E_X[ĝ_RM(X)] = ∇F exactly for quadratic f — also with couplings between rows."""
+    gen = torch.Generator().manual_seed(9)
+    L, K = 3, 3
+    A = torch.randn(L * K, L * K, generator=gen, dtype=torch.float64)
+    A = A + A.T
+    b = torch.randn(L * K, generator=gen, dtype=torch.float64)
+    f = quadratic(A, b)
+    logits = torch.randn(L, K, generator=gen, dtype=torch.float64)
+    configs = exact.configurations(L, K)
+    weights = exact.log_prob(logits, configs).exp()
+    xs = configs.clone().requires_grad_(True)
+    (g,) = torch.autograd.grad(f(xs).sum(), xs)
+    p = torch.softmax(logits, -1).expand_as(configs)
+    mean = (weights[:, None, None] * reinmax_grad(g, p, configs)).sum(0)
+    torch.testing.assert_close(mean, exact.gradient(f, logits))
+    # Straight-Through is not unbiased here (its bias is the point of ReinMax).
+    st_mean = (weights[:, None, None] * cov_matvec(p, g)).sum(0)
+    assert (st_mean - exact.gradient(f, logits)).norm() > 0.1 * exact.gradient(f, logits).norm()
+
+
+@pytest.mark.parametrize("fitted", [False, True])
+def test_denoiser_equals_gaussian_posterior_eq10_eq50(fitted):
+    """x̂₀(x,t)_j ∝ π(e_j) N(x; α e_j + σ μ, σ² Diag(v)) — computed from Gaussian densities."""
+    torch.manual_seed(10)
+    K = 5
+    phi = torch.randn(3, K, dtype=torch.float64)
+    schedule = DiffusionSchedule(4, 0.5)
+    base = _Base(phi, fitted, 0.1)
+    mu = base.mu if fitted else torch.zeros_like(phi)
+    var = base.var if fitted else torch.ones_like(phi)
+    for step in schedule.steps:
+        x = torch.randn(3, K, dtype=torch.float64)
+        eye = torch.eye(K, dtype=torch.float64)
+        means = step.alpha * eye[None] + step.sigma * mu[:, None, :]  # [3, j, K]
+        normal = torch.distributions.Normal(means, step.sigma * var[:, None, :].sqrt())
+        log_post = torch.log_softmax(phi, -1) + normal.log_prob(x[:, None, :]).sum(-1)
+        torch.testing.assert_close(torch.softmax(base.logits(phi, x, step), -1), torch.softmax(log_post, -1))
+
+
+def test_denoiser_jacobians_lemma_a3():
+    """J_φ x̂₀ = Σ_t(x) and J_x x̂₀ = (α_t/σ_t²) Σ_t(x), Σ = Diag(x̂₀) − x̂₀x̂₀ᵀ (standard base)."""
+    torch.manual_seed(11)
+    phi, x = torch.randn(6, dtype=torch.float64), torch.randn(6, dtype=torch.float64)
+    step = DiffusionSchedule(5, 0.3).steps[-1]
+
+    def denoise(phi, x):
+        return torch.softmax(_Base(phi, False, 0.1).logits(phi, x, step), -1)
+
+    j_phi, j_x = torch.autograd.functional.jacobian(denoise, (phi, x))
+    sigma = cov(denoise(phi, x))
+    torch.testing.assert_close(j_phi, sigma)
+    torch.testing.assert_close(j_x, step.coef * sigma)
+    assert step.coef == pytest.approx(step.alpha / step.sigma**2)
+
+
+def test_schedule_matches_the_authors_grid():
+    s = DiffusionSchedule(4, 0.5)
+    assert s.alphas == pytest.approx([1.0, 0.5, (0.5 + 1e-4) / 2, 1e-4])
+    assert s.sigmas == pytest.approx([0.0, 0.5, 1 - (0.5 + 1e-4) / 2, 1 - 1e-4])
+    assert len(s.steps) == 3  # n − 1 denoiser calls
+    assert DiffusionSchedule(2, 0.3).alphas == pytest.approx([1.0, 0.7])
+
+
+@pytest.mark.parametrize("base, last_step", DDIM_OPTIONS)
+@pytest.mark.parametrize("hard", [True, False])
+@pytest.mark.parametrize("n_steps", [2, 3, 7])
+def test_fused_chain_equals_autograd_transcription(base, last_step, hard, n_steps):
+    x = 2 * torch.randn(8, 5, 6, dtype=torch.float64, generator=torch.Generator().manual_seed(n_steps))
+    w = torch.randn(8, 5, 6, dtype=torch.float64, generator=torch.Generator().manual_seed(99))
+    results = []
+    for fused in (True, False):
+        est = DDIMEstimator(n_steps=n_steps, t_1=0.3, base=base, last_step=last_step, hard=hard, fused=fused)
+        torch.manual_seed(12)
+        phi = x.clone().requires_grad_(True)
+        out = est(phi)
+        (out * w).sum().backward()
+        results.append((out.detach(), phi.grad))
+    torch.testing.assert_close(results[0][0], results[1][0], rtol=0, atol=0)
+    torch.testing.assert_close(results[0][1], results[1][1], rtol=1e-10, atol=1e-12)
+
+
+# ---------------------------------------------------------------- bias against exact gradients
+
+
+def _bias_problem():
+    gen = torch.Generator().manual_seed(13)
+    L, K = 3, 3
+    A = torch.randn(L * K, L * K, generator=gen, dtype=torch.float64)
+    A = 0.5 * (A + A.T)
+    b = torch.randn(L * K, generator=gen, dtype=torch.float64)
+    logits = torch.randn(L, K, generator=gen, dtype=torch.float64)
+    quad = quadratic(A, b)
+
+    def nonquad(x):  # smooth, non-separable, not quadratic
+        return torch.exp(0.3 * quad(x)) + torch.sin(x.reshape(*x.shape[:-2], -1) @ b)
+
+    return logits, quad, nonquad
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_relative_bias_against_exact_gradient(name):
+    """Report each estimator's relative bias ‖E[ĝ] − ∇F‖/‖∇F‖ on a non-separable f (L=3, K=3)."""
+    torch.manual_seed(14)
+    logits, quad, nonquad = _bias_problem()
+    n = 400_000
+    bias = {}
+    for label, f in (("quadratic", quad), ("non-quadratic", nonquad)):
+        truth = exact.gradient(f, logits)
+        mean, std = exact.estimator_mean_gradient(E.build(name), f, logits, n)
+        bias[label] = ((mean - truth).norm() / truth.norm()).item()
+        se = (std.norm() / math.sqrt(n) / truth.norm()).item()  # Monte-Carlo standard error
+        bias[label + " se"] = se
+    print(f"{name}: relative bias {bias}")
+    if name == "reinmax":
+        assert bias["quadratic"] < 5 * bias["quadratic se"] + 1e-3  # unbiased (App. B.2)
+    else:
+        assert bias["quadratic"] > 10 * bias["quadratic se"]  # measurably biased
+    assert bias["non-quadratic"] < 1.0  # informative: closer to ∇F than the zero vector
+
+
+# ---------------------------------------------------------------- numerical stability
+
+
+@pytest.mark.parametrize("name", ALL)
+@pytest.mark.parametrize("K", [2, 1024])
+def test_extreme_logits_and_large_k_are_finite(name, K):
+    torch.manual_seed(15)
+    logits = (1e4 * torch.randn(16, 3, K)).requires_grad_(True)
+    for hard in (True, False):
+        logits.grad = None
+        out = E.build(name, hard=hard)(logits)
+        assert torch.isfinite(out).all()
+        (out * torch.randn_like(out)).sum().backward()
+        assert torch.isfinite(logits.grad).all()
