@@ -1,0 +1,42 @@
+"""Image grids of reconstructions and prior samples in TensorBoard."""
+
+from __future__ import annotations
+
+import lightning as L
+import torch
+
+
+class ImageLogger(L.Callback):
+    """Every ``every_n_epochs`` validation epochs, log reconstructions of a fixed validation batch
+    (originals above, reconstructions below) and decoded prior samples as image grids.
+
+    Works with any module that has ``forward(x) -> pixel probabilities`` and ``generate(n)``, and a
+    logger with a TensorBoard ``SummaryWriter`` as ``experiment``; other loggers are skipped.
+    """
+
+    def __init__(self, every_n_epochs: int = 10, n_images: int = 32, image_shape: tuple[int, int] = (28, 28)) -> None:
+        if every_n_epochs < 1 or n_images < 1:
+            raise ValueError("every_n_epochs and n_images must be >= 1")
+        self.every_n_epochs, self.n_images, self.image_shape = every_n_epochs, n_images, image_shape
+        self._batch: torch.Tensor | None = None
+
+    def on_validation_batch_start(self, trainer, pl_module, batch, batch_idx, dataloader_idx=0) -> None:
+        if batch_idx == 0 and self._batch is None:
+            self._batch = batch[: self.n_images].detach()
+
+    def on_validation_epoch_end(self, trainer, pl_module) -> None:
+        writer = getattr(trainer.logger, "experiment", None)
+        if trainer.sanity_checking or self._batch is None or not hasattr(writer, "add_image"):
+            return
+        if trainer.current_epoch % self.every_n_epochs and not trainer.is_last_batch:
+            return
+        from torchvision.utils import make_grid
+
+        with torch.no_grad(), pl_module.eval_rng(-1):
+            recon = pl_module(self._batch)
+            samples = pl_module.generate(self.n_images)
+        shape = (-1, 1, *self.image_shape)
+        pair = torch.cat([self._batch.view(shape), recon.view(shape)])
+        step = trainer.global_step
+        writer.add_image("images/reconstructions", make_grid(pair.float().cpu(), nrow=len(self._batch)), step)
+        writer.add_image("images/prior_samples", make_grid(samples.view(shape).float().cpu(), nrow=8), step)

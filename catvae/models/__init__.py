@@ -1,0 +1,3 @@
+from .vae import CategoricalVAE
+
+__all__ = ["CategoricalVAE"]

@@ -1,0 +1,131 @@
+r"""Polynomial programming (paper §4.1, eq. 16): a toy problem with a closed-form expected objective.
+
+``π_θ`` is a product of ``L`` Bernoulli laws written as 2-class categoricals, ``θ ∈ R^{L×2}``, and
+
+``F(θ) = (1/L) E_{π_θ} ‖X·(0 1)ᵀ − c·1_L‖_p^p``,  ``c = 0.45``, ``p ≥ 1``.
+
+With ``q_i = softmax(θ_i)_2 = P(X_i = e_2)`` the objective is separable and exact:
+``F(θ) = (1/L) Σ_i [(1 − q_i) c^p + q_i (1 − c)^p]``; its infimum ``c^p`` is approached when every
+row puts all its mass on ``e_1`` (``c < 1/2``).
+
+``relaxation="linear"`` optimizes the linear extension of §4.1 (2),
+``f(x) = (1/L) Σ_i c^p x_{i1} + (1 − c)^p x_{i2}`` (the paper writes ``(−c)^p``; its value at the
+vertex ``e_1`` is ``|0 − c|^p = c^p``), which equals (16) on one-hot samples, so the exact objective and
+the optimum are the same but the estimators see another landscape (paper App. D.3, Fig. 4).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor, nn
+
+from estimators import CategoricalEstimator
+
+from ..core import EstimatorTask
+
+__all__ = ["PolynomialTask"]
+
+RELAXATIONS = ("none", "linear")
+
+
+class PolynomialTask(EstimatorTask):
+    r"""Minimize eq. (16) over ``θ ∈ R^{L×2}`` with a gradient estimator (paper §4.1).
+
+    Each training step draws ``samples_per_step`` samples ``X ~ π_θ`` through the estimator and
+    minimizes the Monte-Carlo mean of the objective.
+
+    Logged: ``train/loss`` (the Monte-Carlo loss the estimator differentiates), ``train/objective``
+    (the exact ``F(θ)`` at the current θ), ``val/objective`` (exact ``F(θ)``), ``val/gap``
+    (``F(θ) − c^p``, ≥ 0) and ``val/optimum`` (``c^p``).
+
+    Args:
+        estimator: the gradient estimator (instance or registry name).
+        p: the exponent ``p >= 1`` (paper: 1.5, 2, 3).
+        c: the target ``c`` in ``(0, 1/2)`` (paper: 0.45).
+        length: ``L``, the number of binary variables (paper: 128).
+        samples_per_step: samples of ``X`` per step (paper: a batch of 256).
+        lr: Adam learning rate (paper: 0.05).
+        relaxation: ``"none"`` (eq. 16) or ``"linear"`` (the linear extension of §4.1 (2)).
+        init_std: θ starts at ``init_std · N(0, 1)``; 0 (default) is the uniform ``π_θ``.
+    """
+
+    monitor = "val/objective"
+
+    def __init__(
+        self,
+        estimator: CategoricalEstimator | str = "redge",
+        p: float = 2.0,
+        c: float = 0.45,
+        length: int = 128,
+        samples_per_step: int = 256,
+        lr: float = 0.05,
+        relaxation: str = "none",
+        init_std: float = 0.0,
+    ) -> None:
+        super().__init__(estimator)
+        if isinstance(p, bool) or not isinstance(p, (int, float)) or not math.isfinite(p) or p < 1:
+            raise ValueError(f"p must be a number >= 1, got {p!r}")
+        if isinstance(c, bool) or not isinstance(c, (int, float)) or not 0 < c < 0.5:
+            raise ValueError(f"c must be in (0, 0.5) (the optimum is then all mass on e_1), got {c!r}")
+        for name, value in (("length", length), ("samples_per_step", samples_per_step)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
+        if not lr > 0:
+            raise ValueError(f"lr must be > 0, got {lr!r}")
+        if relaxation not in RELAXATIONS:
+            raise ValueError(f"relaxation must be one of {RELAXATIONS}, got {relaxation!r}")
+        if not init_std >= 0:
+            raise ValueError(f"init_std must be >= 0, got {init_std!r}")
+        self.save_hyperparameters(ignore=["estimator"])
+        self.hparams["estimator"] = {"name": self.estimator.name, **self.estimator.hparams()}
+        self.p, self.c, self.L = float(p), float(c), length
+        self.experiment = f"polynomial_p{p:g}" + ("_linear" if relaxation == "linear" else "")
+        self.theta = nn.Parameter(init_std * torch.randn(length, 2))
+
+    # -- the problem --------------------------------------------------------------------------------
+    @property
+    def optimum(self) -> float:
+        """``min F = c^p``."""
+        return self.c**self.p
+
+    def f(self, x: Tensor) -> Tensor:
+        """The objective of samples ``x [..., L, 2]`` (one-hot or relaxed), ``[...]``."""
+        if self.hparams.relaxation == "linear":
+            return (self.c**self.p * x[..., 0] + (1.0 - self.c) ** self.p * x[..., 1]).mean(-1)
+        return (x[..., 1] - self.c).abs().pow(self.p).mean(-1)
+
+    def objective(self, theta: Tensor | None = None) -> Tensor:
+        """The exact ``F(θ) = E_{π_θ} f(X)`` (closed form: the problem is separable)."""
+        q = torch.softmax(self.theta if theta is None else theta, dim=-1)[..., 1]
+        return ((1.0 - q) * self.c**self.p + q * (1.0 - self.c) ** self.p).mean(-1)
+
+    def sample_loss(self, n: int) -> Tensor:
+        """The Monte-Carlo loss over ``n`` samples drawn through the estimator (differentiable)."""
+        x = self.estimator(self.theta.expand(n, *self.theta.shape))
+        return self.f(x).mean()
+
+    # -- Lightning ----------------------------------------------------------------------------------
+    def training_step(self, batch: Tensor, batch_idx: int) -> Tensor:
+        loss = self.sample_loss(self.hparams.samples_per_step)
+        self.log("train/loss", loss.detach(), on_step=True, on_epoch=True, prog_bar=True, batch_size=1)
+        with torch.no_grad():
+            self.log("train/objective", self.objective(), on_step=True, on_epoch=False, batch_size=1)
+        return loss
+
+    def _evaluate(self, stage: str) -> None:
+        with torch.no_grad():
+            value = self.objective()
+        self.log(f"{stage}/objective", value, prog_bar=stage == "val", batch_size=1)
+        self.log(f"{stage}/gap", value - self.optimum, batch_size=1)
+        self.log(f"{stage}/optimum", self.optimum, batch_size=1)
+
+    def validation_step(self, batch: Tensor, batch_idx: int) -> None:
+        self._evaluate("val")
+
+    def test_step(self, batch: Tensor, batch_idx: int) -> None:
+        self._evaluate("test")
+
+    def configure_optimizers(self):
+        return torch.optim.Adam(self.parameters(), lr=self.hparams.lr)

@@ -1,0 +1,50 @@
+"""The data side of the optimization benchmarks: they have no dataset, only optimization steps."""
+
+from __future__ import annotations
+
+import lightning as L
+import torch
+
+from ..data.loader import TensorBatches
+
+__all__ = ["StepsDataModule"]
+
+
+class StepsDataModule(L.LightningDataModule):
+    """Drives an optimization benchmark: each training batch is a dummy (the step index).
+
+    The benchmark tasks (:class:`~catvae.tasks.PolynomialTask`, :class:`~catvae.tasks.GMMTask`,
+    :class:`~catvae.tasks.SudokuTask`) hold their problem and parameters θ themselves and ignore the
+    batch; one "epoch" is ``steps_per_epoch`` optimizer steps followed by a validation pass over a
+    single item, in which the task evaluates its exact objective. The training iterable is
+    :class:`~catvae.TensorBatches` over ``arange(steps_per_epoch)``, so a run stopped mid-epoch
+    resumes at the next step (its ``state_dict`` is saved in checkpoints).
+
+    Args:
+        steps_per_epoch: optimizer steps between two validations (and epoch-end checkpoints).
+    """
+
+    def __init__(self, steps_per_epoch: int = 100) -> None:
+        super().__init__()
+        if isinstance(steps_per_epoch, bool) or not isinstance(steps_per_epoch, int) or steps_per_epoch < 1:
+            raise ValueError(f"steps_per_epoch must be an integer >= 1, got {steps_per_epoch!r}")
+        self.save_hyperparameters()
+        self.steps_per_epoch = steps_per_epoch
+
+    def train_dataloader(self) -> TensorBatches:
+        trainer = getattr(self, "trainer", None)
+        return TensorBatches(
+            torch.arange(self.steps_per_epoch),
+            1,
+            shuffle=False,
+            epoch_fn=(lambda: trainer.current_epoch) if trainer is not None else None,
+        )
+
+    def _one(self) -> TensorBatches:
+        return TensorBatches(torch.zeros(1, dtype=torch.long), 1, shuffle=False)
+
+    def val_dataloader(self) -> TensorBatches:
+        return self._one()
+
+    def test_dataloader(self) -> TensorBatches:
+        return self._one()
