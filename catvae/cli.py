@@ -84,6 +84,14 @@ def _build_cli_class():
             raise UserError(f"--ckpt_path {which}: no {which} checkpoint under {root}/version_*/checkpoints/; "
                             "train first, or pass the path of a .ckpt file")
 
+        def _parse_ckpt_path(self) -> None:
+            # Validate an explicit checkpoint early, and keep the given config as the source of truth
+            # (Lightning would merge the checkpoint's hyperparameters into it; a mismatch is an error here).
+            if self.config.get("subcommand"):
+                ckpt = self.config[self.config.subcommand].get("ckpt_path")
+                if ckpt and ckpt not in ("last", "best"):
+                    _check_checkpoint(Path(ckpt))
+
         def instantiate_trainer(self, **kwargs):
             cfg = self.config[self.subcommand]
             root = self._run_root()
@@ -93,15 +101,14 @@ def _build_cli_class():
                 path, version = self._resolve_ckpt(root, ckpt)
                 cfg["ckpt_path"] = str(path)
                 print(f"catvae: using {path}", file=sys.stderr)
-            elif ckpt:
-                _check_checkpoint(Path(ckpt))
             if cfg.get("trainer", {}).get("logger") in (None, True):
                 logger = TensorBoardLogger(save_dir=str(root.parent.parent), name=f"{root.parent.name}/{root.name}",
                                            version=version, default_hp_metric=False)
                 kwargs.setdefault("logger", logger)
             # config.yaml of a new run; a resumed or evaluated run keeps it and adds config.<subcommand>.yaml
             fresh_fit = self.subcommand == "fit" and version is None
-            self.save_config_kwargs["config_filename"] = "config.yaml" if fresh_fit else f"config.{self.subcommand}.yaml"
+            name = "config.yaml" if fresh_fit else f"config.{self.subcommand}.yaml"
+            self.save_config_kwargs["config_filename"] = name
             self.save_config_kwargs["overwrite"] = not fresh_fit
             if self.subcommand == "fit":
                 monitor = getattr(self.model, "monitor", None)
@@ -127,7 +134,7 @@ def _build_cli_class():
             raise UserError(f"checkpoint {path} is corrupt or not a checkpoint ({type(err).__name__}); "
                             "pass another --ckpt_path") from None
         if not isinstance(ckpt, dict) or "state_dict" not in ckpt:
-            raise UserError(f"checkpoint {path} has no state_dict: not a Lightning checkpoint; pass another --ckpt_path")
+            raise UserError(f"checkpoint {path} has no state_dict (not a Lightning checkpoint); pass another --ckpt_path")
 
     return CatVAECLI, EstimatorTask, L.LightningDataModule
 

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 
 import torch
 from torch import Tensor, nn
-from torchmetrics import MeanMetric
+from torchmetrics import MeanMetric, SumMetric
 
 from estimators import CategoricalEstimator
 from estimators.functional import sample_one_hot
@@ -95,6 +95,7 @@ class CategoricalVAE(EstimatorTask):
         self.train_loss = MeanMetric()
         self.train_nelbo_exact = MeanMetric()
         self.val_nelbo = MeanMetric()
+        self.val_examples = SumMetric()
         self.test_nelbo = MeanMetric()
         self.test_ll = MeanMetric()
 
@@ -168,7 +169,9 @@ class CategoricalVAE(EstimatorTask):
     def validation_step(self, x: Tensor, batch_idx: int) -> None:
         with self.eval_rng(batch_idx):
             self.val_nelbo.update(self.nelbo(x).mean(), weight=x.shape[0])
+        self.val_examples.update(x.shape[0])
         self.log("val/nelbo", self.val_nelbo, on_epoch=True, prog_bar=True, batch_size=x.shape[0])
+        self.log("val/n_examples", self.val_examples, on_epoch=True, batch_size=x.shape[0])
 
     def test_step(self, x: Tensor, batch_idx: int) -> None:
         with self.eval_rng(batch_idx):

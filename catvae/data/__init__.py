@@ -1,0 +1,4 @@
+from .loader import TensorBatches
+from .mnist import MNISTDataModule
+
+__all__ = ["MNISTDataModule", "TensorBatches"]

@@ -1,0 +1,154 @@
+"""Binarized MNIST held as one tensor on the training device (the paper's §4.4 data)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Literal
+
+import lightning as L
+import torch
+from torch import Tensor
+
+from ..errors import UserError
+from .loader import TensorBatches
+
+__all__ = ["MNISTDataModule", "resolve_data_dir", "load_mnist"]
+
+Binarize = Literal["threshold", "dynamic", "none"]
+SIZES = {True: 60_000, False: 10_000}
+FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
+
+
+def resolve_data_dir(data_dir: str | os.PathLike | None) -> Path:
+    """``data_dir`` if given, else ``$CATVAE_DATA_DIR``, else ``./data``."""
+    if data_dir:
+        return Path(data_dir).expanduser()
+    return Path(os.environ.get("CATVAE_DATA_DIR") or "data").expanduser()
+
+
+def load_mnist(root: Path, train: bool, download: bool) -> Tensor:
+    """MNIST images as a uint8 tensor ``[N, 784]`` from torchvision's files under ``root/MNIST/raw``."""
+    from torchvision.datasets import MNIST
+
+    raw = root / "MNIST" / "raw"
+    present = all((raw / name).is_file() for name in FILES)
+    try:
+        dataset = MNIST(str(root), train=train, download=download and not present)
+    except Exception as err:  # missing files, network errors, corrupt or truncated files
+        cause = f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"[:160]
+        if present:
+            raise UserError(f"could not read the MNIST files in {raw} ({cause}): they are corrupt; "
+                            "delete them to re-download, or replace them with a valid copy") from None
+        if download:
+            raise UserError(f"MNIST files not found in {raw} and the download failed ({cause}); put the four "
+                            "idx files there, or point --data.data_dir / CATVAE_DATA_DIR at a folder with MNIST/raw/") from None
+        raise UserError(f"MNIST files not found in {raw}; put the four idx files there, or point "
+                        "--data.data_dir / CATVAE_DATA_DIR at a folder containing MNIST/raw/") from None
+    images = dataset.data
+    if images.shape != (SIZES[train], 28, 28) or images.dtype != torch.uint8:
+        raise UserError(
+            f"MNIST {'training' if train else 'test'} images in {raw} have shape {tuple(images.shape)}, expected "
+            f"({SIZES[train]}, 28, 28): the files are corrupt; delete them to re-download or replace them"
+        )
+    return images.reshape(len(images), 784)
+
+
+def _bernoulli(batch: Tensor, gen: torch.Generator) -> Tensor:
+    return (torch.rand(batch.shape, generator=gen, device=batch.device) < batch).to(batch.dtype)
+
+
+class MNISTDataModule(L.LightningDataModule):
+    """MNIST for the categorical VAE, with the whole dataset resident on the training device.
+
+    Args:
+        data_dir: folder holding ``MNIST/raw/`` (torchvision layout). Default: ``$CATVAE_DATA_DIR``,
+            else ``./data``.
+        batch_size: training batch size (paper: 200, i.e. 300 steps per epoch on 60k images).
+        eval_batch_size: validation/test batch size.
+        binarize: ``threshold`` (pixel > 0.5, the paper's), ``dynamic`` (a fresh Bernoulli draw of
+            every pixel each epoch), or ``none`` (grey levels in [0, 1] as targets).
+        val_size: 0 (default, as the paper) validates on the official 10k test images; N > 0 holds
+            out the last N training images for validation and trains on the rest.
+        train_subset: train on the first N images only (quick runs); ``None`` uses all.
+        download: download the files when missing (needs network access).
+        seed: seed of the shuffling and of dynamic binarization.
+    """
+
+    def __init__(
+        self,
+        data_dir: str | None = None,
+        batch_size: int = 200,
+        eval_batch_size: int = 1000,
+        binarize: Binarize = "threshold",
+        val_size: int = 0,
+        train_subset: int | None = None,
+        download: bool = True,
+        seed: int = 0,
+    ) -> None:
+        super().__init__()
+        if binarize not in ("threshold", "dynamic", "none"):
+            raise ValueError(f"binarize must be 'threshold', 'dynamic' or 'none', got {binarize!r}")
+        for name, value in (("batch_size", batch_size), ("eval_batch_size", eval_batch_size)):
+            if value < 1:
+                raise ValueError(f"{name} must be >= 1, got {value}")
+        if not 0 <= val_size < SIZES[True]:
+            raise ValueError(f"val_size must be in [0, {SIZES[True]}), got {val_size}")
+        if train_subset is not None and not 1 <= train_subset <= SIZES[True] - val_size:
+            raise ValueError(f"train_subset must be in [1, {SIZES[True] - val_size}] or null, got {train_subset}")
+        self.save_hyperparameters()
+        self.root = resolve_data_dir(data_dir)
+        self.batch_size, self.eval_batch_size = batch_size, eval_batch_size
+        self.binarize, self.val_size, self.train_subset = binarize, val_size, train_subset
+        self.download, self.seed = download, seed
+        self.train_x = self.val_x = self.test_x = None
+
+    def prepare_data(self) -> None:
+        for train in (True, False):
+            load_mnist(self.root, train, self.download)
+
+    def _device(self) -> torch.device:
+        trainer = getattr(self, "trainer", None)
+        return trainer.strategy.root_device if trainer is not None else torch.device("cpu")
+
+    def _prepare(self, images: Tensor, device: torch.device) -> Tensor:
+        x = images.to(device=device, dtype=torch.float32).div_(255.0)
+        return (x > 0.5).float() if self.binarize == "threshold" else x
+
+    def setup(self, stage: str | None = None) -> None:
+        device = self._device()
+        if self.train_x is None or self.train_x.device != device:
+            train = self._prepare(load_mnist(self.root, True, False), device)
+            if self.val_size:
+                train, self.val_x = train[: -self.val_size], train[-self.val_size :]
+            self.train_x = train[: self.train_subset] if self.train_subset else train
+            self.test_x = self._prepare(load_mnist(self.root, False, False), device)
+            if not self.val_size:
+                self.val_x = self.test_x
+
+    def _loader(self, data: Tensor, train: bool) -> TensorBatches:
+        trainer = getattr(self, "trainer", None)
+        rank, world = (trainer.global_rank, trainer.world_size) if trainer is not None else (0, 1)
+        return TensorBatches(
+            data,
+            self.batch_size if train else self.eval_batch_size,
+            shuffle=train,
+            seed=self.seed,
+            drop_last=train,
+            rank=rank,
+            world_size=world,
+            epoch_fn=(lambda: trainer.current_epoch) if trainer is not None and train else None,
+            transform=_bernoulli if self.binarize == "dynamic" else None,
+        )
+
+    def train_dataloader(self) -> TensorBatches:
+        return self._loader(self.train_x, True)
+
+    def val_dataloader(self) -> TensorBatches:
+        return self._loader(self.val_x, False)
+
+    def test_dataloader(self) -> TensorBatches:
+        return self._loader(self.test_x, False)
+
+    def predict_dataloader(self) -> TensorBatches:
+        return self._loader(self.test_x, False)

@@ -1,0 +1,11 @@
+import os
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+os.environ.setdefault("CATVAE_DATA_DIR", str(ROOT.parent / "shared" / "data"))
+DATA = Path(os.environ["CATVAE_DATA_DIR"])
+HAS_MNIST = (DATA / "MNIST" / "raw" / "train-images-idx3-ubyte").is_file()
+
+needs_mnist = pytest.mark.skipif(not HAS_MNIST, reason=f"MNIST files not found under {DATA}/MNIST/raw")

@@ -1,0 +1,269 @@
+"""The VAE application: model maths, data, CLI, checkpoints, exact resume, signals, DDP, bad input."""
+
+from __future__ import annotations
+
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import DATA, ROOT, needs_mnist
+
+from catvae import CategoricalVAE, TensorBatches
+from catvae.cli import main
+from catvae.data.mnist import MNISTDataModule, resolve_data_dir
+
+CONFIGS = ROOT / "configs"
+
+
+def cli_args(runs: Path, *extra: str, setting: str = "l48_k2", estimator: str = "redge_cov") -> list[str]:
+    return [
+        "--config", str(CONFIGS / "mnist" / f"{setting}.yaml"),
+        "--config", str(CONFIGS / "estimators" / f"{estimator}.yaml"),
+        "--runs_dir", str(runs),
+        "--trainer.enable_progress_bar=false",
+        "--trainer.enable_model_summary=false",
+        "--trainer.limit_val_batches=2",
+        "--data.train_subset=1000",
+        "--data.batch_size=100",
+        "--data.eval_batch_size=500",
+        "--model.n_importance_samples=4",
+        *extra,
+    ]
+
+
+def last_ckpt(runs: Path, setting="mnist_l48_k2", estimator="redge_cov", version=0) -> Path:
+    return runs / setting / estimator / f"version_{version}" / "checkpoints" / "last.ckpt"
+
+
+def snapshot(folder: Path) -> dict:
+    return {p: (p.stat().st_size, p.stat().st_mtime_ns) for p in folder.rglob("*") if p.is_file()}
+
+
+# ---------------------------------------------------------------- model
+
+
+def test_kl_to_uniform_matches_torch_distributions():
+    model = CategoricalVAE("gumbel", latent_dim=5, n_categories=7)
+    logits = torch.randn(3, 5, 7)
+    q = torch.distributions.Categorical(logits=logits)
+    u = torch.distributions.Categorical(logits=torch.zeros(3, 5, 7))
+    torch.testing.assert_close(model.kl(logits), torch.distributions.kl_divergence(q, u).sum(-1))
+
+
+def test_nelbo_is_bce_plus_kl_and_importance_bound_is_tighter():
+    torch.manual_seed(0)
+    model = CategoricalVAE("st", latent_dim=4, n_categories=3)
+    x = (torch.rand(64, 784) > 0.5).float()
+    logits = model.encode(x)
+    z = torch.nn.functional.one_hot(torch.randint(3, (64, 4)), 3).float()
+    expected = torch.nn.functional.binary_cross_entropy_with_logits(model.decode(z), x, reduction="none").sum(-1)
+    torch.testing.assert_close(model.nelbo(x, z=z, logits=logits), expected + model.kl(logits))
+    with torch.no_grad():
+        elbo = -torch.stack([model.nelbo(x) for _ in range(50)]).mean()
+        ll = model.log_likelihood(x, n_samples=50).mean()
+    assert ll >= elbo - 1e-3  # log p̂_S >= ELBO in expectation (Jensen), here with a margin of MC noise
+    assert ll <= 0
+
+
+@pytest.mark.parametrize("kwargs, word", [({"latent_dim": 0}, "latent_dim"), ({"n_categories": 1}, "n_categories"),
+                                          ({"activation": "swish"}, "activation"), ({"lr": 0.0}, "lr")])
+def test_model_validates_its_arguments(kwargs, word):
+    with pytest.raises(ValueError, match=word):
+        CategoricalVAE("gumbel", **kwargs)
+
+
+# ---------------------------------------------------------------- data
+
+
+def test_tensor_batches_epochs_shards_and_resume():
+    data = torch.arange(23).float().unsqueeze(1)
+    epoch = [0]
+    loader = TensorBatches(data, 4, shuffle=True, seed=3, drop_last=True, epoch_fn=lambda: epoch[0])
+    first = torch.cat(list(loader)).flatten()
+    assert len(loader) == 5 and len(first) == 20 and len(set(first.tolist())) == 20
+    assert torch.equal(first, torch.cat(list(loader)).flatten())  # a pure function of the epoch
+    epoch[0] = 1
+    assert not torch.equal(first, torch.cat(list(loader)).flatten())
+    # stop after 2 batches, restore into a fresh loader: the rest of the epoch follows
+    it = iter(loader)
+    seen = [next(it), next(it)]
+    resumed = TensorBatches(data, 4, shuffle=True, seed=3, drop_last=True, epoch_fn=lambda: epoch[0])
+    resumed.load_state_dict(loader.state_dict())
+    assert torch.equal(torch.cat(seen + list(resumed)).flatten(), torch.cat(list(loader)).flatten())
+    # DDP shards: disjoint, equal sizes
+    shards = [torch.cat(list(TensorBatches(data, 2, seed=3, rank=r, world_size=2))).flatten() for r in (0, 1)]
+    assert len(shards[0]) == len(shards[1]) and not set(shards[0].tolist()) & set(shards[1].tolist())
+    # evaluation: every example once across ranks
+    evals = [torch.cat(list(TensorBatches(data, 5, shuffle=False, rank=r, world_size=2))) for r in (0, 1)]
+    assert sorted(torch.cat(evals).flatten().tolist()) == list(range(23))
+
+
+def test_data_dir_resolution(monkeypatch, tmp_path):
+    monkeypatch.setenv("CATVAE_DATA_DIR", str(tmp_path))
+    assert resolve_data_dir(None) == tmp_path
+    assert resolve_data_dir("/x") == Path("/x")
+    monkeypatch.delenv("CATVAE_DATA_DIR")
+    assert resolve_data_dir(None) == Path("data")
+
+
+@needs_mnist
+@pytest.mark.parametrize("binarize", ["threshold", "dynamic", "none"])
+def test_mnist_binarization(binarize):
+    dm = MNISTDataModule(str(DATA), binarize=binarize, batch_size=500, download=False)
+    dm.setup("fit")
+    assert dm.train_x.shape == (60_000, 784) and dm.val_x.shape == (10_000, 784)
+    batch = next(iter(dm.train_dataloader()))
+    values = set(batch.unique().tolist())
+    assert values <= {0.0, 1.0} if binarize != "none" else len(values) > 2
+    if binarize == "threshold":  # the paper's: pixel > 0.5
+        assert abs(dm.train_x.mean().item() - 0.1325) < 0.01
+
+
+# ---------------------------------------------------------------- CLI end to end
+
+
+@needs_mnist
+def test_fit_test_and_run_layout(tmp_path, capsys):
+    runs = tmp_path / "runs"
+    assert main(["fit", *cli_args(runs, "--trainer.max_epochs=1")]) == 0
+    version = runs / "mnist_l48_k2" / "redge_cov" / "version_0"
+    assert (version / "checkpoints" / "last.ckpt").is_file() and (version / "config.yaml").is_file()
+    assert list((version / "checkpoints").glob("best-*.ckpt"))
+    assert list(version.glob("events.out.tfevents.*"))
+    assert main(["test", *cli_args(runs), "--ckpt_path", "last"]) == 0
+    assert (version / "config.test.yaml").is_file()
+    ckpt = torch.load(version / "checkpoints" / "last.ckpt", weights_only=False)
+    assert ckpt["global_step"] == 10 and "catvae_rng" in ckpt
+
+
+@needs_mnist
+@pytest.mark.parametrize("binarize", ["threshold", "dynamic"])
+def test_resume_is_exact(tmp_path, binarize):
+    """2N steps straight == N steps, stop, resume for N more (N = 8 stops mid-epoch: 10 steps/epoch)."""
+    extra = ("--checkpoint_every_n_steps=1", f"--data.binarize={binarize}")
+    straight, split = tmp_path / "a", tmp_path / "b"
+    assert main(["fit", *cli_args(straight, "--trainer.max_steps=16", *extra)]) == 0
+    assert main(["fit", *cli_args(split, "--trainer.max_steps=8", *extra)]) == 0
+    assert torch.load(last_ckpt(split), weights_only=False)["global_step"] == 8
+    assert main(["fit", *cli_args(split, "--trainer.max_steps=16", "--ckpt_path=last", *extra)]) == 0
+    a = torch.load(last_ckpt(straight), weights_only=False)
+    b = torch.load(last_ckpt(split), weights_only=False)
+    assert a["global_step"] == b["global_step"] == 16
+    assert not (split / "mnist_l48_k2" / "redge_cov" / "version_1").exists()  # resumed in place
+    for key, value in a["state_dict"].items():
+        assert torch.equal(value, b["state_dict"][key]), key
+
+
+def _spawn(args: list[str]) -> subprocess.Popen:
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
+    return subprocess.Popen([sys.executable, "-m", "catvae.cli", *args], stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, env=env, cwd=ROOT)
+
+
+@needs_mnist
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+def test_signal_saves_a_checkpoint_that_resumes(tmp_path, signum):
+    runs = tmp_path / "runs"
+    proc = _spawn(["fit", *cli_args(runs, "--trainer.max_epochs=1000", "--checkpoint_every_n_steps=3")])
+    ckpt = last_ckpt(runs)
+    deadline = time.time() + 120
+    while not ckpt.exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.2)
+    assert ckpt.exists(), proc.communicate()[0][-2000:]
+    proc.send_signal(signum)
+    out = proc.communicate(timeout=120)[0]
+    assert "stopped by signal" in out, out[-2000:]
+    step = torch.load(ckpt, weights_only=False)["global_step"]
+    assert step >= 3
+    assert main(["fit", *cli_args(runs, f"--trainer.max_steps={step + 2}", "--ckpt_path=last")]) == 0
+    assert torch.load(ckpt, weights_only=False)["global_step"] == step + 2
+
+
+@needs_mnist
+def test_ddp_two_processes_reduce_metrics_and_resume_on_one(tmp_path):
+    runs = tmp_path / "runs"
+    args = cli_args(runs, "--trainer.accelerator=cpu", "--trainer.devices=2", "--trainer.strategy=ddp",
+                    "--trainer.max_steps=6", "--trainer.limit_val_batches=20", "--trainer.log_every_n_steps=1")
+    proc = _spawn(["fit", *args])
+    out = proc.communicate(timeout=300)[0]
+    assert proc.returncode == 0, out[-3000:]
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(runs / "mnist_l48_k2" / "redge_cov" / "version_0")).Reload()
+    # each rank validates its half of the 10k test images; the logged count is the all-reduced total
+    assert [e.value for e in events.Scalars("val/n_examples")][-1] == 10_000
+    assert torch.load(last_ckpt(runs), weights_only=False)["global_step"] == 6  # 1000 images / 2 ranks / 100
+    assert main(["fit", *cli_args(runs, "--trainer.max_steps=8", "--ckpt_path=last")]) == 0
+    assert torch.load(last_ckpt(runs), weights_only=False)["global_step"] == 8
+
+
+# ---------------------------------------------------------------- bad input: one line, exit 2, nothing lost
+
+
+def _bad_data(tmp_path: Path) -> Path:
+    raw = tmp_path / "bad" / "MNIST" / "raw"
+    raw.mkdir(parents=True)
+    for f in (DATA / "MNIST" / "raw").iterdir():
+        (raw / f.name).write_bytes(f.read_bytes()[: 1000] if f.name.startswith("train-images") else f.read_bytes())
+    return tmp_path / "bad"
+
+
+BAD = {
+    "unknown estimator": (["--model.estimator=nope"], "unknown estimator 'nope'"),
+    "bad hyperparameter": (["--model.estimator.init_args.t_1=1.5"], "t_1 must be in (0, 1]"),
+    "K < 2": (["--model.init_args.n_categories=1"], "n_categories (K) must be an integer >= 2"),
+    "L < 1": (["--model.init_args.latent_dim=0"], "latent_dim (L) must be an integer >= 1"),
+    "missing data": (["--data.data_dir={tmp}/nowhere", "--data.download=false"], "MNIST files not found"),
+    "corrupt data": (["--data.data_dir={bad}", "--data.download=false"], "they are corrupt"),
+    "missing checkpoint": (["--ckpt_path={tmp}/none.ckpt"], "does not exist"),
+    "corrupt checkpoint": (["--ckpt_path={tmp}/junk.ckpt"], "is corrupt or not a checkpoint"),
+    "no last checkpoint": (["--ckpt_path=last", "--experiment_name=fresh"], "no last checkpoint"),
+    "mismatched checkpoint": (["--ckpt_path={good}", "--model.init_args.n_categories=3"],
+                              "checkpoint does not match the model"),
+}
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    runs = tmp_path_factory.mktemp("trained") / "runs"
+    assert main(["fit", *cli_args(runs, "--trainer.max_steps=2")]) == 0
+    return runs
+
+
+@needs_mnist
+@pytest.mark.parametrize("case", list(BAD))
+def test_bad_input_is_one_line_and_loses_nothing(case, trained, tmp_path, capsys):
+    extra, message = BAD[case]
+    (tmp_path / "junk.ckpt").write_text("not a checkpoint")
+    names = {"tmp": tmp_path, "good": last_ckpt(trained), "bad": _bad_data(tmp_path) if case == "corrupt data" else ""}
+    before = snapshot(trained)
+    capsys.readouterr()
+    rc = main(["fit", *cli_args(trained, *[e.format(**names) for e in extra])])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2
+    assert err[-1].startswith("catvae: error: ") and message in err[-1], err[-3:]
+    assert all(snapshot(trained).get(p) == v for p, v in before.items())  # nothing written before is touched
+
+
+def test_one_line_errors_from_estimator_construction(capsys):
+    assert main(["fit", "--model=catvae.CategoricalVAE", "--model.estimator=estimators.ReDGE",
+                 "--model.estimator.init_args.n_steps=1", "--data=catvae.MNISTDataModule"]) == 2
+    assert "n_steps must be an integer >= 2" in capsys.readouterr().err
+
+
+def test_version_directories_never_collide(tmp_path):
+    """A new run never reuses a version directory (nothing is overwritten)."""
+    if not (DATA / "MNIST").exists():
+        pytest.skip("no MNIST")
+    runs = tmp_path / "runs"
+    for _ in range(2):
+        assert main(["fit", *cli_args(runs, "--trainer.max_steps=1", "--trainer.limit_val_batches=0")]) == 0
+    versions = sorted(p.name for p in (runs / "mnist_l48_k2" / "redge_cov").iterdir())
+    assert versions == ["version_0", "version_1"]
+    assert math.isfinite(torch.load(last_ckpt(runs, version=1), weights_only=False)["global_step"])
