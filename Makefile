@@ -27,10 +27,13 @@ $(STAMP): pyproject.toml Makefile
 	$(BIN)/python -m pip install -q --disable-pip-version-check -e '.[dev]'
 	touch $(STAMP)
 
+DEMO := --config configs/mnist/l48_k2.yaml --config configs/estimators/redge_cov.yaml --config configs/quick.yaml \
+        --experiment_name demo
+
 # The main job: a short MNIST training run with ReDGE-Cov (L=48, K=2), then its test metrics.
 demo: setup
-	$(BIN)/catvae fit --config configs/mnist/l48_k2.yaml --config configs/estimators/redge_cov.yaml \
-	  --config configs/quick.yaml --experiment_name demo
+	$(BIN)/catvae fit $(DEMO)
+	$(BIN)/catvae test $(DEMO) --ckpt_path last
 
 test: setup
 	$(BIN)/python -m pytest -q

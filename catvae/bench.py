@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import math
 import statistics
 import time
 
@@ -88,3 +89,120 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     e.add_argument("--inner", type=int, default=50)
     e.add_argument("--unfused", action="store_true", help="also time the plain-autograd ReDGE implementation")
     e.set_defaults(func=bench_estimators)
+    _add_train_parser(bsub)
+
+
+# ---------------------------------------------------------------------------------------------------
+# catvae bench train: the reference-style loop against `catvae fit`'s training step, same process
+
+
+class _StepTimer:
+    """Wall time of each training step (start of one batch to start of the next)."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.device, self.stamps = device, []
+
+    def tick(self) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        self.stamps.append(time.perf_counter())
+
+    def per_step(self, warmup: int) -> float:
+        deltas = [b - a for a, b in zip(self.stamps[:-1], self.stamps[1:])][warmup:]
+        return statistics.median(deltas)
+
+
+def reference_loop(estimator, L: int, K: int, steps: int, warmup: int, device: torch.device, root) -> float:
+    """The authors' style of loop: torchvision MNIST with per-item transforms through a DataLoader,
+    a plain Python optimization loop. Returns the median seconds per steady-state step."""
+    from torchvision import transforms
+    from torchvision.datasets import MNIST
+
+    from .models.vae import mlp
+
+    transform = transforms.Compose([transforms.ToTensor(), transforms.Lambda(lambda x: (x > 0.5).float().view(-1))])
+    loader = torch.utils.data.DataLoader(MNIST(str(root), train=True, transform=transform), batch_size=200,
+                                         shuffle=True, drop_last=True)
+    enc = mlp([784, 512, 256, L * K], "leaky_relu").to(device)
+    dec = mlp([L * K, 256, 512, 784], "leaky_relu").to(device)
+    opt = torch.optim.Adam([*enc.parameters(), *dec.parameters()], lr=5e-4)
+    timer = _StepTimer(device)
+    for i, (x, _) in enumerate(loader):
+        timer.tick()
+        if i == steps + warmup:
+            break
+        x = x.to(device)
+        logits = enc(x).view(-1, L, K)
+        z = estimator(logits)
+        log_q = torch.log_softmax(logits, -1)
+        kl = (log_q.exp() * (log_q + math.log(K))).sum((-1, -2))
+        rec = torch.nn.functional.binary_cross_entropy_with_logits(dec(z.flatten(-2)), x, reduction="none").sum(-1)
+        loss = (rec + kl).mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        loss.item()  # the reference logs the loss every step
+    return timer.per_step(warmup)
+
+
+def catvae_loop(estimator, L: int, K: int, steps: int, warmup: int, device: torch.device, root, logdir) -> float:
+    """``catvae fit``'s training step: Lightning Trainer, CategoricalVAE, MNISTDataModule, TensorBoard logging
+    and metrics included (validation and checkpointing off, as they are not part of a step)."""
+    import lightning as L_
+    from lightning.pytorch.loggers import TensorBoardLogger
+
+    from .data import MNISTDataModule
+    from .models import CategoricalVAE
+
+    timer = _StepTimer(device)
+
+    class Tick(L_.Callback):
+        def on_train_batch_start(self, *args) -> None:
+            timer.tick()
+
+        def on_train_end(self, *args) -> None:
+            timer.tick()
+
+    model = CategoricalVAE(estimator, latent_dim=L, n_categories=K)
+    data = MNISTDataModule(str(root), download=False)
+    trainer = L_.Trainer(max_steps=steps + warmup, accelerator=device.type, devices=1, limit_val_batches=0,
+                         logger=TensorBoardLogger(logdir), enable_checkpointing=False, enable_progress_bar=False,
+                         enable_model_summary=False, callbacks=[Tick()], log_every_n_steps=50)
+    trainer.fit(model, data)
+    return timer.per_step(warmup)
+
+
+def bench_train(args: argparse.Namespace) -> None:
+    import tempfile
+
+    from .data.mnist import resolve_data_dir
+
+    device = torch.device(args.device)
+    root = resolve_data_dir(args.data_dir)
+    names = args.estimators or ["gumbel", "redge", "redge_max", "redge_cov"]
+    settings = [tuple(int(v) for v in s.split("x")) for s in args.settings]
+    print(f"seconds per epoch (300 steps of batch 200, from the median of {args.steps} steady-state steps), "
+          f"device {device}, torch {torch.__version__}, threads {torch.get_num_threads()}")
+    print(f"{'estimator':<15}{'setting':<12}{'reference loop':>16}{'catvae fit':>12}{'speedup':>9}{'vs gumbel':>11}")
+    for L, K in settings:
+        base = None
+        for name in names:
+            torch.manual_seed(0)
+            est = estimators.build(name, **VAE_SETTINGS.get(name, {}))
+            ref = reference_loop(est, L, K, args.steps, args.warmup, device, root) * 300
+            with tempfile.TemporaryDirectory() as logdir:
+                ours = catvae_loop(est, L, K, args.steps, args.warmup, device, root, logdir) * 300
+            base = ours if name == "gumbel" or base is None else base
+            print(f"{name:<15}{f'L={L},K={K}':<12}{ref:>15.2f}s{ours:>11.2f}s{ref / ours:>8.2f}x{ours / base:>10.2f}x",
+                  flush=True)
+
+
+def _add_train_parser(bsub) -> None:
+    t = bsub.add_parser("train", help="reference training loop vs catvae fit's step, per epoch")
+    t.add_argument("--estimators", nargs="*", choices=estimators.available(), help="default: gumbel redge redge_max redge_cov")
+    t.add_argument("--settings", nargs="*", default=["48x2", "32x64"], help="LxK latent shapes")
+    t.add_argument("--steps", type=int, default=60, help="timed steps per loop (after warm-up)")
+    t.add_argument("--warmup", type=int, default=10)
+    t.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    t.add_argument("--data_dir", default=None, help="default: $CATVAE_DATA_DIR, else ./data")
+    t.set_defaults(func=bench_train)

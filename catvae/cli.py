@@ -31,6 +31,7 @@ def _tools_main(argv: list[str]) -> int:
 
     from . import bench
 
+    _quiet()
     parser = argparse.ArgumentParser(prog="catvae", description="catvae tooling")
     sub = parser.add_subparsers(dest="command", required=True)
     bench.add_parser(sub)
