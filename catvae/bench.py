@@ -199,7 +199,8 @@ def bench_train(args: argparse.Namespace) -> None:
 
 def _add_train_parser(bsub) -> None:
     t = bsub.add_parser("train", help="reference training loop vs catvae fit's step, per epoch")
-    t.add_argument("--estimators", nargs="*", choices=estimators.available(), help="default: gumbel redge redge_max redge_cov")
+    t.add_argument("--estimators", nargs="*", choices=estimators.available(),
+                   help="default: gumbel redge redge_max redge_cov")
     t.add_argument("--settings", nargs="*", default=["48x2", "32x64"], help="LxK latent shapes")
     t.add_argument("--steps", type=int, default=60, help="timed steps per loop (after warm-up)")
     t.add_argument("--warmup", type=int, default=10)

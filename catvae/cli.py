@@ -135,7 +135,8 @@ def _build_cli_class():
             raise UserError(f"checkpoint {path} is corrupt or not a checkpoint ({type(err).__name__}); "
                             "pass another --ckpt_path") from None
         if not isinstance(ckpt, dict) or "state_dict" not in ckpt:
-            raise UserError(f"checkpoint {path} has no state_dict (not a Lightning checkpoint); pass another --ckpt_path")
+            raise UserError(f"checkpoint {path} has no state_dict (not a Lightning checkpoint); "
+                            "pass another --ckpt_path")
 
     return CatVAECLI, EstimatorTask, L.LightningDataModule
 

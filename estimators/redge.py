@@ -63,7 +63,9 @@ class DiffusionSchedule:
 
     def __init__(self, n_steps: int, t_1: float) -> None:
         if isinstance(n_steps, bool) or not isinstance(n_steps, int) or n_steps < 2:
-            raise ValueError(f"n_steps must be an integer >= 2 (the chain makes n_steps−1 denoiser calls), got {n_steps!r}")
+            raise ValueError(
+                f"n_steps must be an integer >= 2 (the chain makes n_steps−1 denoiser calls), got {n_steps!r}"
+            )
         self.n_steps = n_steps
         self.t_1 = check_unit("t_1", t_1)
         tail = torch.linspace(1.0 - self.t_1, ALPHA_END, n_steps - 1, dtype=torch.float64)

@@ -70,7 +70,9 @@ class TensorBatches:
         self._restored = None
         self._epoch, self._consumed = epoch, start
         indices = self._indices(epoch)
-        gen = torch.Generator(device=self.data.device).manual_seed(self.seed * 7_919 + epoch) if self.transform else None
+        gen = None
+        if self.transform is not None:
+            gen = torch.Generator(device=self.data.device).manual_seed(self.seed * 7_919 + epoch)
         if gen is not None:  # the transform's noise for skipped batches is skipped as well
             for b in range(start):
                 self.transform(self.data[indices[b * self.batch_size : (b + 1) * self.batch_size]], gen)

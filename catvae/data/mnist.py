@@ -42,7 +42,8 @@ def load_mnist(root: Path, train: bool, download: bool) -> Tensor:
                             "delete them to re-download, or replace them with a valid copy") from None
         if download:
             raise UserError(f"MNIST files not found in {raw} and the download failed ({cause}); put the four "
-                            "idx files there, or point --data.data_dir / CATVAE_DATA_DIR at a folder with MNIST/raw/") from None
+                            "idx files there, or point --data.data_dir / CATVAE_DATA_DIR at a folder with MNIST/raw/"
+                            ) from None
         raise UserError(f"MNIST files not found in {raw}; put the four idx files there, or point "
                         "--data.data_dir / CATVAE_DATA_DIR at a folder containing MNIST/raw/") from None
     images = dataset.data
