@@ -1,0 +1,319 @@
+"""The optimization benchmarks of §4.1-4.3: exact objectives, the Sudoku checker, generator and
+parser, and short runs through Lightning and the ``catvae`` CLI."""
+
+from __future__ import annotations
+
+import itertools
+import math
+from pathlib import Path
+
+import lightning as L
+import pytest
+import torch
+import yaml
+
+import estimators
+from catvae.tasks import GMMTask, PolynomialTask, StepsDataModule, SudokuTask
+from catvae.tasks.gmm import clustering_accuracy
+from catvae.tasks.sudoku import GROUPS, count_solutions, generate_puzzles, load_puzzles, parse_puzzle, violations
+from estimators.functional import sample_one_hot
+
+ROOT = Path(__file__).resolve().parent.parent
+SOLUTION = "534678912672195348198342567859761423426853791713924856961537284287419635345286179"
+PUZZLE = "530070000600195000098000060800060003400803001700020006060000280000419005000080079"
+
+
+def fit(task, steps: int, steps_per_epoch: int = 50) -> None:
+    trainer = L.Trainer(max_steps=steps, max_epochs=-1, logger=False, enable_checkpointing=False,
+                        enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0,
+                        accelerator="cpu")
+    trainer.fit(task, datamodule=StepsDataModule(steps_per_epoch))
+
+
+# ------------------------------------------------------------------------------ polynomial (§4.1)
+
+
+@pytest.mark.parametrize("p", [1.5, 2.0, 3.0])
+@pytest.mark.parametrize("relaxation", ["none", "linear"])
+def test_polynomial_exact_objective_matches_monte_carlo(p, relaxation):
+    torch.manual_seed(0)
+    task = PolynomialTask("st", p=p, relaxation=relaxation, init_std=1.5)
+    probs = torch.softmax(task.theta.detach(), -1)
+    n = 20_000
+    values = task.f(sample_one_hot(probs.expand(n, *probs.shape)))
+    exact = task.objective().item()
+    assert abs(values.mean().item() - exact) < 4 * values.std().item() / math.sqrt(n) + 1e-6
+    # the estimator's forward value is an exact draw: its Monte-Carlo loss agrees as well
+    with torch.no_grad():
+        mc = torch.stack([task.sample_loss(2000) for _ in range(5)]).mean().item()
+    assert abs(mc - exact) < 0.01 * exact
+    # the optimum c^p is attained by all mass on e_1; the worst value (1 - c)^p by all mass on e_2
+    sure = torch.tensor([[30.0, -30.0]]).expand(task.L, 2)
+    assert task.objective(sure).item() == pytest.approx(task.optimum, rel=1e-6)
+    assert task.objective(-sure).item() == pytest.approx((1 - task.c) ** p, rel=1e-6)
+    assert task.optimum == pytest.approx(0.45**p)
+
+
+def test_polynomial_training_reaches_the_optimum_with_reinmax():
+    torch.manual_seed(0)
+    task = PolynomialTask(estimators.ReinMax(tau=1.0), p=2.0, samples_per_step=64)
+    start = task.objective().item()
+    assert start == pytest.approx((0.45**2 + 0.55**2) / 2)
+    fit(task, 150)
+    assert task.objective().item() < start - 0.03  # start 0.2525, optimum 0.2025
+
+
+# ------------------------------------------------------------------------------------- GMM (§4.2)
+
+
+def test_gmm_objective_matches_direct_enumeration():
+    torch.manual_seed(0)
+    task = GMMTask("st", n_points=4, n_components=3, dim=2, sigma_0=3.0, sigma_y=1.5, data_seed=3)
+    with torch.no_grad():
+        task.means.add_(torch.randn_like(task.means))
+    theta, means, y = task.theta.detach(), task.means.detach(), task.y
+    q = torch.softmax(theta, -1)
+    lik = torch.distributions.MultivariateNormal
+    prior = lik(torch.zeros(2), 3.0**2 * torch.eye(2))
+    direct = 0.0
+    by_sample = 0.0
+    for z in itertools.product(range(3), repeat=4):
+        weight = math.prod(q[i, k].item() for i, k in enumerate(z))
+        log_q = sum(math.log(q[i, k].item()) for i, k in enumerate(z))
+        log_py = sum(lik(means[k], 1.5**2 * torch.eye(2)).log_prob(y[i]).item() for i, k in enumerate(z))
+        direct += weight * (log_q - log_py - 4 * math.log(1 / 3))
+        x = torch.nn.functional.one_hot(torch.tensor(z), 3).float()
+        by_sample += weight * task.sample_objective(x).item()
+    direct -= prior.log_prob(means).sum().item()
+    assert task.objective().item() == pytest.approx(direct, rel=1e-5)
+    assert by_sample == pytest.approx(direct, rel=1e-5)
+
+
+def test_gmm_data_and_accuracy():
+    a, b = GMMTask("st", data_seed=7), GMMTask("st", data_seed=7)
+    assert torch.equal(a.y, b.y) and a.y.shape == (500, 2) and a.z_true.max() < 20
+    assert not torch.equal(a.y, GMMTask("st", data_seed=8).y)
+    z = torch.tensor([0, 0, 1, 1, 2, 2])
+    assert clustering_accuracy(torch.tensor([2, 2, 0, 0, 1, 1]), z, 3) == 1.0  # a relabeling
+    assert clustering_accuracy(torch.tensor([2, 2, 0, 0, 1, 0]), z, 3) == pytest.approx(5 / 6)
+    assert clustering_accuracy(torch.zeros(6, dtype=torch.long), z, 3) == pytest.approx(2 / 6)
+    assert 0.5 < a.oracle_accuracy() <= 1.0
+
+
+def test_gmm_training_decreases_the_nelbo():
+    torch.manual_seed(0)
+    task = GMMTask(estimators.ReDGECov(n_steps=3), n_points=150, n_components=5, lr=0.05, window=20)
+    start, acc0 = task.objective().item(), task.accuracy()
+    fit(task, 150)
+    assert task.objective().item() < start - 0.1 * abs(start)
+    assert task.accuracy() > acc0
+    mean, std = task.window_stats()
+    assert int(task._window_count) == 150 and std > 0 and math.isfinite(mean)
+
+
+# ---------------------------------------------------------------------------------- Sudoku (§4.3)
+
+
+def test_sudoku_checker_accepts_the_solution_and_rejects_every_single_cell_corruption():
+    grid = torch.tensor([int(c) for c in SOLUTION])
+    assert violations(grid).item() == 0
+    corrupted = []
+    for cell in range(81):
+        for digit in range(1, 10):
+            if digit != grid[cell]:
+                g = grid.clone()
+                g[cell] = digit
+                corrupted.append(g)
+    v = violations(torch.stack(corrupted))
+    assert len(v) == 648 and (v > 0).all()
+    assert (v == 6).all()  # one extra digit and one missing digit in its row, column and block
+
+    # the task's "solved" check on the argmax grid (also checks the clues)
+    task = SudokuTask("st", source=None, n_puzzles=1, n_clues=40)
+    puzzle = task.clues[0]
+    solution = torch.tensor(count_solutions(puzzle.tolist())[1])
+    with torch.no_grad():
+        task.theta.copy_(10.0 * torch.nn.functional.one_hot(solution - 1, 9).float()[None])
+    assert task.solved().item()
+    free = int((puzzle == 0).nonzero()[0])
+    with torch.no_grad():
+        task.theta[0, free] = torch.nn.functional.one_hot(solution[free] % 9, 9).float() * 20.0
+    assert not task.solved().item()
+
+
+def _count_plain(cells: list[int], limit: int = 2) -> int:
+    """An independent, plain backtracking solution counter for the generator test."""
+    try:
+        i = cells.index(0)
+    except ValueError:
+        return 1
+    used = {cells[j] for g in GROUPS if i in g for j in g}
+    total = 0
+    for d in range(1, 10):
+        if d not in used:
+            cells[i] = d
+            total += _count_plain(cells, limit - total)
+            cells[i] = 0
+            if total >= limit:
+                break
+    return total
+
+
+def test_generator_puzzles_have_exactly_one_solution():
+    puzzles, solutions = generate_puzzles(3, n_clues=45, seed=5)
+    assert (puzzles, solutions) == generate_puzzles(3, n_clues=45, seed=5)  # deterministic
+    for puzzle, solution in zip(puzzles, solutions):
+        assert sum(1 for v in puzzle if v) == 45
+        assert all(p in (0, s) for p, s in zip(puzzle, solution))
+        assert violations(torch.tensor(solution)).item() == 0
+        assert _count_plain(list(puzzle)) == 1
+    # harder puzzles (the default 30 clues) checked with the fast solver
+    for puzzle, solution in zip(*generate_puzzles(4, n_clues=30, seed=1)):
+        assert sum(1 for v in puzzle if v) == 30
+        assert count_solutions(puzzle, limit=2) == (1, solution)
+    # the counter is not vacuous: an empty grid has many solutions, a contradictory one none
+    assert count_solutions([0] * 81, limit=2)[0] == 2
+    assert count_solutions([5, 5] + [0] * 79)[0] == 0
+
+
+def test_sudoku_exact_objective_matches_monte_carlo():
+    torch.manual_seed(0)
+    task = SudokuTask("st", n_puzzles=3, n_clues=30, init_std=1.0)
+    q = task.probs().detach()
+    n = 20_000
+    values = task.penalty(sample_one_hot(q.expand(n, *q.shape)))  # [n, P]
+    exact = task.objective()
+    tol = 4 * values.std(0) / math.sqrt(n)
+    assert ((values.mean(0) - exact).abs() < tol).all()
+    # the estimator's samples are clamped at the clues
+    x = task.sample(2)
+    assert torch.equal(x[:, task.clue_mask], task.clue_one_hot[task.clue_mask].expand(2, -1, -1))
+
+
+def test_sudoku_training_decreases_the_penalty_for_all_puzzles_at_once():
+    torch.manual_seed(0)
+    task = SudokuTask(estimators.ReDGECov(n_steps=3), n_puzzles=6, n_clues=35)
+    assert task.theta.shape == (6, 81, 9)
+    start = task.objective()
+    fit(task, 150)
+    end = task.objective()
+    assert end.mean() < 0.8 * start.mean()
+    assert (end < start).all()
+
+
+def test_puzzle_files_text_csv_and_errors(tmp_path, monkeypatch):
+    good = tmp_path / "good.txt"
+    good.write_text(f"# a comment\n{PUZZLE}\n\n{PUZZLE.replace('0', '.')}\n")
+    assert load_puzzles(good) == [parse_puzzle(PUZZLE)] * 2
+    csv = tmp_path / "set.csv"
+    csv.write_text(f"id,puzzle,solution\n1,{PUZZLE},{SOLUTION}\n2,{PUZZLE},{SOLUTION}\n")
+    assert load_puzzles(csv, limit=1) == [parse_puzzle(PUZZLE)]
+
+    bad = {
+        "short": (f"{PUZZLE}\n{PUZZLE[:80]}\n", "line 2", "81 characters"),
+        "char": (f"{PUZZLE}\n\n{PUZZLE[:10]}x{PUZZLE[11:]}\n", "line 3", "bad character 'x'"),
+    }
+    row_clash = "5" + PUZZLE[1:8] + "5" + PUZZLE[9:]  # two 5s in row 1
+    block_clash = PUZZLE[:10] + "3" + PUZZLE[11:]  # a 3 in row 2 of block 1, which holds a 3 in row 1
+    bad["clash"] = (f"{PUZZLE}\n{row_clash}\n", "line 2", "digit 5 appears twice in row 1")
+    bad["block"] = (f"{block_clash}\n", "line 1", "digit 3 appears twice in")
+    for name, (text, line, message) in bad.items():
+        path = tmp_path / f"{name}.txt"
+        path.write_text(text)
+        with pytest.raises(ValueError, match=line) as err:
+            load_puzzles(path)
+        assert message in str(err.value)
+    bad_csv = tmp_path / "bad.csv"
+    bad_csv.write_text(f"puzzle\n{PUZZLE}\n{PUZZLE[:-1]}\n")
+    with pytest.raises(ValueError, match="line 3"):
+        load_puzzles(bad_csv)
+    with pytest.raises(ValueError, match="line 3"):
+        SudokuTask("st", source=str(bad_csv), n_puzzles=None)
+
+    # a relative name is found under $CATVAE_DATA_DIR/sudoku/
+    (tmp_path / "data" / "sudoku").mkdir(parents=True)
+    (tmp_path / "data" / "sudoku" / "mine.txt").write_text(PUZZLE + "\n")
+    monkeypatch.setenv("CATVAE_DATA_DIR", str(tmp_path / "data"))
+    monkeypatch.chdir(tmp_path)
+    task = SudokuTask("st", source="mine.txt", n_puzzles=None)
+    assert task.P == 1 and task.experiment == "sudoku_mine"
+    with pytest.raises(FileNotFoundError, match="nothere.txt"):
+        load_puzzles("nothere.txt")
+
+
+# ---------------------------------------------------------------------------- configs and the CLI
+
+TABLE5 = {  # (benchmark, estimator): init_args
+    ("polynomial", "redge"): {"n_steps": 7, "t_1": 0.5},
+    ("polynomial", "redge_max"): {"n_steps": 10, "t_1": 0.7},
+    ("polynomial", "redge_cov"): {"n_steps": 5, "t_1": 0.5},
+    ("polynomial", "gumbel"): {"tau": 0.1},
+    ("gmm", "redge"): {"n_steps": 4, "t_1": 0.5},
+    ("gmm", "redge_max"): {"n_steps": 10, "t_1": 0.5},
+    ("gmm", "redge_cov"): {"n_steps": 3, "t_1": 0.5},
+    ("gmm", "gumbel"): {"tau": 0.1},
+    ("sudoku", "redge"): {"n_steps": 4, "t_1": 0.5},
+    ("sudoku", "gumbel"): {"tau": 0.3},
+}
+
+
+@pytest.mark.parametrize("benchmark", ["polynomial", "gmm", "sudoku"])
+def test_estimator_configs_build_every_estimator(benchmark):
+    folder = ROOT / "configs" / benchmark / "estimators"
+    names = sorted(p.stem for p in folder.glob("*.yaml"))
+    assert names == estimators.available()
+    for name in names:
+        spec = yaml.safe_load((folder / f"{name}.yaml").read_text())["model"]["init_args"]["estimator"]
+        module, cls = spec["class_path"].rsplit(".", 1)
+        assert module == "estimators"
+        est = getattr(estimators, cls)(**spec["init_args"])
+        assert est.name == name
+        if (benchmark, name) in TABLE5:
+            assert spec["init_args"] == TABLE5[(benchmark, name)]
+
+
+def _cli(tmp_path, *args):
+    from catvae.cli import main
+
+    return main(["fit", *args, "--runs_dir", str(tmp_path / "runs"), "--trainer.enable_progress_bar", "false"])
+
+
+def _theta(ckpt: Path) -> dict:
+    return torch.load(ckpt, map_location="cpu", weights_only=False)["state_dict"]
+
+
+def test_cli_polynomial_run_decreases_objective_and_resumes_exactly(tmp_path):
+    common = ["--config", str(ROOT / "configs/polynomial/p2.yaml"),
+              "--config", str(ROOT / "configs/polynomial/estimators/reinmax.yaml"),
+              "--data.init_args.steps_per_epoch", "15", "--model.init_args.samples_per_step", "32"]
+    assert _cli(tmp_path, *common, "--trainer.max_steps", "40", "--experiment_name", "full") == 0
+    full = tmp_path / "runs/full/reinmax/version_0"
+    assert (full / "config.yaml").is_file() and list(full.glob("events.out.tfevents*"))
+    state = _theta(full / "checkpoints/last.ckpt")
+    task = PolynomialTask("reinmax", p=2.0)
+    assert task.objective(state["theta"]).item() < task.objective().item() - 0.005  # from 0.2525
+
+    # 20 steps, then resume from last.ckpt to 40: the same θ as the uninterrupted run
+    assert _cli(tmp_path, *common, "--trainer.max_steps", "20", "--experiment_name", "split") == 0
+    assert _cli(tmp_path, *common, "--trainer.max_steps", "40", "--experiment_name", "split",
+                "--ckpt_path", "last") == 0
+    resumed = _theta(tmp_path / "runs/split/reinmax/version_0/checkpoints/last.ckpt")
+    assert torch.equal(resumed["theta"], state["theta"])
+
+
+@pytest.mark.parametrize("config, extra", [
+    ("gmm/k20.yaml", ["--model.init_args.n_points", "100"]),
+    ("sudoku/generated.yaml", ["--model.init_args.n_puzzles", "4"]),
+    ("sudoku/easy50.yaml", ["--model.init_args.n_puzzles", "3"]),
+])
+def test_cli_runs_the_other_benchmarks(tmp_path, monkeypatch, config, extra):
+    monkeypatch.setenv("CATVAE_DATA_DIR", str(tmp_path / "data"))
+    (tmp_path / "data" / "sudoku").mkdir(parents=True)
+    (tmp_path / "data" / "sudoku" / "easy50.txt").write_text((PUZZLE + "\n") * 5)
+    bench = config.split("/")[0]
+    rc = _cli(tmp_path, "--config", str(ROOT / "configs" / config),
+              "--config", str(ROOT / f"configs/{bench}/estimators/redge_cov.yaml"),
+              "--trainer.max_steps", "10", "--data.init_args.steps_per_epoch", "5", *extra)
+    assert rc == 0
+    ckpts = list((tmp_path / "runs").glob("*/redge_cov/version_0/checkpoints/best*.ckpt"))
+    assert len(ckpts) == 1  # the task's monitor (a validation metric) selected a best checkpoint
