@@ -1,0 +1,210 @@
+r"""Gradient diagnostics: bias, spread and alignment of an estimator's gradient against a reference.
+
+For an objective ``J(θ) = (1/B) Σ_b E_{z_b ~ q(·|φ_b)}[f_b(z_b)]`` with logits ``φ = φ(θ)`` ``[B, L, K]``
+(one factorized categorical per example, paper eq. 2), the estimator's gradient of ``J`` with respect to
+each parameter group is drawn ``M`` times and compared with a reference gradient ``g``:
+
+* ``exact``: enumeration of all ``K^L`` configurations of every example (when ``K^L <= max_configs``);
+* ``rloo``: otherwise REINFORCE with a leave-one-out baseline over ``reference_samples`` exact draws —
+  unbiased, so it is a reference up to its own Monte-Carlo error.
+
+Logged per group ``G`` as ``diag/<ref>/<G>/<metric>`` (``<ref>`` is ``exact`` or ``rloo``):
+``rel_bias = ‖ḡ − g‖/‖g‖`` (ḡ the mean of the M draws; its Monte-Carlo floor is ``noise_floor``),
+``rel_std = sqrt(tr Cov ĝ)/‖g‖`` (one draw), ``noise_floor = rel_std/sqrt(M)``, ``cos`` (mean cosine of
+one draw with g) and ``cos_mean`` (cosine of ḡ with g). Group ``logits`` is ``∂J/∂φ`` itself.
+
+The module protocol: ``diagnostic_objective(batch) -> (logits [B, L, K], f)`` with ``f(z [N, B, L, K]) -> [N, B]``
+the per-example objective (it may use the parameters and ``logits``). :class:`CategoricalVAE`-like modules
+(``encode``, ``reconstruction``, ``kl``) are supported without it: ``f`` is their negative ELBO.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+
+import lightning as L
+import torch
+from torch import Tensor, nn
+
+from estimators import exact
+from estimators.functional import sample_one_hot
+
+__all__ = ["GradientDiagnostics", "gradient_diagnostics", "reference_gradient", "vae_objective"]
+
+Objective = Callable[[Tensor], Tensor]
+
+
+def vae_objective(module: nn.Module, x: Tensor) -> tuple[Tensor, Objective]:
+    """``(logits, f)`` of a VAE with ``encode``/``reconstruction``/``kl``: ``f`` is the negative ELBO per example."""
+    logits = module.encode(x)
+
+    def f(z: Tensor) -> Tensor:
+        return module.reconstruction(x.expand(*z.shape[:-3], *x.shape), z) + module.kl(logits)
+
+    return logits, f
+
+
+def _grads(value: Tensor, inputs: Sequence[Tensor]) -> list[Tensor]:
+    grads = torch.autograd.grad(value, inputs, retain_graph=True, allow_unused=True)
+    return [torch.zeros_like(i) if g is None else g for i, g in zip(inputs, grads)]
+
+
+def reference_gradient(logits: Tensor, f: Objective, inputs: Sequence[Tensor], method: str = "auto",
+                       max_configs: int = 65536, samples: int = 1000, chunk: int | None = None) -> tuple[list[Tensor], str]:
+    """``∇ J`` with respect to ``inputs`` (tensors ``logits`` depends on, or ``logits`` itself), and its kind.
+
+    ``method``: ``exact`` (enumeration of the ``K^L`` configurations of every example), ``rloo``
+    (REINFORCE with leave-one-out baseline, ``samples`` exact draws per example) or ``auto`` (exact when
+    ``K^L <= max_configs``).
+    """
+    B, Ld, K = logits.shape
+    chunk = chunk or max(1, 32768 // B)  # configurations (or samples) × examples evaluated at once
+    if method == "auto":
+        method = "exact" if K**Ld <= max_configs else "rloo"
+    log_q = torch.log_softmax(logits, dim=-1)
+    total = [torch.zeros_like(i) for i in inputs]
+    if method == "exact":
+        configs = exact.configurations(Ld, K, logits.dtype, logits.device)  # [N, L, K]
+        for start in range(0, len(configs), chunk):
+            c = configs[start:start + chunk]
+            z = c[:, None].expand(len(c), B, Ld, K)
+            weight = (z * log_q).sum(dim=(-1, -2)).exp()  # q_b(c), [n, B]
+            part = (weight * f(z)).sum(0).mean()
+            total = [t + g for t, g in zip(total, _grads(part, inputs))]
+        return total, "exact"
+    if method != "rloo":
+        raise ValueError(f"method must be auto, exact or rloo, got {method!r}")
+    if samples < 2:
+        raise ValueError("the leave-one-out baseline needs samples >= 2")
+    probs = log_q.detach().exp()
+    z_all = sample_one_hot(probs.expand(samples, B, Ld, K).contiguous())
+    with torch.no_grad():
+        values = torch.cat([f(z_all[s:s + chunk]) for s in range(0, samples, chunk)])  # [S, B]
+        baseline = (values.sum(0, keepdim=True) - values) / (samples - 1)
+    for s in range(0, samples, chunk):
+        z = z_all[s:s + chunk]
+        score = (z * log_q).sum(dim=(-1, -2))  # log q(z_s), [n, B]
+        # score term: ∇ through the distribution; + f(z): pathwise through f's own parameters and logits
+        part = (((values[s:s + chunk] - baseline[s:s + chunk]) * score + f(z)).sum(0) / samples).mean()
+        total = [t + g for t, g in zip(total, _grads(part, inputs))]
+    return total, "rloo"
+
+
+def gradient_diagnostics(estimator: nn.Module, logits: Tensor, f: Objective,
+                         groups: dict[str, Sequence[Tensor]] | None = None, n_draws: int = 32,
+                         reference: str = "auto", max_configs: int = 65536, reference_samples: int = 1000,
+                         include_logits: bool = True) -> tuple[dict[str, dict[str, float]], str]:
+    """Compare ``n_draws`` estimator gradients of ``J`` with the reference, per parameter group.
+
+    ``logits`` ``[B, L, K]`` must carry the graph to the group parameters. Returns
+    ``({group: {rel_bias, rel_std, noise_floor, cos, cos_mean}}, reference kind)``.
+    """
+    if n_draws < 2:
+        raise ValueError(f"n_draws must be >= 2, got {n_draws}")
+    groups = {k: [p for p in v if p.requires_grad] for k, v in (groups or {}).items()}
+    groups = {k: v for k, v in groups.items() if v}
+    if include_logits:
+        if not logits.requires_grad:
+            logits = logits.detach().requires_grad_(True)
+        groups = {"logits": [logits], **groups}
+    names = list(groups)
+    inputs = [t for k in names for t in groups[k]]
+    sizes = [len(groups[k]) for k in names]
+
+    def flat(grads: list[Tensor]) -> list[Tensor]:
+        out, i = [], 0
+        for n in sizes:
+            out.append(torch.cat([g.reshape(-1) for g in grads[i:i + n]]).double())
+            i += n
+        return out
+
+    ref, kind = reference_gradient(logits, f, inputs, reference, max_configs, reference_samples)
+    ref = flat(ref)
+    draws = [[] for _ in names]
+    for _ in range(n_draws):
+        z = estimator(logits)
+        for d, g in zip(draws, flat(_grads(f(z[None]).mean(), inputs))):
+            d.append(g)
+    stats = {}
+    for name, g, d in zip(names, ref, draws):
+        d = torch.stack(d)  # [M, P]
+        mean = d.mean(0)
+        norm = g.norm().clamp_min(1e-30)
+        var = d.var(0, unbiased=True).sum() if n_draws > 1 else torch.zeros(())
+        rel_std = (var.sqrt() / norm).item()
+        cos = nn.functional.cosine_similarity(d, g.expand_as(d), dim=-1, eps=1e-30)
+        stats[name] = {
+            "rel_bias": ((mean - g).norm() / norm).item(),
+            "rel_std": rel_std,
+            "noise_floor": rel_std / math.sqrt(n_draws),
+            "cos": cos.mean().item(),
+            "cos_mean": nn.functional.cosine_similarity(mean, g, dim=0, eps=1e-30).item(),
+        }
+    return stats, kind
+
+
+class GradientDiagnostics(L.Callback):
+    """Every ``every_n_steps`` training steps, diagnose the module's estimator on a fixed small batch.
+
+    Args:
+        every_n_steps: diagnose at global steps 0, N, 2N, …
+        n_draws: ``M`` independent estimator draws per diagnosis.
+        batch_size: examples of the fixed batch (the first ``batch_size`` of the first training batch).
+        groups: ``{name: [parameter-name prefixes]}``; default: one group per top-level submodule with
+            parameters (``encoder``, ``decoder`` for the VAE), plus ``logits``.
+        max_configs: enumerate when ``K^L`` is at most this, else use the REINFORCE-LOO reference.
+        reference_samples: draws of the REINFORCE-LOO reference per example.
+        seed: seed of the diagnostic's own RNG (the training RNG is not touched).
+
+    The results are logged to every logger at the current step and kept in ``history``
+    (``[(step, {name: value})]``).
+    """
+
+    def __init__(self, every_n_steps: int = 500, n_draws: int = 32, batch_size: int = 16,
+                 groups: dict[str, list[str]] | None = None, max_configs: int = 65536,
+                 reference_samples: int = 1000, seed: int = 0) -> None:
+        if every_n_steps < 1 or n_draws < 2 or batch_size < 1 or reference_samples < 2:
+            raise ValueError("need every_n_steps >= 1, n_draws >= 2, batch_size >= 1, reference_samples >= 2")
+        self.every_n_steps, self.n_draws, self.batch_size = every_n_steps, n_draws, batch_size
+        self.groups, self.max_configs, self.reference_samples, self.seed = groups, max_configs, reference_samples, seed
+        self._batch = None
+        self.history: list[tuple[int, dict[str, float]]] = []
+
+    def _groups(self, module: nn.Module) -> dict[str, list[Tensor]]:
+        named = dict(module.named_parameters())
+        if self.groups:
+            return {g: [p for n, p in named.items() if any(n.startswith(pre) for pre in prefixes)]
+                    for g, prefixes in self.groups.items()}
+        return {name: list(child.parameters()) for name, child in module.named_children()
+                if name != "estimator" and any(True for _ in child.parameters())}
+
+    def _objective(self, module, batch):
+        if hasattr(module, "diagnostic_objective"):
+            return module.diagnostic_objective(batch)
+        if all(hasattr(module, a) for a in ("encode", "reconstruction", "kl")):
+            return vae_objective(module, batch)
+        raise TypeError(f"{type(module).__name__} has no diagnostic_objective(batch) -> (logits, f)")
+
+    def diagnose(self, module: nn.Module, batch) -> dict[str, float]:
+        devices = [module.device] if getattr(module, "device", torch.device("cpu")).type == "cuda" else []
+        with torch.random.fork_rng(devices=devices), torch.enable_grad():
+            torch.manual_seed(self.seed)
+            logits, f = self._objective(module, batch)
+            stats, kind = gradient_diagnostics(module.estimator, logits, f, self._groups(module), self.n_draws,
+                                               "auto", self.max_configs, self.reference_samples)
+        return {f"diag/{kind}/{g}/{m}": v for g, s in stats.items() for m, v in s.items()}
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        if self._batch is None:
+            self._batch = batch[: self.batch_size].detach().clone()
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        step = trainer.global_step - 1  # the step just taken
+        if step % self.every_n_steps or self._batch is None or trainer.sanity_checking:
+            return
+        metrics = self.diagnose(pl_module, self._batch)
+        self.history.append((step, metrics))
+        if trainer.is_global_zero:
+            for logger in trainer.loggers:
+                logger.log_metrics(metrics, step=step)
