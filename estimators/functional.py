@@ -41,6 +41,17 @@ def softmax(logits: Tensor) -> Tensor:
     return e / e.sum(dim=-1, keepdim=True)
 
 
+def _softmax_(logits: Tensor) -> Tensor:
+    """:func:`softmax` reusing the storage of ``logits`` where it can (bitwise the same values).
+
+    For the fused, autograd-free code paths only: ``logits`` must be a temporary the caller owns.
+    """
+    if logits.is_cuda or logits.shape[-1] > SMALL_K:
+        return torch.softmax(logits, dim=-1)
+    logits.sub_(logits.amax(dim=-1, keepdim=True)).exp_()
+    return logits.div_(logits.sum(dim=-1, keepdim=True))
+
+
 def sample_one_hot(probs: Tensor) -> Tensor:
     """Exact draw ``X ~ Categorical(probs)`` row-wise, as a one-hot tensor of the same shape.
 

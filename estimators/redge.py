@@ -37,7 +37,7 @@ import torch
 from torch import Tensor
 
 from .base import CategoricalEstimator, check_unit, register
-from .functional import cov_matvec, reinmax_grad, sample_one_hot, softmax, straight_through
+from .functional import _softmax_, sample_one_hot, softmax, straight_through
 
 __all__ = ["DiffusionSchedule", "DDIMEstimator", "ReDGE", "ReDGEMax", "ReDGECov", "ReDGEMaxCov"]
 
@@ -186,69 +186,130 @@ class DDIMEstimator(CategoricalEstimator):
 
 
 class _FusedDDIM(torch.autograd.Function):
-    """The DDIM chain without an autograd graph, back-propagated by hand (Lemma A.3)."""
+    """The DDIM chain without an autograd graph, back-propagated by hand (Lemma A.3).
+
+    The forward pass repeats the operations of :meth:`DDIMEstimator._reference` in the same order
+    (in place where possible), so its values are bitwise those of the transcription.
+    """
 
     @staticmethod
     def forward(ctx, phi: Tensor, eps: Tensor, est: DDIMEstimator, hard: bool) -> Tensor:
-        base = _Base(phi, est.base == "fitted", est.var_floor)
-        x = base.start(eps)
+        fitted = est.base == "fitted"
         steps = est.schedule.steps
-        probs, states = [], []
+        last = len(steps) - 1
+        if fitted:  # the moment-matched base of §3.4: μ = softmax(φ), v = max(μ(1 − μ), v_min), λ = 1/v
+            mu = softmax(phi)
+            pq = mu * (1.0 - mu)
+            var = pq.clamp_min(est.var_floor)
+            lam = var.reciprocal()
+            std = var.sqrt()
+            x = std * eps
+            x.add_(mu)  # μ + √v ε
+            owned = True
+        else:
+            x, owned = eps, False
+        probs, centred = [], []
+        tmp = None
         for i, step in enumerate(steps):
-            states.append(x)
-            logits = base.logits(phi, x, step)
-            x0 = softmax(logits)
+            if fitted:  # eq. (50): φ + c_t λ ⊙ (x − σ_t μ − α_t/2)
+                y = mu * step.sigma
+                y = torch.sub(x, y, out=y)
+                y.sub_(0.5 * step.alpha)
+                centred.append(y)
+                z = step.coef * lam
+                z.mul_(y)
+            else:  # eq. (10): φ + c_t x
+                z = x * step.coef
+            z.add_(phi)
+            x0 = _softmax_(z)
             probs.append(x0)
-            if i < len(steps) - 1:
-                x = step.a * x0 + step.b * x
+            if i < last:  # eq. (11): a x̂₀ + b x
+                tmp = torch.mul(x0, step.a, out=tmp) if tmp is not None else x0 * step.a
+                x = x.mul_(step.b) if owned else x * step.b
+                x.add_(tmp)
+                owned = True
         sample = sample_one_hot(x0) if hard else None
-        ctx.est, ctx.hard, ctx.base = est, hard, base
-        saved = [eps, *probs] + (states if base.fitted else [])
-        if sample is not None:
-            saved.append(sample)
+        ctx.est, ctx.hard, ctx.fitted = est, hard, fitted
+        saved = probs
+        if fitted:
+            saved = saved + centred + [eps, mu, pq, lam, std]
+        if hard and est.last_step == "reinmax":
+            saved = saved + [sample]
         ctx.save_for_backward(*saved)
-        return sample.clone() if hard else x0
+        return sample if hard else x0
 
     @staticmethod
     def backward(ctx, grad: Tensor):
-        est, base = ctx.est, ctx.base
+        est, fitted = ctx.est, ctx.fitted
         steps = est.schedule.steps
         n = len(steps)
         saved = ctx.saved_tensors
-        eps, probs = saved[0], saved[1 : n + 1]
-        states = saved[n + 1 : 2 * n + 1] if base.fitted else None
-        sample = saved[-1] if ctx.hard else None
+        probs = saved[:n]
+        reinmax = ctx.hard and est.last_step == "reinmax"
+        if fitted:
+            centred = saved[n : 2 * n]
+            eps, mu, pq, lam, std = saved[2 * n : 2 * n + 5]
+        grad = grad.contiguous()
 
-        # Last step (t₁): split into the path through x (dz_x) and the direct one (dz_phi).
+        # Last step (t₁): the path through x (Cov_π g, eq. 15) and the direct path to φ.
         x0 = probs[-1]
-        dz_x = cov_matvec(x0, grad)
-        dz_phi = dz_x
-        if ctx.hard and est.last_step == "reinmax":
-            dz_phi = reinmax_grad(grad, x0, sample)
-        dphi = dz_phi.clone()
-        if base.fitted:
-            dmu, dlam = torch.zeros_like(grad), torch.zeros_like(grad)
-        dx = None
-        for i in range(n - 1, -1, -1):
+        pg = (x0 * grad).sum(dim=-1, keepdim=True)
+        u = grad - pg
+        u.mul_(x0)  # Cov_π g
+        if reinmax:  # eq. (36): 2 Cov_m g − ½ Cov_π g, m = ½(π + X), written with p + X = 2m
+            mix = x0 + saved[-1]
+            dz_phi = (mix * grad).sum(dim=-1, keepdim=True)
+            dz_phi = torch.sub(grad, dz_phi, alpha=0.5)
+            dz_phi.mul_(mix)
+            dz_phi.sub_(u, alpha=0.5)
+        else:
+            dz_phi = u
+        # Gradients are accumulated for the logits z_i of each denoiser call. The gradient with
+        # respect to the state x_i is kept as scale · D (a running scalar times a tensor), so that
+        # the DDIM move x_{i+1} = a_i q_i + b_i x_i costs one fused update per step.
+        dphi = dz_phi.clone() if dz_phi is u else dz_phi
+        step = steps[-1]
+        if fitted:
+            acc_mu = dz_phi * (step.sigma * step.coef)  # Σ σ_i c_i dz_i  (dμ = −λ ⊙ this)
+            acc_lam = dz_phi * centred[-1]
+            acc_lam.mul_(step.coef)  # Σ c_i y_i ⊙ dz_i  (y_i the centred state)
+            D = u.mul_(lam)
+            scale = step.coef
+        else:
+            D, scale = u, step.coef
+        first = 0 if fitted else 1  # the standard base needs no gradient for x_{t_{n−1}} = ε
+        for i in range(n - 2, -1, -1):
             step = steps[i]
-            if i < n - 1:  # x_{t−1} = a q_t + b x_t  (eq. 11): back through q_t = softmax(z_t)
-                dz = cov_matvec(probs[i], step.a * dx)
-                dz_x = dz_phi = dz
-                dphi += dz
-                dx = step.b * dx
-            if base.fitted:
-                scaled = step.coef * base.lam
-                dx_new = scaled * dz_x
-                dlam += step.coef * (states[i] - step.sigma * base.mu - 0.5 * step.alpha) * dz_phi
-                dmu -= step.sigma * scaled * dz_phi
-            else:
-                dx_new = step.coef * dz_x
-            dx = dx_new if dx is None else dx + dx_new
-        if base.fitted:  # x_{t_{n−1}} = μ + √v ε, λ = 1/v, v = max(π(1−π), floor), μ = π = softmax(φ)
-            dmu += dx
-            dvar = dx * eps * 0.5 / base.var.sqrt() - dlam * base.lam * base.lam
-            dmu += dvar * (1.0 - 2.0 * base.mu) * (base.pq >= est.var_floor)
-            dphi += cov_matvec(base.mu, dmu)
+            q = probs[i]
+            # back through q_i = softmax(z_i) (Lemma A.3): dz_i = a_i Cov_{q_i}(scale · D)
+            s = (q * D).sum(dim=-1, keepdim=True)
+            u = D - s
+            u.mul_(q)
+            k = step.a * scale  # dz_i = k · u
+            dphi.add_(u, alpha=k)
+            if fitted:
+                acc_mu.add_(u, alpha=k * step.sigma * step.coef)
+                acc_lam.addcmul_(centred[i], u, value=k * step.coef)
+            if i >= first:  # dx_i = b_i dx_{i+1} + c_i (λ ⊙) dz_i
+                if fitted:
+                    D.addcmul_(lam, u, value=k * step.coef / (step.b * scale))
+                else:
+                    D.add_(u, alpha=k * step.coef / (step.b * scale))
+                scale = scale * step.b
+        if fitted:  # x_{t_{n−1}} = μ + √v ε, λ = 1/v, v = max(π(1−π), floor), μ = π = softmax(φ)
+            dx = D.mul_(scale)
+            dmu = dx - acc_mu.mul_(lam)
+            dvar = dx * eps
+            dvar.div_(std)
+            dvar.mul_(0.5)
+            acc_lam.mul_(lam).mul_(lam)
+            dvar.sub_(acc_lam)
+            dvar.mul_(1.0 - 2.0 * mu)
+            dvar.mul_(pq >= est.var_floor)
+            dmu.add_(dvar)
+            s = (mu * dmu).sum(dim=-1, keepdim=True)
+            dmu.sub_(s)
+            dphi.addcmul_(mu, dmu)
         return dphi, None, None, None
 
 
