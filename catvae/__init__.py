@@ -3,5 +3,15 @@
 from .core import EstimatorTask
 from .data import MNISTDataModule, TensorBatches
 from .models import CategoricalVAE
+from .tasks import GMMTask, PolynomialTask, StepsDataModule, SudokuTask
 
-__all__ = ["CategoricalVAE", "EstimatorTask", "MNISTDataModule", "TensorBatches"]
+__all__ = [
+    "CategoricalVAE",
+    "EstimatorTask",
+    "GMMTask",
+    "MNISTDataModule",
+    "PolynomialTask",
+    "StepsDataModule",
+    "SudokuTask",
+    "TensorBatches",
+]

