@@ -9,7 +9,10 @@ from torch import Tensor, nn
 
 from .functional import LOW_PRECISION
 
-__all__ = ["CategoricalEstimator", "register", "build", "get", "available", "check_positive", "check_unit"]
+__all__ = [
+    "CategoricalEstimator", "register", "build", "get", "available", "check_positive", "check_unit", "is_int",
+    "is_real",
+]
 
 _REGISTRY: dict[str, type[CategoricalEstimator]] = {}
 
@@ -97,15 +100,25 @@ def build(name: str, **kwargs) -> CategoricalEstimator:
         raise ValueError(f"estimator {name!r}: {err}; its parameters are: {', '.join(params)}") from None
 
 
+def is_int(value) -> bool:
+    """An ``int`` that is not a ``bool`` (configs must not pass ``true`` for a count)."""
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def is_real(value) -> bool:
+    """An ``int`` or ``float`` that is not a ``bool``."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
 def check_positive(name: str, value: float) -> float:
     """Validate a strictly positive finite float (e.g. a temperature)."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
+    if not is_real(value) or not math.isfinite(value) or value <= 0:
         raise ValueError(f"{name} must be a finite number > 0, got {value!r}")
     return float(value)
 
 
 def check_unit(name: str, value: float) -> float:
     """Validate a float in the half-open interval (0, 1]."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not (0.0 < value <= 1.0):
+    if not is_real(value) or not (0.0 < value <= 1.0):
         raise ValueError(f"{name} must be in (0, 1], got {value!r}")
     return float(value)

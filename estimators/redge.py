@@ -36,7 +36,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from .base import CategoricalEstimator, check_unit, register
+from .base import CategoricalEstimator, check_unit, is_int, is_real, register
 from .functional import _softmax_, sample_one_hot, softmax, straight_through
 
 __all__ = ["DiffusionSchedule", "DDIMEstimator", "ReDGE", "ReDGEMax", "ReDGECov", "ReDGEMaxCov"]
@@ -62,7 +62,7 @@ class DiffusionSchedule:
     """
 
     def __init__(self, n_steps: int, t_1: float) -> None:
-        if isinstance(n_steps, bool) or not isinstance(n_steps, int) or n_steps < 2:
+        if not is_int(n_steps) or n_steps < 2:
             raise ValueError(
                 f"n_steps must be an integer >= 2 (the chain makes n_steps−1 denoiser calls), got {n_steps!r}"
             )
@@ -141,7 +141,7 @@ class DDIMEstimator(CategoricalEstimator):
             raise ValueError(f"base must be one of {self.BASES}, got {base!r}")
         if last_step not in self.LAST_STEPS:
             raise ValueError(f"last_step must be one of {self.LAST_STEPS}, got {last_step!r}")
-        if isinstance(var_floor, bool) or not isinstance(var_floor, (int, float)) or not 0 < var_floor <= 0.25:
+        if not is_real(var_floor) or not 0 < var_floor <= 0.25:
             raise ValueError(f"var_floor must be in (0, 0.25] (π(1−π) never exceeds 1/4), got {var_floor!r}")
         if not isinstance(fused, bool):
             raise ValueError(f"fused must be True or False, got {fused!r}")

@@ -10,6 +10,7 @@ from torch import Tensor, nn
 from torchmetrics import MeanMetric, SumMetric
 
 from estimators import CategoricalEstimator
+from estimators.base import is_int
 from estimators.functional import sample_one_hot
 
 from ..core import EstimatorTask
@@ -77,9 +78,9 @@ class CategoricalVAE(EstimatorTask):
         fast_step: bool = False,
     ) -> None:
         super().__init__(estimator)
-        if isinstance(latent_dim, bool) or not isinstance(latent_dim, int) or latent_dim < 1:
+        if not is_int(latent_dim) or latent_dim < 1:
             raise ValueError(f"latent_dim (L) must be an integer >= 1, got {latent_dim!r}")
-        if isinstance(n_categories, bool) or not isinstance(n_categories, int) or n_categories < 2:
+        if not is_int(n_categories) or n_categories < 2:
             raise ValueError(f"n_categories (K) must be an integer >= 2, got {n_categories!r}")
         if activation not in ACTIVATIONS:
             raise ValueError(f"activation must be one of {sorted(ACTIVATIONS)}, got {activation!r}")

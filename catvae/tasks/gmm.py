@@ -25,6 +25,7 @@ import torch
 from torch import Tensor, nn
 
 from estimators import CategoricalEstimator
+from estimators.base import is_int, is_real
 
 from ..core import EstimatorTask
 
@@ -93,10 +94,10 @@ class GMMTask(EstimatorTask):
         super().__init__(estimator)
         for name, value, low in (("n_points", n_points, 1), ("n_components", n_components, 2), ("dim", dim, 1),
                                  ("samples_per_step", samples_per_step, 1), ("window", window, 1)):
-            if isinstance(value, bool) or not isinstance(value, int) or value < low:
+            if not is_int(value) or value < low:
                 raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
         for name, value in (("sigma_0", sigma_0), ("sigma_y", sigma_y), ("lr", lr)):
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < math.inf:
+            if not is_real(value) or not 0 < value < math.inf:
                 raise ValueError(f"{name} must be a finite number > 0, got {value!r}")
         if not init_logit_std >= 0:
             raise ValueError(f"init_logit_std must be >= 0, got {init_logit_std!r}")

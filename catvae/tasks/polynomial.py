@@ -22,6 +22,7 @@ import torch
 from torch import Tensor, nn
 
 from estimators import CategoricalEstimator
+from estimators.base import is_int, is_real
 
 from ..core import EstimatorTask
 
@@ -65,12 +66,12 @@ class PolynomialTask(EstimatorTask):
         init_std: float = 0.0,
     ) -> None:
         super().__init__(estimator)
-        if isinstance(p, bool) or not isinstance(p, (int, float)) or not math.isfinite(p) or p < 1:
+        if not is_real(p) or not math.isfinite(p) or p < 1:
             raise ValueError(f"p must be a number >= 1, got {p!r}")
-        if isinstance(c, bool) or not isinstance(c, (int, float)) or not 0 < c < 0.5:
+        if not is_real(c) or not 0 < c < 0.5:
             raise ValueError(f"c must be in (0, 0.5) (the optimum is then all mass on e_1), got {c!r}")
         for name, value in (("length", length), ("samples_per_step", samples_per_step)):
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            if not is_int(value) or value < 1:
                 raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
         if not lr > 0:
             raise ValueError(f"lr must be > 0, got {lr!r}")

@@ -5,6 +5,8 @@ from __future__ import annotations
 import lightning as L
 import torch
 
+from estimators.base import is_int
+
 from ..data.loader import TensorBatches
 
 __all__ = ["StepsDataModule"]
@@ -26,7 +28,7 @@ class StepsDataModule(L.LightningDataModule):
 
     def __init__(self, steps_per_epoch: int = 100) -> None:
         super().__init__()
-        if isinstance(steps_per_epoch, bool) or not isinstance(steps_per_epoch, int) or steps_per_epoch < 1:
+        if not is_int(steps_per_epoch) or steps_per_epoch < 1:
             raise ValueError(f"steps_per_epoch must be an integer >= 1, got {steps_per_epoch!r}")
         self.save_hyperparameters()
         self.steps_per_epoch = steps_per_epoch

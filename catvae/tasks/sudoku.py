@@ -27,6 +27,7 @@ import torch
 from torch import Tensor, nn
 
 from estimators import CategoricalEstimator
+from estimators.base import is_int
 
 from ..core import EstimatorTask
 
@@ -238,9 +239,9 @@ def generate_puzzles(n: int, n_clues: int = 30, seed: int = 0, max_tries: int = 
     Greedy removal reliably reaches about 25 clues; fewer may need many tries (``ValueError`` after
     ``max_tries`` grids per puzzle).
     """
-    if isinstance(n_clues, bool) or not isinstance(n_clues, int) or not 17 <= n_clues <= 81:
+    if not is_int(n_clues) or not 17 <= n_clues <= 81:
         raise ValueError(f"n_clues must be an integer in [17, 81] (no unique puzzle has fewer than 17), got {n_clues!r}")
-    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+    if not is_int(n) or n < 1:
         raise ValueError(f"the number of puzzles must be an integer >= 1, got {n!r}")
     rng = random.Random(seed)
     puzzles, solutions = [], []
@@ -316,11 +317,11 @@ class SudokuTask(EstimatorTask):
         init_std: float = 0.0,
     ) -> None:
         super().__init__(estimator)
-        if n_puzzles is not None and (isinstance(n_puzzles, bool) or not isinstance(n_puzzles, int) or n_puzzles < 1):
+        if n_puzzles is not None and (not is_int(n_puzzles) or n_puzzles < 1):
             raise ValueError(f"n_puzzles must be an integer >= 1 or null, got {n_puzzles!r}")
-        if isinstance(offset, bool) or not isinstance(offset, int) or offset < 0:
+        if not is_int(offset) or offset < 0:
             raise ValueError(f"offset must be an integer >= 0, got {offset!r}")
-        if isinstance(samples_per_step, bool) or not isinstance(samples_per_step, int) or samples_per_step < 1:
+        if not is_int(samples_per_step) or samples_per_step < 1:
             raise ValueError(f"samples_per_step must be an integer >= 1, got {samples_per_step!r}")
         if not lr > 0:
             raise ValueError(f"lr must be > 0, got {lr!r}")
@@ -389,11 +390,10 @@ class SudokuTask(EstimatorTask):
                 sampled = self.penalty(self.sample(1))[0]
             solved = self.solved().float().mean() * 100.0
             wrong = violations(self.argmax_grid()).mean()
-        std = (lambda v: v.std() if len(v) > 1 else torch.zeros((), device=v.device))
         self.log(f"{stage}/objective", exact.mean(), prog_bar=stage == "val", batch_size=1)
-        self.log(f"{stage}/objective_std", std(exact), batch_size=1)
+        self.log(f"{stage}/objective_std", exact.std(correction=1 if len(exact) > 1 else 0), batch_size=1)
         self.log(f"{stage}/loss", sampled.mean(), batch_size=1)
-        self.log(f"{stage}/loss_std", std(sampled), batch_size=1)
+        self.log(f"{stage}/loss_std", sampled.std(correction=1 if len(sampled) > 1 else 0), batch_size=1)
         self.log(f"{stage}/violations", wrong, batch_size=1)
         self.log(f"{stage}/solved", solved, prog_bar=stage == "val", batch_size=1)
 
