@@ -145,7 +145,8 @@ def reference_loop(estimator, L: int, K: int, steps: int, warmup: int, device: t
     return timer.per_step(warmup)
 
 
-def catvae_loop(estimator, L: int, K: int, steps: int, warmup: int, device: torch.device, root, logdir) -> float:
+def catvae_loop(estimator, L: int, K: int, steps: int, warmup: int, device: torch.device, root, logdir,
+                fast_step: bool = False) -> float:
     """``catvae fit``'s training step: Lightning Trainer, CategoricalVAE, MNISTDataModule, TensorBoard logging
     and metrics included (validation and checkpointing off, as they are not part of a step)."""
     import lightning as L_
@@ -163,7 +164,7 @@ def catvae_loop(estimator, L: int, K: int, steps: int, warmup: int, device: torc
         def on_train_end(self, *args) -> None:
             timer.tick()
 
-    model = CategoricalVAE(estimator, latent_dim=L, n_categories=K)
+    model = CategoricalVAE(estimator, latent_dim=L, n_categories=K, fast_step=fast_step)
     data = MNISTDataModule(str(root), download=False)
     trainer = L_.Trainer(max_steps=steps + warmup, accelerator=device.type, devices=1, limit_val_batches=0,
                          logger=TensorBoardLogger(logdir), enable_checkpointing=False, enable_progress_bar=False,
@@ -182,7 +183,7 @@ def bench_train(args: argparse.Namespace) -> None:
     names = args.estimators or ["gumbel", "redge", "redge_max", "redge_cov"]
     settings = [tuple(int(v) for v in s.split("x")) for s in args.settings]
     print(f"seconds per epoch (300 steps of batch 200, from the median of {args.steps} steady-state steps), "
-          f"device {device}, torch {torch.__version__}, threads {torch.get_num_threads()}")
+          f"device {device}, torch {torch.__version__}, threads {torch.get_num_threads()}, fast_step {args.fast_step}")
     print(f"{'estimator':<15}{'setting':<12}{'reference loop':>16}{'catvae fit':>12}{'speedup':>9}{'vs gumbel':>11}")
     for L, K in settings:
         base = None
@@ -191,7 +192,7 @@ def bench_train(args: argparse.Namespace) -> None:
             est = estimators.build(name, **VAE_SETTINGS.get(name, {}))
             ref = reference_loop(est, L, K, args.steps, args.warmup, device, root) * 300
             with tempfile.TemporaryDirectory() as logdir:
-                ours = catvae_loop(est, L, K, args.steps, args.warmup, device, root, logdir) * 300
+                ours = catvae_loop(est, L, K, args.steps, args.warmup, device, root, logdir, args.fast_step) * 300
             base = ours if name == "gumbel" or base is None else base
             print(f"{name:<15}{f'L={L},K={K}':<12}{ref:>15.2f}s{ours:>11.2f}s{ref / ours:>8.2f}x{ours / base:>10.2f}x",
                   flush=True)
@@ -206,4 +207,5 @@ def _add_train_parser(bsub) -> None:
     t.add_argument("--warmup", type=int, default=10)
     t.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     t.add_argument("--data_dir", default=None, help="default: $CATVAE_DATA_DIR, else ./data")
+    t.add_argument("--fast_step", action="store_true", help="catvae fit with --model.fast_step (CUDA graph on GPU)")
     t.set_defaults(func=bench_train)
