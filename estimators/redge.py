@@ -277,6 +277,9 @@ class _FusedDDIM(torch.autograd.Function):
             scale = step.coef
         else:
             D, scale = u, step.coef
+        if scale == 0.0:  # α_{t₁} = 0 (t₁ = 1): nothing flows back through x_{t₁}
+            D.zero_()
+            scale = 1.0
         first = 0 if fitted else 1  # the standard base needs no gradient for x_{t_{n−1}} = ε
         for i in range(n - 2, -1, -1):
             step = steps[i]
