@@ -25,6 +25,17 @@ VAE_SETTINGS = {
 REDGE = ("redge", "redge_max", "redge_cov", "redge_max_cov")
 
 
+def _shape(text: str) -> tuple[int, int]:
+    """``"48x2"`` -> ``(48, 2)``."""
+    try:
+        L, K = (int(v) for v in text.lower().split("x"))
+    except ValueError:
+        raise ValueError(f"latent shape {text!r} is not LxK (e.g. 48x2)") from None
+    if L < 1 or K < 2:
+        raise ValueError(f"latent shape {text!r}: need L >= 1 and K >= 2")
+    return L, K
+
+
 def time_estimator(est, batch: int, L: int, K: int, device: torch.device, repeats: int, inner: int) -> float:
     """Median seconds of one forward+backward of ``est`` on logits ``[batch, L, K]``."""
     logits = torch.randn(batch, L, K, device=device, requires_grad=True)
@@ -52,7 +63,7 @@ def time_estimator(est, batch: int, L: int, K: int, device: torch.device, repeat
 def bench_estimators(args: argparse.Namespace) -> None:
     device = torch.device(args.device)
     names = args.estimators or list(VAE_SETTINGS)
-    shapes = [tuple(int(v) for v in s.split("x")) for s in args.shapes] if args.shapes else VAE_SHAPES
+    shapes = [_shape(s) for s in args.shapes] if args.shapes else VAE_SHAPES
     torch.manual_seed(0)
     print(f"forward+backward per call, batch {args.batch}, device {device}, torch {torch.__version__}, "
           f"threads {torch.get_num_threads()}; median of {args.repeats}x{args.inner} calls")
@@ -181,7 +192,7 @@ def bench_train(args: argparse.Namespace) -> None:
     device = torch.device(args.device)
     root = resolve_data_dir(args.data_dir)
     names = args.estimators or ["gumbel", "redge", "redge_max", "redge_cov"]
-    settings = [tuple(int(v) for v in s.split("x")) for s in args.settings]
+    settings = [_shape(s) for s in args.settings]
     print(f"seconds per epoch (300 steps of batch 200, from the median of {args.steps} steady-state steps), "
           f"device {device}, torch {torch.__version__}, threads {torch.get_num_threads()}, fast_step {args.fast_step}")
     print(f"{'estimator':<15}{'setting':<12}{'reference loop':>16}{'catvae fit':>12}{'speedup':>9}{'vs gumbel':>11}")

@@ -42,8 +42,16 @@ def _tools_main(argv: list[str]) -> int:
     if compare is not None:
         compare.add_parser(sub)
     args = parser.parse_args(argv)
-    args.func(args)
-    return 0
+    from .errors import UserError
+
+    try:
+        result = args.func(args)
+    except (UserError, ValueError, FileNotFoundError) as err:
+        if os.environ.get("CATVAE_DEBUG"):
+            raise
+        print(f"catvae: error: {one_line(err)}", file=sys.stderr)
+        return 2
+    return result if isinstance(result, int) else 0
 
 
 def _build_cli_class():

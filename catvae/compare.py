@@ -450,13 +450,6 @@ def compare(args: argparse.Namespace) -> None:
                          + "\n  ".join(failures))
 
 
-def _compare(args: argparse.Namespace) -> None:
-    try:
-        compare(args)
-    except UserError as err:
-        raise SystemExit(f"catvae: error: {' '.join(str(err).split())}") from None
-
-
 def add_parser(subparsers) -> None:
     p = subparsers.add_parser("compare", help="run estimators × settings × seeds and tabulate the results",
                               description=__doc__.split("\n\n")[0])
@@ -468,7 +461,7 @@ def add_parser(subparsers) -> None:
     p.add_argument("--steps", type=int, help="override the spec's training steps per run")
     p.add_argument("--seeds", help="override the spec's seeds, e.g. 0,1")
     p.add_argument("--dry-run", action="store_true", help="print the fit commands and exit")
-    p.set_defaults(func=_compare)
+    p.set_defaults(func=compare)  # catvae.cli reports UserError as one line, exit 2
 
 
 def _run_child(payload: str) -> int:
