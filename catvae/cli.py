@@ -129,7 +129,10 @@ def _build_cli_class():
                     Throughput(),
                     CheckpointOnInterrupt(),
                 ]
-                kwargs["callbacks"] = list(kwargs.get("callbacks") or []) + extra
+                configured = self._get(self.config_init, "trainer", default={}).get("callbacks") or []
+                if not isinstance(configured, list):
+                    configured = [configured]
+                kwargs["callbacks"] = configured + list(kwargs.get("callbacks") or []) + extra
             return super().instantiate_trainer(**kwargs)
 
     def _check_checkpoint(path: Path) -> None:

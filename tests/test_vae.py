@@ -267,3 +267,17 @@ def test_version_directories_never_collide(tmp_path):
     versions = sorted(p.name for p in (runs / "mnist_l48_k2" / "redge_cov").iterdir())
     assert versions == ["version_0", "version_1"]
     assert math.isfinite(torch.load(last_ckpt(runs, version=1), weights_only=False)["global_step"])
+
+
+@needs_mnist
+def test_callbacks_from_the_command_line_are_kept(tmp_path):
+    """User callbacks (here the gradient diagnostics) run next to catvae's own checkpoint callbacks."""
+    runs = tmp_path / "runs"
+    assert main(["fit", *cli_args(runs, "--trainer.max_steps=3", "--trainer.limit_val_batches=0",
+                                  "--trainer.callbacks+=callbacks.GradientDiagnostics",
+                                  "--trainer.callbacks.every_n_steps=2", "--trainer.callbacks.n_draws=4",
+                                  "--trainer.callbacks.reference_samples=50")]) == 0
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    tags = EventAccumulator(str(last_ckpt(runs).parents[1])).Reload().Tags()["scalars"]
+    assert "diag/rloo/encoder/rel_bias" in tags and last_ckpt(runs).is_file()
