@@ -23,6 +23,7 @@ TOOLS = ("bench", "compare")
 _QUIET = [
     r".*litlogger.*", r".*litmodels.*", r".*isinstance\(treespec, LeafSpec\).*", r".*`weights_only` was not set.*",
     r".*is smaller than the logging interval.*", r".*does not have many workers.*",
+    r".*callbacks used to create the checkpoint need to be provided.*",
 ]
 
 
