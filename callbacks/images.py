@@ -7,7 +7,7 @@ import torch
 
 
 class ImageLogger(L.Callback):
-    """Every ``every_n_epochs`` validation epochs, log reconstructions of a fixed validation batch
+    """Every ``every_n_epochs`` validation epochs (and after the final one), log reconstructions of a fixed validation batch
     (originals above, reconstructions below) and decoded prior samples as image grids.
 
     Works with any module that has ``forward(x) -> pixel probabilities`` and ``generate(n)``, and a
@@ -28,7 +28,8 @@ class ImageLogger(L.Callback):
         writer = getattr(trainer.logger, "experiment", None)
         if trainer.sanity_checking or self._batch is None or not hasattr(writer, "add_image"):
             return
-        if trainer.current_epoch % self.every_n_epochs and not trainer.is_last_batch:
+        final = trainer.max_epochs is not None and trainer.current_epoch + 1 >= trainer.max_epochs
+        if trainer.current_epoch % self.every_n_epochs and not final:
             return
         from torchvision.utils import make_grid
 

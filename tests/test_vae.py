@@ -281,3 +281,29 @@ def test_callbacks_from_the_command_line_are_kept(tmp_path):
 
     tags = EventAccumulator(str(last_ckpt(runs).parents[1])).Reload().Tags()["scalars"]
     assert "diag/rloo/encoder/rel_bias" in tags and last_ckpt(runs).is_file()
+
+
+def test_image_logger_writes_grids_every_n_epochs():
+    from types import SimpleNamespace
+
+    from callbacks import ImageLogger
+
+    class Writer:
+        def __init__(self):
+            self.images = []
+
+        def add_image(self, tag, image, step):
+            self.images.append((tag, tuple(image.shape), step))
+
+    model = CategoricalVAE("gumbel", latent_dim=4, n_categories=3)
+    logger = ImageLogger(every_n_epochs=3, n_images=4)
+    writer = Writer()
+    logger.on_validation_batch_start(None, model, torch.rand(8, 784), 0)
+    for epoch in range(7):
+        trainer = SimpleNamespace(logger=SimpleNamespace(experiment=writer), sanity_checking=False,
+                                  current_epoch=epoch, max_epochs=7, global_step=epoch * 10)
+        logger.on_validation_epoch_end(trainer, model)
+    steps = sorted({s for _, _, s in writer.images})
+    assert steps == [0, 30, 60]  # epochs 0, 3, 6 (6 is also the final one)
+    assert {t for t, _, _ in writer.images} == {"images/reconstructions", "images/prior_samples"}
+    assert writer.images[0][1][0] == 3  # an RGB grid (C, H, W)
