@@ -153,7 +153,14 @@ def _build_cli_class():
     return CatVAECLI, EstimatorTask, L.LightningDataModule
 
 
+DESCRIPTION = (
+    "catvae: categorical VAEs and gradient estimators for discrete latents. Training subcommands below "
+    "(LightningCLI); tools: `catvae bench {estimators,train}`, `catvae compare SPEC.yaml` (see their --help)."
+)
+
+
 def main(argv: list[str] | None = None) -> int:
+    from_console = argv is None
     argv = sys.argv[1:] if argv is None else list(argv)
     if argv and argv[0] in TOOLS:
         return _tools_main(argv)
@@ -167,8 +174,9 @@ def main(argv: list[str] | None = None) -> int:
             data,
             subclass_mode_model=True,
             subclass_mode_data=True,
-            args=argv,
+            args=None if from_console else argv,  # LightningCLI reads sys.argv itself from the console
             auto_configure_optimizers=False,
+            parser_kwargs={"description": DESCRIPTION},
             save_config_kwargs={"overwrite": False},
             trainer_defaults={"log_every_n_steps": 50},
         )
