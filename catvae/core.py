@@ -78,6 +78,11 @@ class EstimatorTask(L.LightningModule):
             if "cuda" in self._pending_rng and self.device.type == "cuda":
                 torch.cuda.set_rng_state(self._pending_rng["cuda"], self.device)
             self._pending_rng = None
+        if self.trainer.world_size > 1:
+            # every rank starts from the same seed (and a checkpoint holds rank 0's state): give each
+            # rank its own noise stream, derived deterministically from the shared one
+            base = int(torch.randint(0, 2**62, (1,)).item())
+            torch.manual_seed(base + self.trainer.global_rank)
 
     def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False):
         own = self.state_dict()
