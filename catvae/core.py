@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import inspect
 
 import lightning as L
 import torch
@@ -46,6 +47,12 @@ class EstimatorTask(L.LightningModule):
         super().__init__()
         self.estimator = resolve_estimator(estimator)
         self._pending_rng: dict | None = None
+
+    def save_task_hyperparameters(self) -> None:
+        """``save_hyperparameters`` of the calling ``__init__``, with the estimator recorded by name and
+        hyperparameters (TensorBoard's hparams, ``hparams.yaml``) instead of as a module."""
+        self.save_hyperparameters(ignore=["estimator"], frame=inspect.currentframe().f_back)
+        self.hparams["estimator"] = {"name": self.estimator.name, **self.estimator.hparams()}
 
     # -- reproducibility --------------------------------------------------------------------------
     @contextlib.contextmanager

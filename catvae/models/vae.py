@@ -93,8 +93,7 @@ class CategoricalVAE(EstimatorTask):
         ):
             if value < 1:
                 raise ValueError(f"{name} must be >= 1, got {value}")
-        self.save_hyperparameters(ignore=["estimator"])
-        self.hparams["estimator"] = {"name": self.estimator.name, **self.estimator.hparams()}
+        self.save_task_hyperparameters()
         self.L, self.K = latent_dim, n_categories
         self.experiment = f"mnist_l{latent_dim}_k{n_categories}"
         self.encoder = mlp([image_size, *encoder_hidden, latent_dim * n_categories], activation)

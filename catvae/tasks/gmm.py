@@ -101,8 +101,7 @@ class GMMTask(EstimatorTask):
                 raise ValueError(f"{name} must be a finite number > 0, got {value!r}")
         if not init_logit_std >= 0:
             raise ValueError(f"init_logit_std must be >= 0, got {init_logit_std!r}")
-        self.save_hyperparameters(ignore=["estimator"])
-        self.hparams["estimator"] = {"name": self.estimator.name, **self.estimator.hparams()}
+        self.save_task_hyperparameters()
         self.N, self.K, self.d = n_points, n_components, dim
         self.sigma_0, self.sigma_y = float(sigma_0), float(sigma_y)
         self.experiment = f"gmm_k{n_components}_n{n_points}"

@@ -79,8 +79,7 @@ class PolynomialTask(EstimatorTask):
             raise ValueError(f"relaxation must be one of {RELAXATIONS}, got {relaxation!r}")
         if not init_std >= 0:
             raise ValueError(f"init_std must be >= 0, got {init_std!r}")
-        self.save_hyperparameters(ignore=["estimator"])
-        self.hparams["estimator"] = {"name": self.estimator.name, **self.estimator.hparams()}
+        self.save_task_hyperparameters()
         self.p, self.c, self.L = float(p), float(c), length
         self.experiment = f"polynomial_p{p:g}" + ("_linear" if relaxation == "linear" else "")
         self.theta = nn.Parameter(init_std * torch.randn(length, 2))

@@ -327,8 +327,7 @@ class SudokuTask(EstimatorTask):
             raise ValueError(f"lr must be > 0, got {lr!r}")
         if not init_std >= 0:
             raise ValueError(f"init_std must be >= 0, got {init_std!r}")
-        self.save_hyperparameters(ignore=["estimator"])
-        self.hparams["estimator"] = {"name": self.estimator.name, **self.estimator.hparams()}
+        self.save_task_hyperparameters()
         if source is None:
             puzzles, _ = generate_puzzles(n_puzzles or 100, n_clues, generator_seed)
             self.experiment = f"sudoku_gen{n_clues}"
