@@ -135,6 +135,18 @@ def test_redge_law_error_shrinks_with_more_diffusion_steps(name):
     assert tv[2] < 0.05 and tv[0] > 0.1
 
 
+@pytest.mark.parametrize("name", REDGE)
+def test_redge_law_error_grows_as_t1_shrinks_at_fixed_steps(name):
+    """With the authors' grid and a fixed number of steps, t₁ → 0 makes the last DDIM moves larger
+    and stiffer (c_t = α_t/σ_t² explodes), so the law moves *away* from softmax(φ): TV is ~0 at
+    t₁ = 1 and grows as t₁ → 0. (The issue expected the opposite; this is what the sampler does.)"""
+    torch.manual_seed(4)
+    logits = torch.tensor([1.0, -0.5, 0.3, -1.2])
+    tv = [_redge_tv(name, 4, t_1, logits, n=400_000) for t_1 in (1.0, 0.3, 0.05)]
+    print(f"{name}: TV(law, softmax) at n_steps=4 for t_1 1/0.3/0.05: {tv}")
+    assert tv[0] < 0.01 and tv[0] < tv[1] < tv[2]
+
+
 # ---------------------------------------------------------------- gradient identities
 
 
