@@ -37,7 +37,7 @@ import torch
 from torch import Tensor
 
 from .base import CategoricalEstimator, check_unit, is_int, is_real, register
-from .functional import _softmax_, sample_one_hot, softmax, straight_through
+from .functional import _softmax_, rowsum, sample_one_hot, softmax, straight_through
 
 __all__ = ["DiffusionSchedule", "DDIMEstimator", "ReDGE", "ReDGEMax", "ReDGECov", "ReDGEMaxCov"]
 
@@ -253,12 +253,12 @@ class _FusedDDIM(torch.autograd.Function):
 
         # Last step (t₁): the path through x (Cov_π g, eq. 15) and the direct path to φ.
         x0 = probs[-1]
-        pg = (x0 * grad).sum(dim=-1, keepdim=True)
+        pg = rowsum(x0 * grad)
         u = grad - pg
         u.mul_(x0)  # Cov_π g
         if reinmax:  # eq. (36): 2 Cov_m g − ½ Cov_π g, m = ½(π + X), written with p + X = 2m
             mix = x0 + saved[-1]
-            dz_phi = (mix * grad).sum(dim=-1, keepdim=True)
+            dz_phi = rowsum(mix * grad)
             dz_phi = torch.sub(grad, dz_phi, alpha=0.5)
             dz_phi.mul_(mix)
             dz_phi.sub_(u, alpha=0.5)
@@ -285,7 +285,7 @@ class _FusedDDIM(torch.autograd.Function):
             step = steps[i]
             q = probs[i]
             # back through q_i = softmax(z_i) (Lemma A.3): dz_i = a_i Cov_{q_i}(scale · D)
-            s = (q * D).sum(dim=-1, keepdim=True)
+            s = rowsum(q * D)
             u = D - s
             u.mul_(q)
             k = step.a * scale  # dz_i = k · u
@@ -310,7 +310,7 @@ class _FusedDDIM(torch.autograd.Function):
             dvar.mul_(1.0 - 2.0 * mu)
             dvar.mul_(pq >= est.var_floor)
             dmu.add_(dvar)
-            s = (mu * dmu).sum(dim=-1, keepdim=True)
+            s = rowsum(mu * dmu)
             dmu.sub_(s)
             dphi.addcmul_(mu, dmu)
         return dphi, None, None, None
