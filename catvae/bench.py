@@ -67,7 +67,7 @@ def bench_estimators(args: argparse.Namespace) -> None:
     torch.manual_seed(0)
     print(f"forward+backward per call, batch {args.batch}, device {device}, torch {torch.__version__}, "
           f"threads {torch.get_num_threads()}; median of {args.repeats}x{args.inner} calls")
-    header = f"{'estimator':<15}{'settings':<22}" + "".join(f"{f'L={L},K={K}':>24}" for L, K in shapes)
+    header = f"{'estimator':<22}{'settings':<22}" + "".join(f"{f'L={L},K={K}':>24}" for L, K in shapes)
     print(header)
     print("-" * len(header))
     base = {}
@@ -84,7 +84,7 @@ def bench_estimators(args: argparse.Namespace) -> None:
                     base[(L, K)] = t
                 cells.append(f"{t * 1e6:9.0f} us ({t / base[(L, K)]:4.2f}x)")
             setting = ",".join(f"{k}={v}" for k, v in kwargs.items())
-            print(f"{name + suffix:<15}{setting:<22}" + "".join(f"{c:>24}" for c in cells))
+            print(f"{name + suffix:<22}{setting:<22}" + "".join(f"{c:>24}" for c in cells))
     print("(ratio = time / Gumbel-ST time at the same shape)")
 
 
