@@ -110,6 +110,7 @@ def _build_cli_class():
             if ckpt in ("last", "best"):
                 path, version = self._resolve_ckpt(root, ckpt)
                 cfg["ckpt_path"] = str(path)
+                self.config_init[self.subcommand]["ckpt_path"] = str(path)  # what the subcommand receives
                 print(f"catvae: using {path}", file=sys.stderr)
             if cfg.get("trainer", {}).get("logger") in (None, True):
                 logger = TensorBoardLogger(save_dir=str(root.parent.parent), name=f"{root.parent.name}/{root.name}",

@@ -138,6 +138,9 @@ def test_fit_test_and_run_layout(tmp_path, capsys):
     assert list(version.glob("events.out.tfevents.*"))
     assert main(["test", *cli_args(runs), "--ckpt_path", "last"]) == 0
     assert (version / "config.test.yaml").is_file()
+    capsys.readouterr()
+    assert main(["validate", *cli_args(runs), "--ckpt_path", "best"]) == 0
+    assert "best-epoch=0-step=10.ckpt" in capsys.readouterr().err
     ckpt = torch.load(version / "checkpoints" / "last.ckpt", weights_only=False)
     assert ckpt["global_step"] == 10 and "catvae_rng" in ckpt
 
