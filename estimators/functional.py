@@ -86,7 +86,8 @@ def straight_through(hard: Tensor, soft: Tensor) -> Tensor:
 
 def cov_matvec(probs: Tensor, g: Tensor) -> Tensor:
     """``Cov_π(X) g = (Diag(π) − ππᵀ) g`` row-wise: the vector-Jacobian product of softmax (Lemma A.3)."""
-    return probs * (g - rowsum(probs * g))
+    out = g - rowsum(probs * g)
+    return out.mul_(probs)
 
 
 def reinmax_grad(g: Tensor, probs: Tensor, sample: Tensor, probs_tau: Tensor | None = None) -> Tensor:

@@ -37,7 +37,7 @@ import torch
 from torch import Tensor
 
 from .base import CategoricalEstimator, check_unit, is_int, is_real, register
-from .functional import _softmax_, rowsum, sample_one_hot, softmax, straight_through
+from .functional import _softmax_, cov_matvec, rowsum, sample_one_hot, softmax, straight_through
 
 __all__ = ["DiffusionSchedule", "DDIMEstimator", "ReDGE", "ReDGEMax", "ReDGECov", "ReDGEMaxCov"]
 
@@ -253,9 +253,7 @@ class _FusedDDIM(torch.autograd.Function):
 
         # Last step (t₁): the path through x (Cov_π g, eq. 15) and the direct path to φ.
         x0 = probs[-1]
-        pg = rowsum(x0 * grad)
-        u = grad - pg
-        u.mul_(x0)  # Cov_π g
+        u = cov_matvec(x0, grad)  # Cov_π g
         if reinmax:  # eq. (36): 2 Cov_m g − ½ Cov_π g, m = ½(π + X), written with p + X = 2m
             mix = x0 + saved[-1]
             dz_phi = rowsum(mix * grad)
@@ -285,9 +283,7 @@ class _FusedDDIM(torch.autograd.Function):
             step = steps[i]
             q = probs[i]
             # back through q_i = softmax(z_i) (Lemma A.3): dz_i = a_i Cov_{q_i}(scale · D)
-            s = rowsum(q * D)
-            u = D - s
-            u.mul_(q)
+            u = cov_matvec(q, D)
             k = step.a * scale  # dz_i = k · u
             dphi.add_(u, alpha=k)
             if fitted:
