@@ -306,9 +306,7 @@ class _FusedDDIM(torch.autograd.Function):
             dvar.mul_(1.0 - 2.0 * mu)
             dvar.mul_(pq >= est.var_floor)
             dmu.add_(dvar)
-            s = rowsum(mu * dmu)
-            dmu.sub_(s)
-            dphi.addcmul_(mu, dmu)
+            dphi.add_(cov_matvec(mu, dmu))
         return dphi, None, None, None
 
 
