@@ -48,6 +48,10 @@ class EstimatorTask(L.LightningModule):
         self.estimator = resolve_estimator(estimator)
         self._pending_rng: dict | None = None
 
+    def configure_optimizers(self):
+        """Adam with the task's ``lr`` hyperparameter (every benchmark of the paper uses Adam, Table 5)."""
+        return torch.optim.Adam(self.parameters(), lr=self.hparams.lr)
+
     def save_task_hyperparameters(self) -> None:
         """``save_hyperparameters`` of the calling ``__init__``, with the estimator recorded by name and
         hyperparameters (TensorBoard's hparams, ``hparams.yaml``) instead of as a module."""

@@ -5,7 +5,6 @@ from __future__ import annotations
 import csv
 import json
 
-import pytest
 from conftest import ROOT, needs_mnist
 
 from catvae.cli import main

@@ -229,7 +229,7 @@ class CategoricalVAE(EstimatorTask):
 
     def configure_optimizers(self):
         if not self.hparams.fast_step:
-            return torch.optim.Adam(self.parameters(), lr=self.hparams.lr)
+            return super().configure_optimizers()
         from ..fast import ReplayOptimizer
 
         # capturable: Adam's step counters live on the GPU, so its update can be captured in the graph

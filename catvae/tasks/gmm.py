@@ -27,7 +27,7 @@ from torch import Tensor, nn
 from estimators import CategoricalEstimator
 from estimators.base import is_int, is_real
 
-from ..core import EstimatorTask
+from .steps import BenchmarkTask
 
 __all__ = ["GMMTask", "generate_gmm", "clustering_accuracy"]
 
@@ -53,7 +53,7 @@ def clustering_accuracy(pred: Tensor, target: Tensor, n_components: int) -> floa
     return float(confusion[rows, cols].sum()) / len(pred)
 
 
-class GMMTask(EstimatorTask):
+class GMMTask(BenchmarkTask):
     r"""Minimize the GMM variational objective ``F(θ; m̂)`` of §4.2 over ``θ`` and ``m̂`` with Adam.
 
     Logged: ``train/nelbo`` (the Monte-Carlo ``F`` the estimator differentiates, one sample per step),
@@ -178,19 +178,10 @@ class GMMTask(EstimatorTask):
         self.log("train/nelbo_window_std", std)
         self.log("train/nelbo_window_mean_nc", mean - self.constant)
 
-    def _evaluate(self, stage: str) -> None:
+    def evaluate(self, stage: str, batch_idx: int) -> None:
         with torch.no_grad():
             value = self.objective()
         self.log(f"{stage}/nelbo", value, prog_bar=stage == "val", batch_size=1)
         self.log(f"{stage}/nelbo_nc", value - self.constant, batch_size=1)
         self.log(f"{stage}/accuracy", self.accuracy(), prog_bar=stage == "val", batch_size=1)
         self.log(f"{stage}/oracle_accuracy", self.oracle_accuracy(), batch_size=1)
-
-    def validation_step(self, batch: Tensor, batch_idx: int) -> None:
-        self._evaluate("val")
-
-    def test_step(self, batch: Tensor, batch_idx: int) -> None:
-        self._evaluate("test")
-
-    def configure_optimizers(self):
-        return torch.optim.Adam(self.parameters(), lr=self.hparams.lr)

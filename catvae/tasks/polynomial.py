@@ -24,14 +24,14 @@ from torch import Tensor, nn
 from estimators import CategoricalEstimator
 from estimators.base import is_int, is_real
 
-from ..core import EstimatorTask
+from .steps import BenchmarkTask
 
 __all__ = ["PolynomialTask"]
 
 RELAXATIONS = ("none", "linear")
 
 
-class PolynomialTask(EstimatorTask):
+class PolynomialTask(BenchmarkTask):
     r"""Minimize eq. (16) over ``θ ∈ R^{L×2}`` with a gradient estimator (paper §4.1).
 
     Each training step draws ``samples_per_step`` samples ``X ~ π_θ`` through the estimator and
@@ -114,18 +114,9 @@ class PolynomialTask(EstimatorTask):
             self.log("train/objective", self.objective(), on_step=True, on_epoch=False, batch_size=1)
         return loss
 
-    def _evaluate(self, stage: str) -> None:
+    def evaluate(self, stage: str, batch_idx: int) -> None:
         with torch.no_grad():
             value = self.objective()
         self.log(f"{stage}/objective", value, prog_bar=stage == "val", batch_size=1)
         self.log(f"{stage}/gap", value - self.optimum, batch_size=1)
         self.log(f"{stage}/optimum", self.optimum, batch_size=1)
-
-    def validation_step(self, batch: Tensor, batch_idx: int) -> None:
-        self._evaluate("val")
-
-    def test_step(self, batch: Tensor, batch_idx: int) -> None:
-        self._evaluate("test")
-
-    def configure_optimizers(self):
-        return torch.optim.Adam(self.parameters(), lr=self.hparams.lr)

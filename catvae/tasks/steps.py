@@ -4,12 +4,27 @@ from __future__ import annotations
 
 import lightning as L
 import torch
+from torch import Tensor
 
 from estimators.base import is_int
 
+from ..core import EstimatorTask
 from ..data.loader import TensorBatches
 
-__all__ = ["StepsDataModule"]
+__all__ = ["BenchmarkTask", "StepsDataModule"]
+
+
+class BenchmarkTask(EstimatorTask):
+    """A benchmark task: validation and test evaluate the exact objective once (``evaluate``)."""
+
+    def evaluate(self, stage: str, batch_idx: int) -> None:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def validation_step(self, batch: Tensor, batch_idx: int) -> None:
+        self.evaluate("val", batch_idx)
+
+    def test_step(self, batch: Tensor, batch_idx: int) -> None:
+        self.evaluate("test", batch_idx)
 
 
 class StepsDataModule(L.LightningDataModule):

@@ -29,7 +29,7 @@ from torch import Tensor, nn
 from estimators import CategoricalEstimator
 from estimators.base import is_int
 
-from ..core import EstimatorTask
+from .steps import BenchmarkTask
 
 __all__ = [
     "SudokuTask",
@@ -275,7 +275,7 @@ def violations(grid: Tensor) -> Tensor:
 
 
 # -- the task -----------------------------------------------------------------------------------------
-class SudokuTask(EstimatorTask):
+class SudokuTask(BenchmarkTask):
     r"""Minimize the Sudoku penalty ``F(θ)`` of §4.3 for ``P`` puzzles at once (one θ per puzzle).
 
     Each step draws ``samples_per_step`` grids per puzzle through the estimator (clue cells replaced
@@ -382,7 +382,7 @@ class SudokuTask(EstimatorTask):
         self.log("train/loss", per_puzzle.detach().mean(), on_step=True, on_epoch=True, prog_bar=True, batch_size=1)
         return per_puzzle.sum()
 
-    def _evaluate(self, stage: str, batch_idx: int) -> None:
+    def evaluate(self, stage: str, batch_idx: int) -> None:
         with torch.no_grad():
             exact = self.objective()
             with self.eval_rng(batch_idx):
@@ -395,12 +395,3 @@ class SudokuTask(EstimatorTask):
         self.log(f"{stage}/loss_std", sampled.std(correction=1 if len(sampled) > 1 else 0), batch_size=1)
         self.log(f"{stage}/violations", wrong, batch_size=1)
         self.log(f"{stage}/solved", solved, prog_bar=stage == "val", batch_size=1)
-
-    def validation_step(self, batch: Tensor, batch_idx: int) -> None:
-        self._evaluate("val", batch_idx)
-
-    def test_step(self, batch: Tensor, batch_idx: int) -> None:
-        self._evaluate("test", batch_idx)
-
-    def configure_optimizers(self):
-        return torch.optim.Adam(self.parameters(), lr=self.hparams.lr)
