@@ -30,28 +30,14 @@ _QUIET = [
 def _tools_main(argv: list[str]) -> int:
     import argparse
 
-    from . import bench
+    from . import bench, compare
 
-    _quiet()
     parser = argparse.ArgumentParser(prog="catvae", description="catvae tooling")
     sub = parser.add_subparsers(dest="command", required=True)
     bench.add_parser(sub)
-    try:
-        from . import compare
-    except ImportError:  # pragma: no cover - compare arrives separately
-        compare = None
-    if compare is not None:
-        compare.add_parser(sub)
+    compare.add_parser(sub)
     args = parser.parse_args(argv)
-    from .errors import UserError
-
-    try:
-        result = args.func(args)
-    except (UserError, ValueError, FileNotFoundError) as err:
-        if os.environ.get("CATVAE_DEBUG"):
-            raise
-        print(f"catvae: error: {one_line(err)}", file=sys.stderr)
-        return 2
+    result = args.func(args)
     return result if isinstance(result, int) else 0
 
 
@@ -163,12 +149,12 @@ DESCRIPTION = (
 def main(argv: list[str] | None = None) -> int:
     from_console = argv is None
     argv = sys.argv[1:] if argv is None else list(argv)
-    if argv and argv[0] in TOOLS:
-        return _tools_main(argv)
     from .errors import UserError
 
     _quiet()
     try:
+        if argv and argv[0] in TOOLS:
+            return _tools_main(argv)
         cli_class, task, data = _build_cli_class()
         cli_class(
             task,
