@@ -15,7 +15,7 @@ one draw with g) and ``cos_mean`` (cosine of ḡ with g). Group ``logits`` is ``
 
 The module protocol: ``diagnostic_objective(batch) -> (logits [B, L, K], f)`` with ``f(z [N, B, L, K]) -> [N, B]``
 the per-example objective (it may use the parameters and ``logits``). :class:`CategoricalVAE`-like modules
-(``encode``, ``reconstruction``, ``kl``) are supported without it: ``f`` is their negative ELBO.
+(``encode`` and ``nelbo(x, z=, logits=)``) are supported without it: ``f`` is their negative ELBO.
 """
 
 from __future__ import annotations
@@ -36,11 +36,11 @@ Objective = Callable[[Tensor], Tensor]
 
 
 def vae_objective(module: nn.Module, x: Tensor) -> tuple[Tensor, Objective]:
-    """``(logits, f)`` of a VAE with ``encode``/``reconstruction``/``kl``: ``f`` is the negative ELBO per example."""
+    """``(logits, f)`` of a VAE with ``encode`` and ``nelbo``: ``f`` is the negative ELBO per example."""
     logits = module.encode(x)
 
     def f(z: Tensor) -> Tensor:
-        return module.reconstruction(x.expand(*z.shape[:-3], *x.shape), z) + module.kl(logits)
+        return module.nelbo(x.expand(*z.shape[:-3], *x.shape), z=z, logits=logits)
 
     return logits, f
 
@@ -182,7 +182,7 @@ class GradientDiagnostics(L.Callback):
     def _objective(self, module, batch):
         if hasattr(module, "diagnostic_objective"):
             return module.diagnostic_objective(batch)
-        if all(hasattr(module, a) for a in ("encode", "reconstruction", "kl")):
+        if all(hasattr(module, a) for a in ("encode", "nelbo")):
             return vae_objective(module, batch)
         raise TypeError(f"{type(module).__name__} has no diagnostic_objective(batch) -> (logits, f)")
 
