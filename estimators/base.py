@@ -54,6 +54,17 @@ class CategoricalEstimator(nn.Module):
     def _sample(self, logits: Tensor, hard: bool) -> Tensor:  # pragma: no cover - abstract
         raise NotImplementedError
 
+    @property
+    def exact_draws(self) -> bool:
+        """Whether the value of ``forward(logits)`` is an exact draw ``X ~ Categorical(softmax(logits))``.
+
+        True for the hard baselines (ST, Gumbel-ST by the Gumbel-max trick, ReinMax): then ``f(X)`` of
+        the estimator's own sample is already an unbiased estimate of ``E_π[f(X)]``, and a model needs
+        no second draw to report its exact objective. False for multi-step ReDGE, whose hard sample
+        follows the law of the discretized diffusion (close to, but not, ``π``), and for relaxed samples.
+        """
+        return False
+
     def extra_repr(self) -> str:
         return ", ".join(f"{k}={v}" for k, v in self.hparams().items())
 

@@ -36,6 +36,10 @@ class StraightThrough(CategoricalEstimator):
             sample = sample_one_hot(soft if self.tau == 1.0 else softmax(logits))
         return straight_through(sample, soft)
 
+    @property
+    def exact_draws(self) -> bool:
+        return self.hard
+
     def hparams(self) -> dict:
         return {"tau": self.tau, **super().hparams()}
 
@@ -66,6 +70,10 @@ class GumbelSoftmax(CategoricalEstimator):
         index = perturbed.detach().argmax(dim=-1, keepdim=True)
         sample = torch.zeros_like(logits).scatter_(-1, index, 1.0)
         return straight_through(sample, soft)
+
+    @property
+    def exact_draws(self) -> bool:
+        return self.hard
 
     def hparams(self) -> dict:
         return {"tau": self.tau, **super().hparams()}
@@ -112,6 +120,10 @@ class ReinMax(CategoricalEstimator):
         if not hard:
             return softmax(logits / self.tau)
         return _ReinMaxFunction.apply(logits, self.tau)
+
+    @property
+    def exact_draws(self) -> bool:
+        return self.hard
 
     def hparams(self) -> dict:
         return {"tau": self.tau, **super().hparams()}

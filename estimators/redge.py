@@ -148,6 +148,12 @@ class DDIMEstimator(CategoricalEstimator):
         self.n_steps, self.t_1 = self.schedule.n_steps, self.schedule.t_1
         self.base, self.last_step, self.var_floor, self.fused = base, last_step, float(var_floor), fused
 
+    @property
+    def exact_draws(self) -> bool:
+        # α_{t₁} = 0 at t₁ = 1: x̂₀(x, t₁) = softmax(φ) whatever x, so the hard draw is exact; otherwise
+        # it has the discretized chain's law
+        return self.hard and self.t_1 == 1.0
+
     def hparams(self) -> dict:
         return {"n_steps": self.n_steps, "t_1": self.t_1, **super().hparams()}
 

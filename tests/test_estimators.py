@@ -123,6 +123,32 @@ def test_redge_law_is_exact_at_t1_equal_1(name):
     assert stats.chisquare(counts, torch.softmax(logits.double(), -1).numpy() * n).pvalue > 1e-3
 
 
+@pytest.mark.parametrize(
+    "name, kwargs",
+    [("st", {"tau": 2.0}), ("gumbel", {"tau": 0.5}), ("reinmax", {"tau": 0.3}), ("redge", {"n_steps": 4, "t_1": 1.0}),
+     ("redge_cov", {"n_steps": 3, "t_1": 1.0}), ("redge", {"n_steps": 4, "t_1": 0.3}),
+     ("redge_max", {"n_steps": 3, "t_1": 0.3}), ("redge_cov", {"n_steps": 3, "t_1": 0.3}), ("gumbel", {"hard": False})],
+)
+def test_exact_draws_flag_matches_the_law_of_the_sample(name, kwargs):
+    # `exact_draws` lets a model reuse the estimator's own sample as an exact draw from q: it must be
+    # True exactly when the value follows softmax(φ) (chi-square on 40k rows; the approximate laws
+    # here are off by TV ≥ 0.03, which 40k draws detect with p < 1e-6)
+    est = E.build(name, **kwargs)
+    torch.manual_seed(7)
+    logits = torch.tensor([1.0, -0.5, 0.3, -1.2])
+    n = 40_000
+    with torch.no_grad():
+        values = est(logits.expand(n, 4))
+    if not est.exact_draws:
+        assert est.hard is False or name.startswith("redge")
+        if not est.hard:
+            assert not torch.all((values == 0) | (values == 1))
+            return
+    counts = values.sum(0).double().numpy()
+    p = stats.chisquare(counts, torch.softmax(logits.double(), -1).numpy() * n).pvalue
+    assert (p > 1e-3) if est.exact_draws else (p < 1e-6), (est.exact_draws, p)
+
+
 @pytest.mark.parametrize("name", REDGE)
 def test_redge_law_error_shrinks_with_more_diffusion_steps(name):
     """The hard sample's law is approximate: its TV distance to softmax(φ) comes from the DDIM

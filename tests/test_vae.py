@@ -71,6 +71,30 @@ def test_nelbo_is_bce_plus_kl_and_importance_bound_is_tighter():
     assert ll <= 0
 
 
+@pytest.mark.parametrize("estimator", ["gumbel", "st", "reinmax", "redge", "redge_cov"])
+def test_exact_nelbo_reuses_the_sample_only_when_it_is_an_exact_draw(estimator):
+    model = CategoricalVAE(estimator, latent_dim=6, n_categories=3)
+    x = (torch.rand(32, 784) > 0.5).float()
+    torch.manual_seed(1)
+    loss, logits = model._loss(x)
+    state = torch.get_rng_state()
+    value = model._nelbo_exact(x, loss, logits)
+    if model.estimator.exact_draws:  # ST, Gumbel-ST, ReinMax: the loss is already the exact bound's estimate
+        assert value.item() == loss.item() and torch.equal(torch.get_rng_state(), state)
+    else:  # ReDGE: a second, exact draw z ~ q through the decoder
+        assert estimator.startswith("redge")
+        torch.set_rng_state(state)
+        torch.testing.assert_close(value, model.nelbo(x, logits=logits).mean())
+        assert value.item() != loss.item()
+
+
+def test_adam_is_fused_on_cpu_and_capturable_for_cuda_graphs():
+    model = CategoricalVAE("gumbel", latent_dim=4, n_categories=2)
+    assert model.configure_optimizers().defaults["fused"] is True
+    capturable = model.adam(capturable=True).defaults
+    assert capturable["capturable"] is True and not capturable["fused"]
+
+
 @pytest.mark.parametrize("kwargs, word", [({"latent_dim": 0}, "latent_dim"), ({"n_categories": 1}, "n_categories"),
                                           ({"activation": "swish"}, "activation"), ({"lr": 0.0}, "lr")])
 def test_model_validates_its_arguments(kwargs, word):
