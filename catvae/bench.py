@@ -157,7 +157,7 @@ def reference_loop(estimator, L: int, K: int, steps: int, warmup: int, device: t
 
 
 def catvae_loop(estimator, L: int, K: int, steps: int, warmup: int, device: torch.device, root, logdir,
-                fast_step: bool = False) -> float:
+                fast_step: bool = False, exact_every: int = 1) -> float:
     """``catvae fit``'s training step: Lightning Trainer, CategoricalVAE, MNISTDataModule, TensorBoard logging
     and metrics included (validation and checkpointing off, as they are not part of a step)."""
     import lightning as L_
@@ -175,7 +175,8 @@ def catvae_loop(estimator, L: int, K: int, steps: int, warmup: int, device: torc
         def on_train_end(self, *args) -> None:
             timer.tick()
 
-    model = CategoricalVAE(estimator, latent_dim=L, n_categories=K, fast_step=fast_step)
+    model = CategoricalVAE(estimator, latent_dim=L, n_categories=K, fast_step=fast_step,
+                           exact_nelbo_every_n_steps=exact_every)
     data = MNISTDataModule(str(root), download=False)
     trainer = L_.Trainer(max_steps=steps + warmup, accelerator=device.type, devices=1, limit_val_batches=0,
                          logger=TensorBoardLogger(logdir), enable_checkpointing=False, enable_progress_bar=False,
@@ -185,6 +186,7 @@ def catvae_loop(estimator, L: int, K: int, steps: int, warmup: int, device: torc
 
 
 def bench_train(args: argparse.Namespace) -> None:
+    import sys
     import tempfile
 
     from .data.mnist import resolve_data_dir
@@ -193,20 +195,33 @@ def bench_train(args: argparse.Namespace) -> None:
     root = resolve_data_dir(args.data_dir)
     names = args.estimators or ["gumbel", "redge", "redge_max", "redge_cov"]
     settings = [_shape(s) for s in args.settings]
-    print(f"seconds per epoch (300 steps of batch 200, from the median of {args.steps} steady-state steps), "
-          f"device {device}, torch {torch.__version__}, threads {torch.get_num_threads()}, fast_step {args.fast_step}")
+    if args.rounds < 1:
+        raise ValueError(f"--rounds must be >= 1, got {args.rounds}")
+    # best (minimum) over rounds of each loop's median step: robust to other load on a shared machine
+    best: dict[tuple, list[float]] = {}
+    for r in range(args.rounds):
+        for L, K in settings:
+            for name in names:
+                torch.manual_seed(0)
+                est = estimators.build(name, **VAE_SETTINGS.get(name, {}))
+                ref = reference_loop(est, L, K, args.steps, args.warmup, device, root) * 300
+                with tempfile.TemporaryDirectory() as logdir:
+                    ours = catvae_loop(est, L, K, args.steps, args.warmup, device, root, logdir, args.fast_step,
+                                       args.exact_nelbo_every_n_steps) * 300
+                if args.rounds > 1:
+                    print(f"round {r + 1}/{args.rounds} {name} L={L},K={K}: reference {ref:.2f}s, catvae {ours:.2f}s",
+                          file=sys.stderr, flush=True)
+                old = best.get((L, K, name), [ref, ours])
+                best[(L, K, name)] = [min(old[0], ref), min(old[1], ours)]
+    print(f"seconds per epoch (300 steps of batch 200; median of {args.steps} steady-state steps, best of "
+          f"{args.rounds} round(s)), device {device}, torch {torch.__version__}, threads {torch.get_num_threads()}, "
+          f"fast_step {args.fast_step}, exact_nelbo_every_n_steps {args.exact_nelbo_every_n_steps}")
     print(f"{'estimator':<15}{'setting':<12}{'reference loop':>16}{'catvae fit':>12}{'speedup':>9}{'vs gumbel':>11}")
     for L, K in settings:
-        base = None
+        base = best[(L, K, "gumbel" if "gumbel" in names else names[0])][1]
         for name in names:
-            torch.manual_seed(0)
-            est = estimators.build(name, **VAE_SETTINGS.get(name, {}))
-            ref = reference_loop(est, L, K, args.steps, args.warmup, device, root) * 300
-            with tempfile.TemporaryDirectory() as logdir:
-                ours = catvae_loop(est, L, K, args.steps, args.warmup, device, root, logdir, args.fast_step) * 300
-            base = ours if name == "gumbel" or base is None else base
-            print(f"{name:<15}{f'L={L},K={K}':<12}{ref:>15.2f}s{ours:>11.2f}s{ref / ours:>8.2f}x{ours / base:>10.2f}x",
-                  flush=True)
+            ref, ours = best[(L, K, name)]
+            print(f"{name:<15}{f'L={L},K={K}':<12}{ref:>15.2f}s{ours:>11.2f}s{ref / ours:>8.2f}x{ours / base:>10.2f}x")
 
 
 def _add_train_parser(bsub) -> None:
@@ -216,7 +231,11 @@ def _add_train_parser(bsub) -> None:
     t.add_argument("--settings", nargs="*", default=["48x2", "32x64"], help="LxK latent shapes")
     t.add_argument("--steps", type=int, default=60, help="timed steps per loop (after warm-up)")
     t.add_argument("--warmup", type=int, default=10)
+    t.add_argument("--rounds", type=int, default=1, help="repeat everything; report the best round of each loop")
     t.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     t.add_argument("--data_dir", default=None, help="default: $CATVAE_DATA_DIR, else ./data")
     t.add_argument("--fast_step", action="store_true", help="catvae fit with --model.fast_step (CUDA graph on GPU)")
+    t.add_argument("--exact_nelbo_every_n_steps", type=int, default=1,
+                   help="catvae fit's train/nelbo_exact diagnostic: 1 (default, as in fit) or 0 (off; the reference "
+                        "loop has none; ReDGE pays an extra decoder pass for it)")
     t.set_defaults(func=bench_train)

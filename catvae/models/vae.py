@@ -56,12 +56,14 @@ class CategoricalVAE(EstimatorTask):
             whose sample is an exact draw from ``q`` (``estimator.exact_draws``) and costs one extra decoder
             pass for ReDGE (about 15% of a CPU step). With N > 1 its epoch mean covers other batches than
             ``train/loss`` does, which offsets the two by ~1 nat (batch composition): keep N = 1 to compare them.
+            ``0`` turns it off (fastest ReDGE training; `catvae compare` then has no exact training column).
         n_importance_samples: ``S`` of ``test/log_likelihood``.
         importance_chunk: samples decoded at once for the importance-weighted bound (memory bound).
         fast_step: run each training step (forward, estimator, backward, Adam) as one unit that is
             captured in a CUDA graph on a GPU (:mod:`catvae.fast`); same results, far fewer kernel
             launches. Single device only. Off CUDA it runs eagerly (identical to the default path with
-            ``exact_nelbo_every_n_steps=1``: the captured step computes ``train/nelbo_exact`` every step).
+            ``exact_nelbo_every_n_steps=1``: the captured step computes ``train/nelbo_exact`` every step
+            unless it is 0).
     """
 
     def __init__(
@@ -88,8 +90,9 @@ class CategoricalVAE(EstimatorTask):
             raise ValueError(f"activation must be one of {sorted(ACTIVATIONS)}, got {activation!r}")
         if not lr > 0:
             raise ValueError(f"lr must be > 0, got {lr!r}")
+        if not is_int(exact_nelbo_every_n_steps) or exact_nelbo_every_n_steps < 0:
+            raise ValueError(f"exact_nelbo_every_n_steps must be an integer >= 0 (0: off), got {exact_nelbo_every_n_steps!r}")
         for name, value in (
-            ("exact_nelbo_every_n_steps", exact_nelbo_every_n_steps),
             ("n_importance_samples", n_importance_samples),
             ("importance_chunk", importance_chunk),
         ):
@@ -181,11 +184,13 @@ class CategoricalVAE(EstimatorTask):
         if self.hparams.fast_step:
             return self._fast_training_step(x)
         loss, logits = self._loss(x)
-        nelbo_exact = None
-        if self.global_step % self.hparams.exact_nelbo_every_n_steps == 0:
-            nelbo_exact = self._nelbo_exact(x, loss, logits)
+        nelbo_exact = self._nelbo_exact(x, loss, logits) if self._exact_nelbo_due() else None
         self._log_train(loss.detach(), nelbo_exact, x.shape[0])
         return loss
+
+    def _exact_nelbo_due(self) -> bool:
+        every = self.hparams.exact_nelbo_every_n_steps
+        return every > 0 and self.global_step % every == 0
 
     @torch.no_grad()
     def _nelbo_exact(self, x: Tensor, loss: Tensor, logits: Tensor) -> Tensor:
@@ -200,10 +205,12 @@ class CategoricalVAE(EstimatorTask):
     def _whole_step(self, x: Tensor) -> dict[str, Tensor]:
         self._adam.zero_grad(set_to_none=True)
         loss, logits = self._loss(x)
-        nelbo_exact = self._nelbo_exact(x, loss, logits)
+        out = {"loss": loss.detach()}
+        if self.hparams.exact_nelbo_every_n_steps > 0:  # a captured graph is static: every step, or never
+            out["nelbo_exact"] = self._nelbo_exact(x, loss, logits)
         loss.backward()
         self._adam.step()
-        return {"loss": loss.detach(), "nelbo_exact": nelbo_exact}
+        return out
 
     def _fast_training_step(self, x: Tensor) -> None:
         from ..fast import StepRunner
@@ -214,8 +221,7 @@ class CategoricalVAE(EstimatorTask):
             self._runner = StepRunner(self._whole_step)
         out: dict[str, Tensor] = {}
         self.optimizers().step(closure=lambda: out.update(self._runner(x)))
-        every = self.hparams.exact_nelbo_every_n_steps
-        self._log_train(out["loss"], out["nelbo_exact"] if self.global_step % every == 0 else None, x.shape[0])
+        self._log_train(out["loss"], out["nelbo_exact"] if self._exact_nelbo_due() else None, x.shape[0])
 
     def validation_step(self, x: Tensor, batch_idx: int) -> None:
         with self.eval_rng(batch_idx):

@@ -1,0 +1,43 @@
+"""`catvae bench`: the timing tables run end to end and print one row per estimator and shape."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+from conftest import needs_mnist
+
+from catvae.cli import main
+
+
+def _rows(text: str, names: list[str]) -> dict[str, str]:
+    return {line.split()[0]: line for line in text.splitlines() if line.split() and line.split()[0] in names}
+
+
+def test_bench_estimators_prints_ratios_to_gumbel(capsys):
+    assert 0 == main(["bench", "estimators", "--estimators", "redge", "st", "--shapes", "4x3", "--repeats", "1", "--inner", "2",
+          "--device", "cpu"])
+    rows = _rows(capsys.readouterr().out, ["gumbel", "redge", "st"])
+    assert set(rows) == {"gumbel", "redge", "st"}  # gumbel is always timed: it is the baseline
+    assert "(1.00x)" in rows["gumbel"]
+    assert re.search(r"\d+ us \(\d+\.\d\dx\)", rows["redge"])
+
+
+@needs_mnist
+def test_bench_train_prints_both_loops_per_estimator(capsys):
+    assert 0 == main(["bench", "train", "--estimators", "gumbel", "redge", "--settings", "4x3", "--steps", "3", "--warmup", "1",
+          "--rounds", "2", "--device", "cpu", "--exact_nelbo_every_n_steps", "0"])
+    captured = capsys.readouterr()
+    rows = _rows(captured.out, ["gumbel", "redge"])
+    assert set(rows) == {"gumbel", "redge"}
+    for row in rows.values():
+        ref, ours, speedup, vs = re.findall(r"(\d+\.\d+)[sx]", row)
+        assert float(speedup) == pytest.approx(float(ref) / float(ours), abs=0.01)
+    assert rows["gumbel"].endswith("1.00x")
+    assert captured.err.count("round 2/2") == 2  # progress of each round, on stderr
+
+
+def test_bench_rejects_bad_arguments(capsys):
+    assert main(["bench", "train", "--rounds", "0", "--device", "cpu"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--rounds" in err[0]
