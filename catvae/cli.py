@@ -43,7 +43,7 @@ def _tools_main(argv: list[str]) -> int:
 
 def _build_cli_class():
     import lightning as L
-    from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
+    from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint, ProgressBar, TQDMProgressBar
     from lightning.pytorch.cli import LightningCLI
     from lightning.pytorch.loggers import TensorBoardLogger
 
@@ -120,6 +120,11 @@ def _build_cli_class():
                 configured = self._get(self.config_init, "trainer", default={}).get("callbacks") or []
                 if not isinstance(configured, list):
                     configured = [configured]
+                if cfg.get("trainer", {}).get("enable_progress_bar") is not False and not any(
+                    isinstance(c, ProgressBar) for c in configured
+                ):
+                    # refreshing every step costs ~0.25 ms of Python and a host sync per step
+                    extra.append(TQDMProgressBar(refresh_rate=10))
                 kwargs["callbacks"] = configured + list(kwargs.get("callbacks") or []) + extra
             return super().instantiate_trainer(**kwargs)
 

@@ -9,3 +9,17 @@ DATA = Path(os.environ["CATVAE_DATA_DIR"])
 HAS_MNIST = (DATA / "MNIST" / "raw" / "train-images-idx3-ubyte").is_file()
 
 needs_mnist = pytest.mark.skipif(not HAS_MNIST, reason=f"MNIST files not found under {DATA}/MNIST/raw")
+
+
+try:
+    import lightning as _L
+
+    class RecordTrainer(_L.Callback):
+        """A callback that remembers the Trainer it ran in (for CLI tests: ``--trainer.callbacks+=conftest.RecordTrainer``)."""
+
+        last = None
+
+        def setup(self, trainer, pl_module, stage):
+            RecordTrainer.last = trainer
+except ImportError:  # pragma: no cover
+    pass

@@ -169,6 +169,53 @@ def test_fit_test_and_run_layout(tmp_path, capsys):
     assert ckpt["global_step"] == 10 and "catvae_rng" in ckpt
 
 
+class _RecordingLogger:
+    """The metrics Lightning writes, as (step, name, value)."""
+
+    def __new__(cls):
+        from lightning.pytorch.loggers import Logger
+
+        class Recorder(Logger):
+            name, version, rows = "rec", 0, []
+
+            def log_hyperparams(self, *args, **kwargs):
+                pass
+
+            def log_metrics(self, metrics, step=None):
+                self.rows.extend((step, k, float(v)) for k, v in metrics.items())
+
+        return Recorder()
+
+
+@needs_mnist
+@pytest.mark.parametrize("fast", [False, True])
+def test_train_metrics_written_every_n_steps_and_epoch_means(fast):
+    import lightning as L
+
+    L.seed_everything(0)
+    model = CategoricalVAE("redge", latent_dim=6, n_categories=3, fast_step=fast)
+    steps = []
+    original = model._log_train
+    model._log_train = lambda step, out, bs: (steps.append((step, out["loss"].item(), out["nelbo_exact"].item())),
+                                             original(step, out, bs))[1]
+    logger = _RecordingLogger()
+    data = MNISTDataModule(str(DATA), train_subset=600, batch_size=100, download=False)  # 6 steps per epoch
+    trainer = L.Trainer(max_epochs=2, logger=logger, log_every_n_steps=4, limit_val_batches=0,
+                        enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False)
+    trainer.fit(model, data)
+    written = {}
+    for step, name, value in logger.rows:
+        written.setdefault(name, []).append((step, value))
+    # step values: on Lightning's logging steps (4 and 8 of 12 batches), the value of that very step
+    assert [s for s, _ in written["train/loss_step"]] == [3, 7, 11]
+    for step, value in written["train/loss_step"]:
+        assert value == pytest.approx(steps[step][1], rel=1e-6)
+    # epoch values: the mean over that epoch's 6 steps (metrics reset between epochs)
+    for key, column in (("train/loss_epoch", 1), ("train/nelbo_exact", 2)):
+        means = [sum(s[column] for s in steps[e * 6 : (e + 1) * 6]) / 6 for e in range(2)]
+        assert [v for _, v in written[key]] == pytest.approx(means, rel=1e-6)
+
+
 @needs_mnist
 @pytest.mark.parametrize("binarize", ["threshold", "dynamic"])
 def test_resume_is_exact(tmp_path, binarize):
@@ -308,6 +355,18 @@ def test_callbacks_from_the_command_line_are_kept(tmp_path):
 
     tags = EventAccumulator(str(last_ckpt(runs).parents[1])).Reload().Tags()["scalars"]
     assert "diag/rloo/encoder/rel_bias" in tags and last_ckpt(runs).is_file()
+
+
+@needs_mnist
+@pytest.mark.parametrize("extra, refresh", [([], 10), (["--trainer.callbacks+=lightning.pytorch.callbacks.TQDMProgressBar",
+                                                       "--trainer.callbacks.refresh_rate=3"], 3)])
+def test_progress_bar_refreshes_every_10_steps_unless_configured(tmp_path, extra, refresh):
+    from conftest import RecordTrainer
+
+    args = [a for a in cli_args(tmp_path / "runs", "--trainer.max_steps=2", "--trainer.limit_val_batches=0")
+            if a != "--trainer.enable_progress_bar=false"]
+    assert main(["fit", *args, "--trainer.callbacks+=conftest.RecordTrainer", *extra]) == 0
+    assert RecordTrainer.last.progress_bar_callback.refresh_rate == refresh
 
 
 def test_image_logger_writes_grids_every_n_epochs():
