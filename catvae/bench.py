@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import math
+import os
 import statistics
+import sys
 import time
 
 import torch
@@ -157,12 +160,16 @@ def reference_loop(estimator, L: int, K: int, steps: int, warmup: int, device: t
 
 
 def catvae_loop(estimator, L: int, K: int, steps: int, warmup: int, device: torch.device, root, logdir,
-                fast_step: bool = False, exact_every: int = 1) -> float:
-    """``catvae fit``'s training step: Lightning Trainer, CategoricalVAE, MNISTDataModule, TensorBoard logging
-    and metrics included (validation and checkpointing off, as they are not part of a step)."""
+                fast_step: bool = False, exact_every: int = 1, null_step: bool = False) -> float:
+    """``catvae fit``'s training step: Lightning Trainer, CategoricalVAE, MNISTDataModule, TensorBoard logging,
+    metrics and fit's callbacks included (validation off: it is not part of a step). ``null_step``: the
+    fast path's whole step (forward, backward, Adam) is replaced by a no-op, leaving only the host work
+    around it, with the progress bar on (drawn to /dev/null)."""
     import lightning as L_
+    from lightning.pytorch.callbacks import TQDMProgressBar
     from lightning.pytorch.loggers import TensorBoardLogger
 
+    from .cli import fit_callbacks
     from .data import MNISTDataModule
     from .models import CategoricalVAE
 
@@ -175,18 +182,43 @@ def catvae_loop(estimator, L: int, K: int, steps: int, warmup: int, device: torc
         def on_train_end(self, *args) -> None:
             timer.tick()
 
-    model = CategoricalVAE(estimator, latent_dim=L, n_categories=K, fast_step=fast_step,
+    model = CategoricalVAE(estimator, latent_dim=L, n_categories=K, fast_step=fast_step or null_step,
                            exact_nelbo_every_n_steps=exact_every)
+    if null_step:
+        out = {"loss": torch.tensor(100.0, device=device), "nelbo_exact": torch.tensor(101.0, device=device)}
+        model._whole_step = lambda x: {k: v.clone() for k, v in out.items()}
     data = MNISTDataModule(str(root), download=False)
+    # catvae fit's own callbacks (checkpoints every 1000 steps and at epoch ends: none inside the timed window)
+    callbacks = [Tick(), *fit_callbacks(model.monitor)]
+    if null_step:
+        callbacks.append(TQDMProgressBar(refresh_rate=10))
     trainer = L_.Trainer(max_steps=steps + warmup, accelerator=device.type, devices=1, limit_val_batches=0,
-                         logger=TensorBoardLogger(logdir), enable_checkpointing=False, enable_progress_bar=False,
-                         enable_model_summary=False, callbacks=[Tick()], log_every_n_steps=50)
-    trainer.fit(model, data)
+                         logger=TensorBoardLogger(logdir), default_root_dir=logdir, enable_progress_bar=null_step,
+                         enable_model_summary=False, callbacks=callbacks, log_every_n_steps=50)
+    with open(os.devnull, "w") as null, contextlib.ExitStack() as stack:
+        if null_step:  # Lightning's bar draws to stdout
+            stack.enter_context(contextlib.redirect_stdout(null))
+        trainer.fit(model, data)
     return timer.per_step(warmup)
 
 
+def bench_overhead(args: argparse.Namespace) -> None:
+    import tempfile
+
+    from .data.mnist import resolve_data_dir
+
+    device = torch.device(args.device)
+    root = resolve_data_dir(args.data_dir)
+    L, K = _shape(args.setting)
+    with tempfile.TemporaryDirectory() as logdir:
+        t = min(catvae_loop("gumbel", L, K, args.steps, args.warmup, device, root, logdir, null_step=True)
+                for _ in range(args.rounds))
+    print(f"host time per training step around a no-op step (catvae fit's loop, data, metrics, logging, callbacks, "
+          f"progress bar), device {device}, torch {torch.__version__}: {t * 1e6:.0f} us = {t * 300:.3f} s per "
+          f"epoch of 300 steps (median of {args.steps} steps, best of {args.rounds})")
+
+
 def bench_train(args: argparse.Namespace) -> None:
-    import sys
     import tempfile
 
     from .data.mnist import resolve_data_dir
@@ -239,3 +271,12 @@ def _add_train_parser(bsub) -> None:
                    help="catvae fit's train/nelbo_exact diagnostic: 1 (default, as in fit) or 0 (off; the reference "
                         "loop has none; ReDGE pays an extra decoder pass for it)")
     t.set_defaults(func=bench_train)
+    o = bsub.add_parser("overhead", help="host time per step of catvae fit's loop around a no-op step (the floor "
+                                         "of a CUDA-graph epoch)")
+    o.add_argument("--setting", default="48x2", help="LxK latent shape")
+    o.add_argument("--steps", type=int, default=600)
+    o.add_argument("--warmup", type=int, default=50)
+    o.add_argument("--rounds", type=int, default=3)
+    o.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    o.add_argument("--data_dir", default=None, help="default: $CATVAE_DATA_DIR, else ./data")
+    o.set_defaults(func=bench_overhead)

@@ -41,13 +41,27 @@ def _tools_main(argv: list[str]) -> int:
     return result if isinstance(result, int) else 0
 
 
-def _build_cli_class():
-    import lightning as L
-    from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint, ProgressBar, TQDMProgressBar
-    from lightning.pytorch.cli import LightningCLI
-    from lightning.pytorch.loggers import TensorBoardLogger
+def fit_callbacks(monitor: str | None, checkpoint_every_n_steps: int = 1000) -> list:
+    """The callbacks ``catvae fit`` adds to the user's: best/last checkpoints, learning rate, throughput,
+    checkpoint on interrupt (``catvae bench train`` times the step with the same set)."""
+    from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
 
     from callbacks import CheckpointOnInterrupt, LastCheckpoint, Throughput
+
+    return [
+        ModelCheckpoint(monitor=monitor, mode="min", save_top_k=1 if monitor else 0, filename="best-{epoch}-{step}"),
+        LastCheckpoint(checkpoint_every_n_steps),
+        LearningRateMonitor(),
+        Throughput(),
+        CheckpointOnInterrupt(),
+    ]
+
+
+def _build_cli_class():
+    import lightning as L
+    from lightning.pytorch.callbacks import ProgressBar, TQDMProgressBar
+    from lightning.pytorch.cli import LightningCLI
+    from lightning.pytorch.loggers import TensorBoardLogger
 
     from .core import EstimatorTask
     from .errors import UserError
@@ -108,15 +122,7 @@ def _build_cli_class():
             self.save_config_kwargs["config_filename"] = name
             self.save_config_kwargs["overwrite"] = not fresh_fit
             if self.subcommand == "fit":
-                monitor = getattr(self.model, "monitor", None)
-                extra = [
-                    ModelCheckpoint(monitor=monitor, mode="min", save_top_k=1 if monitor else 0,
-                                    filename="best-{epoch}-{step}"),
-                    LastCheckpoint(cfg.get("checkpoint_every_n_steps") or 1000),
-                    LearningRateMonitor(),
-                    Throughput(),
-                    CheckpointOnInterrupt(),
-                ]
+                extra = fit_callbacks(getattr(self.model, "monitor", None), cfg.get("checkpoint_every_n_steps") or 1000)
                 configured = self._get(self.config_init, "trainer", default={}).get("callbacks") or []
                 if not isinstance(configured, list):
                     configured = [configured]

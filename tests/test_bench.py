@@ -41,3 +41,13 @@ def test_bench_rejects_bad_arguments(capsys):
     assert main(["bench", "train", "--rounds", "0", "--device", "cpu"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "--rounds" in err[0]
+
+
+@needs_mnist
+def test_bench_overhead_times_the_loop_around_a_no_op_step(capsys):
+    assert 0 == main(["bench", "overhead", "--setting", "4x3", "--steps", "20", "--warmup", "5", "--rounds", "1",
+                      "--device", "cpu"])
+    out = capsys.readouterr().out
+    per_step, per_epoch = re.search(r": (\d+) us = (\d+\.\d+) s per epoch", out).groups()
+    assert int(per_step) > 0 and float(per_epoch) == pytest.approx(int(per_step) * 300e-6, abs=2e-3)
+    assert "Epoch" not in out  # the progress bar is timed but not drawn

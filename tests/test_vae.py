@@ -393,3 +393,20 @@ def test_image_logger_writes_grids_every_n_epochs():
     assert steps == [0, 30, 60]  # epochs 0, 3, 6 (6 is also the final one)
     assert {t for t, _, _ in writer.images} == {"images/reconstructions", "images/prior_samples"}
     assert writer.images[0][1][0] == 3  # an RGB grid (C, H, W)
+
+
+def test_step_mean_is_a_weighted_mean_that_propagates_nan():
+    from torchmetrics import MeanMetric
+
+    from catvae.metrics import StepMean
+
+    ours, reference = StepMean(), MeanMetric()
+    for value, weight in ((3.0, 100), (5.0, 100), (8.0, 50)):
+        ours.update(torch.tensor(value), weight=weight)
+        reference.update(torch.tensor(value), weight=weight)
+    assert ours.compute().item() == pytest.approx(reference.compute().item()) == pytest.approx(4.8)
+    ours.reset()
+    ours.update(torch.tensor(1.0), weight=3)
+    assert ours.compute().item() == 1.0  # reset cleared the previous epoch
+    ours.update(torch.tensor(float("nan")), weight=3)
+    assert torch.isnan(ours.compute())  # a diverged step shows, it is not dropped

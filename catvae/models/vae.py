@@ -14,6 +14,7 @@ from estimators.base import is_int
 from estimators.functional import sample_one_hot
 
 from ..core import EstimatorTask
+from ..metrics import StepMean
 
 __all__ = ["CategoricalVAE", "mlp"]
 
@@ -103,8 +104,8 @@ class CategoricalVAE(EstimatorTask):
         self.experiment = f"mnist_l{latent_dim}_k{n_categories}"
         self.encoder = mlp([image_size, *encoder_hidden, latent_dim * n_categories], activation)
         self.decoder = mlp([latent_dim * n_categories, *decoder_hidden, image_size], activation)
-        self.train_loss = MeanMetric()
-        self.train_nelbo_exact = MeanMetric()
+        self.train_loss = StepMean()
+        self.train_nelbo_exact = StepMean()
         self.val_nelbo = MeanMetric()
         self.val_examples = SumMetric()
         self.test_nelbo = MeanMetric()
