@@ -17,7 +17,7 @@ endif
 
 export CATVAE_DATA_DIR ?= $(abspath ../shared/data)
 
-.PHONY: setup demo test bench lint clean
+.PHONY: setup demo test bench lint clean gpu-check
 
 setup: $(STAMP)
 
@@ -40,6 +40,21 @@ test: setup
 
 bench: setup
 	$(BIN)/catvae bench estimators
+
+# On a GPU machine whose Python already has torch, lightning, torchvision, torchmetrics and tensorboard
+# (no venv, no network): the GPU timing tables of docs/performance.md into $(OUT)/. Fails if the fast
+# step was not captured in a CUDA graph. Estimated 5-6 minutes on an H100 (not yet run: no session had a GPU).
+OUT ?= gpu-check
+GPU_BENCH := $(PYTHON) -m catvae bench train --device cuda --estimators gumbel st reinmax redge redge_max redge_cov \
+             redge_max_cov --settings 48x2 32x64 --steps 100 --warmup 20
+gpu-check:
+	mkdir -p $(OUT)
+	nvidia-smi --query-gpu=name,driver_version --format=csv,noheader > $(OUT)/machine.txt
+	$(GPU_BENCH) > $(OUT)/bench_train_default.txt
+	$(GPU_BENCH) --fast_step > $(OUT)/bench_train_fast_step.txt
+	$(GPU_BENCH) --fast_step --exact_nelbo_every_n_steps 0 > $(OUT)/bench_train_fast_step_no_diag.txt
+	$(PYTHON) -m catvae bench overhead --device cuda > $(OUT)/bench_overhead.txt
+	$(PYTHON) -m catvae bench estimators --device cuda > $(OUT)/bench_estimators.txt
 
 lint: setup
 	$(BIN)/ruff check catvae estimators callbacks tests

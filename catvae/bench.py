@@ -199,7 +199,8 @@ def catvae_loop(estimator, L: int, K: int, steps: int, warmup: int, device: torc
         if null_step:  # Lightning's bar draws to stdout
             stack.enter_context(contextlib.redirect_stdout(null))
         trainer.fit(model, data)
-    return timer.per_step(warmup)
+    runner = getattr(model, "_runner", None)
+    return timer.per_step(warmup), bool(runner is not None and runner.captured)
 
 
 def bench_overhead(args: argparse.Namespace) -> None:
@@ -211,7 +212,7 @@ def bench_overhead(args: argparse.Namespace) -> None:
     root = resolve_data_dir(args.data_dir)
     L, K = _shape(args.setting)
     with tempfile.TemporaryDirectory() as logdir:
-        t = min(catvae_loop("gumbel", L, K, args.steps, args.warmup, device, root, logdir, null_step=True)
+        t = min(catvae_loop("gumbel", L, K, args.steps, args.warmup, device, root, logdir, null_step=True)[0]
                 for _ in range(args.rounds))
     print(f"host time per training step around a no-op step (catvae fit's loop, data, metrics, logging, callbacks, "
           f"progress bar), device {device}, torch {torch.__version__}: {t * 1e6:.0f} us = {t * 300:.3f} s per "
@@ -238,8 +239,11 @@ def bench_train(args: argparse.Namespace) -> None:
                 est = estimators.build(name, **VAE_SETTINGS.get(name, {}))
                 ref = reference_loop(est, L, K, args.steps, args.warmup, device, root) * 300
                 with tempfile.TemporaryDirectory() as logdir:
-                    ours = catvae_loop(est, L, K, args.steps, args.warmup, device, root, logdir, args.fast_step,
-                                       args.exact_nelbo_every_n_steps) * 300
+                    ours, captured = catvae_loop(est, L, K, args.steps, args.warmup, device, root, logdir,
+                                                 args.fast_step, args.exact_nelbo_every_n_steps)
+                    ours *= 300
+                    if args.fast_step and device.type == "cuda" and not captured:
+                        raise RuntimeError(f"{name} L={L},K={K}: the fast step was not captured in a CUDA graph")
                 if args.rounds > 1:
                     print(f"round {r + 1}/{args.rounds} {name} L={L},K={K}: reference {ref:.2f}s, catvae {ours:.2f}s",
                           file=sys.stderr, flush=True)
