@@ -10,8 +10,8 @@ from torch import Tensor, nn
 from .functional import LOW_PRECISION
 
 __all__ = [
-    "CategoricalEstimator", "register", "build", "get", "available", "check_positive", "check_unit", "is_int",
-    "is_real",
+    "CategoricalEstimator", "register", "build", "get", "available", "check_int", "check_positive", "check_unit",
+    "is_int", "is_real",
 ]
 
 _REGISTRY: dict[str, type[CategoricalEstimator]] = {}
@@ -119,6 +119,13 @@ def is_int(value) -> bool:
 def is_real(value) -> bool:
     """An ``int`` or ``float`` that is not a ``bool``."""
     return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def check_int(name: str, value: int, low: int) -> int:
+    """Validate an integer (not a bool) ``>= low``."""
+    if not is_int(value) or value < low:
+        raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
+    return value
 
 
 def check_positive(name: str, value: float) -> float:

@@ -25,7 +25,7 @@ import torch
 from torch import Tensor, nn
 
 from estimators import CategoricalEstimator
-from estimators.base import is_int, is_real
+from estimators.base import check_int, is_real
 
 from .steps import BenchmarkTask
 
@@ -94,8 +94,7 @@ class GMMTask(BenchmarkTask):
         super().__init__(estimator)
         for name, value, low in (("n_points", n_points, 1), ("n_components", n_components, 2), ("dim", dim, 1),
                                  ("samples_per_step", samples_per_step, 1), ("window", window, 1)):
-            if not is_int(value) or value < low:
-                raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
+            check_int(name, value, low)
         for name, value in (("sigma_0", sigma_0), ("sigma_y", sigma_y), ("lr", lr)):
             if not is_real(value) or not 0 < value < math.inf:
                 raise ValueError(f"{name} must be a finite number > 0, got {value!r}")

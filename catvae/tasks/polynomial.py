@@ -22,7 +22,7 @@ import torch
 from torch import Tensor, nn
 
 from estimators import CategoricalEstimator
-from estimators.base import is_int, is_real
+from estimators.base import check_int, is_real
 
 from .steps import BenchmarkTask
 
@@ -70,9 +70,8 @@ class PolynomialTask(BenchmarkTask):
             raise ValueError(f"p must be a number >= 1, got {p!r}")
         if not is_real(c) or not 0 < c < 0.5:
             raise ValueError(f"c must be in (0, 0.5) (the optimum is then all mass on e_1), got {c!r}")
-        for name, value in (("length", length), ("samples_per_step", samples_per_step)):
-            if not is_int(value) or value < 1:
-                raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
+        check_int("length", length, 1)
+        check_int("samples_per_step", samples_per_step, 1)
         if not lr > 0:
             raise ValueError(f"lr must be > 0, got {lr!r}")
         if relaxation not in RELAXATIONS:

@@ -6,7 +6,7 @@ import lightning as L
 import torch
 from torch import Tensor
 
-from estimators.base import is_int
+from estimators.base import check_int
 
 from ..core import EstimatorTask
 from ..data.loader import TensorBatches
@@ -43,8 +43,7 @@ class StepsDataModule(L.LightningDataModule):
 
     def __init__(self, steps_per_epoch: int = 100) -> None:
         super().__init__()
-        if not is_int(steps_per_epoch) or steps_per_epoch < 1:
-            raise ValueError(f"steps_per_epoch must be an integer >= 1, got {steps_per_epoch!r}")
+        check_int("steps_per_epoch", steps_per_epoch, 1)
         self.save_hyperparameters()
         self.steps_per_epoch = steps_per_epoch
 

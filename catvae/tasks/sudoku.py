@@ -27,7 +27,7 @@ import torch
 from torch import Tensor, nn
 
 from estimators import CategoricalEstimator
-from estimators.base import is_int
+from estimators.base import check_int, is_int
 
 from .steps import BenchmarkTask
 
@@ -241,8 +241,7 @@ def generate_puzzles(n: int, n_clues: int = 30, seed: int = 0, max_tries: int = 
     """
     if not is_int(n_clues) or not 17 <= n_clues <= 81:
         raise ValueError(f"n_clues must be an integer in [17, 81] (no unique puzzle has fewer than 17), got {n_clues!r}")
-    if not is_int(n) or n < 1:
-        raise ValueError(f"the number of puzzles must be an integer >= 1, got {n!r}")
+    check_int("the number of puzzles", n, 1)
     rng = random.Random(seed)
     puzzles, solutions = [], []
     for k in range(n):
@@ -319,10 +318,8 @@ class SudokuTask(BenchmarkTask):
         super().__init__(estimator)
         if n_puzzles is not None and (not is_int(n_puzzles) or n_puzzles < 1):
             raise ValueError(f"n_puzzles must be an integer >= 1 or null, got {n_puzzles!r}")
-        if not is_int(offset) or offset < 0:
-            raise ValueError(f"offset must be an integer >= 0, got {offset!r}")
-        if not is_int(samples_per_step) or samples_per_step < 1:
-            raise ValueError(f"samples_per_step must be an integer >= 1, got {samples_per_step!r}")
+        check_int("offset", offset, 0)
+        check_int("samples_per_step", samples_per_step, 1)
         if not lr > 0:
             raise ValueError(f"lr must be > 0, got {lr!r}")
         if not init_std >= 0:
