@@ -203,13 +203,20 @@ def catvae_loop(estimator, L: int, K: int, steps: int, warmup: int, device: torc
     return timer.per_step(warmup), bool(runner is not None and runner.captured)
 
 
+def _training_setup(args: argparse.Namespace) -> tuple[torch.device, object]:
+    """Validate the loop-timing arguments; the device and the MNIST root."""
+    from .data.mnist import resolve_data_dir
+
+    for flag in ("steps", "rounds"):
+        if getattr(args, flag) < 1:
+            raise ValueError(f"--{flag} must be >= 1, got {getattr(args, flag)}")
+    return torch.device(args.device), resolve_data_dir(args.data_dir)
+
+
 def bench_overhead(args: argparse.Namespace) -> None:
     import tempfile
 
-    from .data.mnist import resolve_data_dir
-
-    device = torch.device(args.device)
-    root = resolve_data_dir(args.data_dir)
+    device, root = _training_setup(args)
     L, K = _shape(args.setting)
     with tempfile.TemporaryDirectory() as logdir:
         t = min(catvae_loop("gumbel", L, K, args.steps, args.warmup, device, root, logdir, null_step=True)[0]
@@ -222,14 +229,9 @@ def bench_overhead(args: argparse.Namespace) -> None:
 def bench_train(args: argparse.Namespace) -> None:
     import tempfile
 
-    from .data.mnist import resolve_data_dir
-
-    device = torch.device(args.device)
-    root = resolve_data_dir(args.data_dir)
+    device, root = _training_setup(args)
     names = args.estimators or ["gumbel", "redge", "redge_max", "redge_cov"]
     settings = [_shape(s) for s in args.settings]
-    if args.rounds < 1:
-        raise ValueError(f"--rounds must be >= 1, got {args.rounds}")
     # best (minimum) over rounds of each loop's median step: robust to other load on a shared machine
     best: dict[tuple, list[float]] = {}
     for r in range(args.rounds):
@@ -260,16 +262,20 @@ def bench_train(args: argparse.Namespace) -> None:
             print(f"{name:<15}{f'L={L},K={K}':<12}{ref:>15.2f}s{ours:>11.2f}s{ref / ours:>8.2f}x{ours / base:>10.2f}x")
 
 
+def _add_timing_args(p: argparse.ArgumentParser, steps: int, warmup: int, rounds: int) -> None:
+    p.add_argument("--steps", type=int, default=steps, help="timed steps per loop (after warm-up)")
+    p.add_argument("--warmup", type=int, default=warmup)
+    p.add_argument("--rounds", type=int, default=rounds, help="repeat everything; report the best round of each loop")
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--data_dir", default=None, help="default: $CATVAE_DATA_DIR, else ./data")
+
+
 def _add_train_parser(bsub) -> None:
     t = bsub.add_parser("train", help="reference training loop vs catvae fit's step, per epoch")
     t.add_argument("--estimators", nargs="*", choices=estimators.available(),
                    help="default: gumbel redge redge_max redge_cov")
     t.add_argument("--settings", nargs="*", default=["48x2", "32x64"], help="LxK latent shapes")
-    t.add_argument("--steps", type=int, default=60, help="timed steps per loop (after warm-up)")
-    t.add_argument("--warmup", type=int, default=10)
-    t.add_argument("--rounds", type=int, default=1, help="repeat everything; report the best round of each loop")
-    t.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    t.add_argument("--data_dir", default=None, help="default: $CATVAE_DATA_DIR, else ./data")
+    _add_timing_args(t, steps=60, warmup=10, rounds=1)
     t.add_argument("--fast_step", action="store_true", help="catvae fit with --model.fast_step (CUDA graph on GPU)")
     t.add_argument("--exact_nelbo_every_n_steps", type=int, default=1,
                    help="catvae fit's train/nelbo_exact diagnostic: 1 (default, as in fit) or 0 (off; the reference "
@@ -278,9 +284,5 @@ def _add_train_parser(bsub) -> None:
     o = bsub.add_parser("overhead", help="host time per step of catvae fit's loop around a no-op step (the floor "
                                          "of a CUDA-graph epoch)")
     o.add_argument("--setting", default="48x2", help="LxK latent shape")
-    o.add_argument("--steps", type=int, default=600)
-    o.add_argument("--warmup", type=int, default=50)
-    o.add_argument("--rounds", type=int, default=3)
-    o.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    o.add_argument("--data_dir", default=None, help="default: $CATVAE_DATA_DIR, else ./data")
+    _add_timing_args(o, steps=600, warmup=50, rounds=3)
     o.set_defaults(func=bench_overhead)

@@ -37,8 +37,9 @@ def test_bench_train_prints_both_loops_per_estimator(capsys):
     assert captured.err.count("round 2/2") == 2  # progress of each round, on stderr
 
 
-def test_bench_rejects_bad_arguments(capsys):
-    assert main(["bench", "train", "--rounds", "0", "--device", "cpu"]) == 2
+@pytest.mark.parametrize("tool", ["train", "overhead"])
+def test_bench_rejects_bad_arguments(capsys, tool):
+    assert main(["bench", tool, "--rounds", "0", "--device", "cpu"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "--rounds" in err[0]
 
