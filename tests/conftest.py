@@ -1,6 +1,7 @@
 import os
 from pathlib import Path
 
+import lightning as L
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -11,15 +12,10 @@ HAS_MNIST = (DATA / "MNIST" / "raw" / "train-images-idx3-ubyte").is_file()
 needs_mnist = pytest.mark.skipif(not HAS_MNIST, reason=f"MNIST files not found under {DATA}/MNIST/raw")
 
 
-try:
-    import lightning as _L
+class RecordTrainer(L.Callback):
+    """A callback that remembers the Trainer it ran in (for CLI tests: ``--trainer.callbacks+=conftest.RecordTrainer``)."""
 
-    class RecordTrainer(_L.Callback):
-        """A callback that remembers the Trainer it ran in (for CLI tests: ``--trainer.callbacks+=conftest.RecordTrainer``)."""
+    last = None
 
-        last = None
-
-        def setup(self, trainer, pl_module, stage):
-            RecordTrainer.last = trainer
-except ImportError:  # pragma: no cover
-    pass
+    def setup(self, trainer, pl_module, stage):
+        RecordTrainer.last = trainer

@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 from conftest import DATA, ROOT, needs_mnist
+from lightning.pytorch.loggers import Logger
 
 from catvae import CategoricalVAE, TensorBatches
 from catvae.cli import main
@@ -169,22 +170,20 @@ def test_fit_test_and_run_layout(tmp_path, capsys):
     assert ckpt["global_step"] == 10 and "catvae_rng" in ckpt
 
 
-class _RecordingLogger:
+class _RecordingLogger(Logger):
     """The metrics Lightning writes, as (step, name, value)."""
 
-    def __new__(cls):
-        from lightning.pytorch.loggers import Logger
+    name, version = "rec", 0
 
-        class Recorder(Logger):
-            name, version, rows = "rec", 0, []
+    def __init__(self) -> None:
+        super().__init__()
+        self.rows: list[tuple[int, str, float]] = []
 
-            def log_hyperparams(self, *args, **kwargs):
-                pass
+    def log_hyperparams(self, *args, **kwargs):
+        pass
 
-            def log_metrics(self, metrics, step=None):
-                self.rows.extend((step, k, float(v)) for k, v in metrics.items())
-
-        return Recorder()
+    def log_metrics(self, metrics, step=None):
+        self.rows.extend((step, k, float(v)) for k, v in metrics.items())
 
 
 @needs_mnist
