@@ -24,9 +24,10 @@ and the relaxed sample is ``x̂₀(x_{t₁}, t₁) = T_{0|t₁}(x_{t₁})``.
 With ``n_steps = 2`` and ``t₁ = 1`` (one diffusion step, ``α_{t₁} = 0``), ``x̂₀ = softmax(φ)``:
 ReDGE is exactly Straight-Through and ReDGE-Max exactly ReinMax (§3.2-3.3).
 
-Two implementations give identical results: ``fused=True`` (default) runs the chain without autograd
-and back-propagates analytically (Lemma A.3: ``J_φ x̂₀ = Σ``, ``J_x x̂₀ = c_t Σ``), which saves memory
-and time; ``fused=False`` is the plain autograd transcription of the equations.
+Two implementations give the same results up to float rounding: ``fused=True`` (default) runs the
+chain without autograd and back-propagates analytically (Lemma A.3: ``J_φ x̂₀ = Σ``,
+``J_x x̂₀ = c_t Σ``), which saves memory and time; ``fused=False`` is the plain autograd
+transcription of the equations.
 """
 
 from __future__ import annotations
@@ -37,7 +38,16 @@ import torch
 from torch import Tensor
 
 from .base import CategoricalEstimator, check_unit, is_int, is_real, register
-from .functional import _softmax_, cov_matvec, rowsum, sample_one_hot, softmax, straight_through
+from .functional import (
+    cov_matvec,
+    from_k_major,
+    k_major,
+    rowsum,
+    sample_one_hot,
+    softmax,
+    straight_through,
+    to_k_major,
+)
 
 __all__ = ["DiffusionSchedule", "DDIMEstimator", "ReDGE", "ReDGEMax", "ReDGECov", "ReDGEMaxCov"]
 
@@ -119,7 +129,7 @@ class DDIMEstimator(CategoricalEstimator):
         last_step: ``"st"`` (eq. 15) or ``"reinmax"`` (§3.3, ReDGE-Max).
         var_floor: lower clamp of the fitted variance ``π(1 − π)`` (the authors' code: 0.1).
         hard: one-hot output (default) or the relaxed ``x̂₀(x_{t₁}, t₁)``.
-        fused: analytic backward (default) or plain autograd; results are identical.
+        fused: analytic backward (default) or plain autograd; results agree up to rounding.
     """
 
     BASES = ("standard", "fitted")
@@ -158,10 +168,9 @@ class DDIMEstimator(CategoricalEstimator):
         return {"n_steps": self.n_steps, "t_1": self.t_1, **super().hparams()}
 
     def _sample(self, logits: Tensor, hard: bool) -> Tensor:
-        eps = torch.randn_like(logits)
         if self.fused:
-            return _FusedDDIM.apply(logits, eps, self, hard)
-        return self._reference(logits, eps, hard)
+            return _FusedDDIM.apply(logits, self, hard)
+        return self._reference(logits, torch.randn_like(logits), hard)
 
     # -- plain autograd transcription of the equations (also the oracle for the fused path) --
     def _reference(self, phi: Tensor, eps: Tensor, hard: bool) -> Tensor:
@@ -194,59 +203,63 @@ class DDIMEstimator(CategoricalEstimator):
 class _FusedDDIM(torch.autograd.Function):
     """The DDIM chain without an autograd graph, back-propagated by hand (Lemma A.3).
 
-    The forward pass repeats the operations of :meth:`DDIMEstimator._reference` in the same order
-    (in place where possible), so its values are bitwise those of the transcription.
+    The forward pass runs the operations of :meth:`DDIMEstimator._reference` with fewer full-size
+    passes (fused multiply-adds, in-place updates, and for the standard base the factor ``b`` of the
+    DDIM move applied lazily as a running scalar), so its values equal the transcription's up to
+    rounding. On CPU with few categories it works K-major (:func:`~estimators.functional.k_major`).
     """
 
     @staticmethod
-    def forward(ctx, phi: Tensor, eps: Tensor, est: DDIMEstimator, hard: bool) -> Tensor:
+    def forward(ctx, phi: Tensor, est: DDIMEstimator, hard: bool) -> Tensor:
+        shape, km = phi.shape, k_major(phi)
+        eps = torch.randn_like(phi)  # drawn in the caller's layout: the same noise as _reference
+        if km:
+            phi, eps = to_k_major(phi), to_k_major(eps)
+        dim = 0 if km else -1
         fitted = est.base == "fitted"
         steps = est.schedule.steps
         last = len(steps) - 1
         if fitted:  # the moment-matched base of §3.4: μ = softmax(φ), v = max(μ(1 − μ), v_min), λ = 1/v
-            mu = softmax(phi)
+            mu = torch.softmax(phi, dim)
             pq = mu * (1.0 - mu)
             var = pq.clamp_min(est.var_floor)
             lam = var.reciprocal()
             std = var.sqrt()
-            x = std * eps
-            x.add_(mu)  # μ + √v ε
-            owned = True
+            x = torch.addcmul(mu, std, eps)  # μ + √v ε
         else:
-            x, owned = eps, False
+            x = eps  # our own draw: updated in place
+        scale = 1.0  # standard base: the state x_t is scale · x
         probs, centred = [], []
-        tmp = None
         for i, step in enumerate(steps):
             if fitted:  # eq. (50): φ + c_t λ ⊙ (x − σ_t μ − α_t/2)
-                y = mu * step.sigma
-                y = torch.sub(x, y, out=y)
+                y = torch.add(x, mu, alpha=-step.sigma)
                 y.sub_(0.5 * step.alpha)
                 centred.append(y)
-                z = step.coef * lam
-                z.mul_(y)
-            else:  # eq. (10): φ + c_t x
-                z = x * step.coef
-            z.add_(phi)
-            x0 = _softmax_(z)
+                z = torch.addcmul(phi, lam, y, value=step.coef)
+            else:  # eq. (10): φ + c_t x_t
+                z = torch.add(phi, x, alpha=step.coef * scale)
+            x0 = torch.softmax(z, dim)
             probs.append(x0)
-            if i < last:  # eq. (11): a x̂₀ + b x
-                tmp = torch.mul(x0, step.a, out=tmp) if tmp is not None else x0 * step.a
-                x = x.mul_(step.b) if owned else x * step.b
-                x.add_(tmp)
-                owned = True
-        sample = sample_one_hot(x0) if hard else None
-        ctx.est, ctx.hard, ctx.fitted = est, hard, fitted
+            if i < last:  # eq. (11): x_s = a x̂₀ + b x_t
+                if fitted:
+                    x.mul_(step.b).add_(x0, alpha=step.a)
+                else:  # b · scale · (x + a/(b · scale) x̂₀)
+                    x.add_(x0, alpha=step.a / (step.b * scale))
+                    scale *= step.b
+        sample = sample_one_hot(x0, dim) if hard else None
+        ctx.est, ctx.hard, ctx.fitted, ctx.km, ctx.shape = est, hard, fitted, km, shape
         saved = probs
         if fitted:
             saved = saved + centred + [eps, mu, pq, lam, std]
         if hard and est.last_step == "reinmax":
             saved = saved + [sample]
         ctx.save_for_backward(*saved)
-        return sample if hard else x0
+        out = sample if hard else x0
+        return from_k_major(out, shape) if km else out
 
     @staticmethod
     def backward(ctx, grad: Tensor):
-        est, fitted = ctx.est, ctx.fitted
+        est, fitted, km = ctx.est, ctx.fitted, ctx.km
         steps = est.schedule.steps
         n = len(steps)
         saved = ctx.saved_tensors
@@ -255,14 +268,15 @@ class _FusedDDIM(torch.autograd.Function):
         if fitted:
             centred = saved[n : 2 * n]
             eps, mu, pq, lam, std = saved[2 * n : 2 * n + 5]
-        grad = grad.contiguous()
+        grad = to_k_major(grad) if km else grad.contiguous()
+        dim = 0 if km else -1
 
         # Last step (t₁): the path through x (Cov_π g, eq. 15) and the direct path to φ.
         x0 = probs[-1]
-        u = cov_matvec(x0, grad)  # Cov_π g
+        u = cov_matvec(x0, grad, dim)  # Cov_π g
         if reinmax:  # eq. (36): 2 Cov_m g − ½ Cov_π g, m = ½(π + X), written with p + X = 2m
             mix = x0 + saved[-1]
-            dz_phi = rowsum(mix * grad)
+            dz_phi = rowsum(mix * grad, dim)
             dz_phi = torch.sub(grad, dz_phi, alpha=0.5)
             dz_phi.mul_(mix)
             dz_phi.sub_(u, alpha=0.5)
@@ -289,7 +303,7 @@ class _FusedDDIM(torch.autograd.Function):
             step = steps[i]
             q = probs[i]
             # back through q_i = softmax(z_i) (Lemma A.3): dz_i = a_i Cov_{q_i}(scale · D)
-            u = cov_matvec(q, D)
+            u = cov_matvec(q, D, dim)
             k = step.a * scale  # dz_i = k · u
             dphi.add_(u, alpha=k)
             if fitted:
@@ -303,7 +317,7 @@ class _FusedDDIM(torch.autograd.Function):
                 scale = scale * step.b
         if fitted:  # x_{t_{n−1}} = μ + √v ε, λ = 1/v, v = max(π(1−π), floor), μ = π = softmax(φ)
             dx = D.mul_(scale)
-            dmu = dx - acc_mu.mul_(lam)
+            dmu = torch.addcmul(dx, acc_mu, lam, value=-1.0)
             dvar = dx * eps
             dvar.div_(std)
             dvar.mul_(0.5)
@@ -312,8 +326,8 @@ class _FusedDDIM(torch.autograd.Function):
             dvar.mul_(1.0 - 2.0 * mu)
             dvar.mul_(pq >= est.var_floor)
             dmu.add_(dvar)
-            dphi.add_(cov_matvec(mu, dmu))
-        return dphi, None, None, None
+            dphi.add_(cov_matvec(mu, dmu, dim))
+        return (from_k_major(dphi, ctx.shape) if km else dphi), None, None
 
 
 @register("redge")

@@ -318,9 +318,10 @@ def test_schedule_matches_the_authors_grid():
 @pytest.mark.parametrize("base, last_step", DDIM_OPTIONS)
 @pytest.mark.parametrize("hard", [True, False])
 @pytest.mark.parametrize("n_steps, t_1", [(2, 0.3), (3, 0.3), (7, 0.3), (4, 1.0)])
-def test_fused_chain_equals_autograd_transcription(base, last_step, hard, n_steps, t_1):
-    x = 2 * torch.randn(8, 5, 6, dtype=torch.float64, generator=torch.Generator().manual_seed(n_steps))
-    w = torch.randn(8, 5, 6, dtype=torch.float64, generator=torch.Generator().manual_seed(99))
+@pytest.mark.parametrize("K", [2, 6, 20])  # K-major on CPU below 16 categories (functional.k_major), row-major above
+def test_fused_chain_equals_autograd_transcription(base, last_step, hard, n_steps, t_1, K):
+    x = 2 * torch.randn(8, 5, K, dtype=torch.float64, generator=torch.Generator().manual_seed(n_steps))
+    w = torch.randn(8, 5, K, dtype=torch.float64, generator=torch.Generator().manual_seed(99))
     results = []
     for fused in (True, False):
         est = DDIMEstimator(n_steps=n_steps, t_1=t_1, base=base, last_step=last_step, hard=hard, fused=fused)
@@ -330,7 +331,8 @@ def test_fused_chain_equals_autograd_transcription(base, last_step, hard, n_step
         (out * w).sum().backward()
         results.append((out.detach(), phi.grad))
     assert torch.isfinite(results[0][1]).all()
-    torch.testing.assert_close(results[0][0], results[1][0], rtol=0, atol=0)
+    # hard: the same one-hot draw; relaxed: the fused pass orders its float operations differently
+    torch.testing.assert_close(results[0][0], results[1][0], rtol=0 if hard else 1e-12, atol=0 if hard else 1e-14)
     torch.testing.assert_close(results[0][1], results[1][1], rtol=1e-10, atol=1e-12)
 
 

@@ -11,7 +11,7 @@ from torchmetrics import MeanMetric, SumMetric
 
 from estimators import CategoricalEstimator
 from estimators.base import check_int
-from estimators.functional import sample_one_hot
+from estimators.functional import log_softmax, sample_one_hot, softmax
 
 from ..core import EstimatorTask
 from ..metrics import StepMean
@@ -123,7 +123,7 @@ class CategoricalVAE(EstimatorTask):
 
     def kl(self, logits: Tensor) -> Tensor:
         """``Σ_l KL(q_l ‖ Uniform(K))`` per example."""
-        log_q = torch.log_softmax(logits, dim=-1)
+        log_q = log_softmax(logits)
         return (log_q.exp() * (log_q + math.log(self.K))).sum(dim=(-1, -2))
 
     def reconstruction(self, x: Tensor, z: Tensor) -> Tensor:
@@ -134,13 +134,13 @@ class CategoricalVAE(EstimatorTask):
         """Negative ELBO per example; ``z`` defaults to an exact draw from ``q(z|x)``."""
         logits = self.encode(x) if logits is None else logits
         if z is None:
-            z = sample_one_hot(torch.softmax(logits, dim=-1))
+            z = sample_one_hot(softmax(logits))
         return self.reconstruction(x, z) + self.kl(logits)
 
     def forward(self, x: Tensor) -> Tensor:
         """Reconstruction probabilities of ``x`` through an exact posterior draw."""
         logits = self.encode(x)
-        return torch.sigmoid(self.decode(sample_one_hot(torch.softmax(logits, dim=-1))))
+        return torch.sigmoid(self.decode(sample_one_hot(softmax(logits))))
 
     @torch.no_grad()
     def generate(self, n: int) -> Tensor:
@@ -154,7 +154,7 @@ class CategoricalVAE(EstimatorTask):
         r"""Importance-weighted ``log p(x) ≈ logsumexp_s[log p(x|z_s) + log p(z_s) − log q(z_s|x)] − log S``."""
         n_samples = n_samples or self.hparams.n_importance_samples
         logits = self.encode(x)
-        log_q = torch.log_softmax(logits, dim=-1)
+        log_q = log_softmax(logits)
         probs = log_q.exp()
         log_prior = -self.L * math.log(self.K)
         weights = []
