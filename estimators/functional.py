@@ -96,7 +96,12 @@ def sample_one_hot(probs: Tensor, dim: int = -1) -> Tensor:
     shape = list(probs.shape)
     shape[dim] = 1
     u = torch.rand(shape, dtype=probs.dtype, device=probs.device)
-    index = (probs.cumsum(dim=dim) < u).sum(dim=dim, keepdim=True).clamp_max_(probs.shape[dim] - 1)
+    cdf = probs.cumsum(dim=dim)
+    if dim in (-1, probs.dim() - 1):  # a binary search per row: the same count, fewer passes at large K
+        index = torch.searchsorted(cdf, u)
+    else:
+        index = (cdf < u).sum(dim=dim, keepdim=True)
+    index.clamp_max_(probs.shape[dim] - 1)  # F_K may round below U
     return torch.zeros_like(probs).scatter_(dim, index, 1.0)
 
 

@@ -221,7 +221,7 @@ class _FusedDDIM(torch.autograd.Function):
         last = len(steps) - 1
         if fitted:  # the moment-matched base of §3.4: μ = softmax(φ), v = max(μ(1 − μ), v_min), λ = 1/v
             mu = torch.softmax(phi, dim)
-            pq = mu * (1.0 - mu)
+            pq = torch.addcmul(mu, mu, mu, value=-1.0)  # μ(1 − μ)
             var = pq.clamp_min(est.var_floor)
             lam = var.reciprocal()
             std = var.sqrt()

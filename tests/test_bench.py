@@ -26,8 +26,9 @@ def test_bench_estimators_prints_ratios_to_gumbel(capsys):
 @needs_mnist
 def test_bench_train_prints_both_loops_per_estimator(capsys):
     assert 0 == main(["bench", "train", "--estimators", "gumbel", "redge", "--settings", "4x3", "--steps", "3", "--warmup", "1",
-          "--rounds", "2", "--device", "cpu", "--exact_nelbo_every_n_steps", "0"])
+          "--rounds", "2", "--device", "cpu", "--exact_nelbo_every_n_steps", "0", "--precision", "bf16-mixed"])
     captured = capsys.readouterr()
+    assert "catvae fit precision bf16-mixed (reference loop: float32)" in captured.out
     rows = _rows(captured.out, ["gumbel", "redge"])
     assert set(rows) == {"gumbel", "redge"}
     for row in rows.values():

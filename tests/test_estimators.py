@@ -106,6 +106,25 @@ def test_exact_samplers_match_softmax_chi_square(name):
         assert stats.chisquare(counts, probs[row].numpy() * n).pvalue > 1e-3
 
 
+@pytest.mark.parametrize("K", [5, 20])  # K-major below 16 categories on CPU, last-dim binary search above
+def test_sample_one_hot_law_and_layouts(K):
+    """Inverse-CDF draws follow ``probs`` (chi-square), and the K-major layout (``dim=0``) draws the
+    same sample as the last-dim layout from the same uniforms."""
+    from estimators.functional import from_k_major, sample_one_hot, to_k_major
+
+    probs = torch.softmax(torch.linspace(-2.0, 1.5, K), -1)
+    n = 40_000
+    torch.manual_seed(3)
+    x = sample_one_hot(probs.expand(n, 2, K))
+    torch.manual_seed(3)
+    x_km = from_k_major(sample_one_hot(to_k_major(probs.expand(n, 2, K)), dim=0), x.shape)
+    assert torch.equal(x, x_km)
+    assert torch.all(x.sum(-1) == 1)
+    counts = x.sum((0, 1)).double().numpy()
+    expected = probs.double() / probs.double().sum() * 2 * n
+    assert stats.chisquare(counts, expected.numpy()).pvalue > 1e-3
+
+
 def _redge_tv(name: str, n_steps: int, t_1: float, logits: torch.Tensor, n: int = 200_000) -> float:
     with torch.no_grad():
         freq = E.build(name, n_steps=n_steps, t_1=t_1)(logits.expand(n, -1)).mean(0)

@@ -89,6 +89,30 @@ def test_exact_nelbo_reuses_the_sample_only_when_it_is_an_exact_draw(estimator):
         assert value.item() != loss.item()
 
 
+@pytest.mark.parametrize("estimator", ["gumbel", "redge_cov"])
+def test_bf16_autocast_keeps_the_posterior_in_float32(estimator):
+    """Under ``--trainer.precision bf16-mixed`` only the MLPs run in bfloat16: the logits, KL and sampler stay
+    float32 (CPU autocast would run softmax/log_softmax in bfloat16), so the loss is within bf16 matmul error
+    of the float32 loss and its gradient points the same way."""
+    torch.manual_seed(0)
+    model = CategoricalVAE(estimator, latent_dim=8, n_categories=4)
+    x = (torch.rand(128, 784) > 0.5).float()
+    results = []
+    for autocast in (False, True):
+        model.zero_grad()
+        torch.manual_seed(1)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+            loss, logits = model._loss(x)
+            kl = model.kl(logits)
+        loss.backward()
+        results.append((loss.item(), logits.detach(), kl.detach(), model.encoder[0].weight.grad.flatten().clone()))
+        assert logits.dtype == kl.dtype == loss.dtype == torch.float32
+    (loss32, logits32, _, grad32), (loss16, logits16, kl16, grad16) = results
+    torch.testing.assert_close(kl16, model.kl(logits16))  # the KL of the bf16 run is float32-exact for its logits
+    assert loss16 == pytest.approx(loss32, rel=2e-2)
+    assert torch.nn.functional.cosine_similarity(grad16, grad32, dim=0) > 0.9
+
+
 def test_adam_is_fused_on_cpu_and_capturable_for_cuda_graphs():
     model = CategoricalVAE("gumbel", latent_dim=4, n_categories=2)
     assert model.configure_optimizers().defaults["fused"] is True

@@ -11,7 +11,7 @@ from torchmetrics import MeanMetric, SumMetric
 
 from estimators import CategoricalEstimator
 from estimators.base import check_int
-from estimators.functional import log_softmax, sample_one_hot, softmax
+from estimators.functional import LOW_PRECISION, log_softmax, sample_one_hot, softmax
 
 from ..core import EstimatorTask
 from ..metrics import StepMean
@@ -114,8 +114,13 @@ class CategoricalVAE(EstimatorTask):
 
     # -- model ----------------------------------------------------------------------------------
     def encode(self, x: Tensor) -> Tensor:
-        """Posterior logits ``φ(x)``, ``[B, L, K]``."""
-        return self.encoder(x).view(-1, self.L, self.K)
+        """Posterior logits ``φ(x)``, ``[B, L, K]``; float32 at least, also under bf16/fp16 autocast
+        (``--trainer.precision bf16-mixed``), where CPU autocast would leave the softmax, the KL and the
+        sampler's CDF in 8 significant bits."""
+        logits = self.encoder(x)
+        if logits.dtype in LOW_PRECISION:
+            logits = logits.float()
+        return logits.view(-1, self.L, self.K)
 
     def decode(self, z: Tensor) -> Tensor:
         """Pixel logits ``η(z)`` for latents ``[..., L, K]``."""
