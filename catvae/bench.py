@@ -1,4 +1,4 @@
-"""Benchmarks that print numbers: ``catvae bench estimators`` (and ``catvae bench train``)."""
+"""Benchmarks that print numbers: ``catvae bench estimators``, ``train``, ``step`` and ``overhead``."""
 
 from __future__ import annotations
 
@@ -266,6 +266,64 @@ def bench_train(args: argparse.Namespace) -> None:
             print(f"{name:<15}{f'L={L},K={K}':<12}{ref:>15.2f}s{ours:>11.2f}s{ref / ours:>8.2f}x{ours / base:>10.2f}x")
 
 
+def bench_step(args: argparse.Namespace) -> None:
+    """The VAE's training step alone (forward, estimator, backward, fused Adam; no Lightning, no data
+    loading), every estimator built side by side and timed in interleaved rounds, so that drifts in the
+    machine's speed hit all of them alike; the ratio to Gumbel-ST is the median over rounds of the
+    same-round ratio."""
+    from .models import CategoricalVAE
+
+    for flag in ("rounds", "inner"):
+        if getattr(args, flag) < 1:
+            raise ValueError(f"--{flag} must be >= 1, got {getattr(args, flag)}")
+    device = torch.device(args.device)
+    names = ["gumbel"] + [n for n in (args.estimators or list(VAE_SETTINGS)) if n != "gumbel"]
+    print(f"training step per batch of 200 (forward, estimator, backward, fused Adam), device {device}, torch "
+          f"{torch.__version__}, threads {torch.get_num_threads()}, exact_nelbo_every_n_steps "
+          f"{args.exact_nelbo_every_n_steps}; median of {args.rounds} interleaved rounds of {args.inner} steps")
+    print(f"{'estimator':<15}{'setting':<12}{'ms/step':>9}{'s/epoch':>9}{'vs gumbel':>11}")
+    for L, K in (_shape(s) for s in args.settings):
+        torch.manual_seed(0)
+        x = (torch.rand(200, 784, device=device) < 0.13).float()  # MNIST's share of lit pixels
+        steps = {}
+        for name in names:
+            model = CategoricalVAE(estimators.build(name, **VAE_SETTINGS.get(name, {})), latent_dim=L, n_categories=K)
+            steps[name] = _vae_step(model.to(device), x, args.exact_nelbo_every_n_steps > 0)
+        times: dict[str, list[float]] = {name: [] for name in names}
+        for name in names:  # warm-up
+            for _ in range(args.warmup):
+                steps[name]()
+        for _ in range(args.rounds):
+            for name in names:
+                if device.type == "cuda":
+                    torch.cuda.synchronize(device)
+                t0 = time.perf_counter()
+                for _ in range(args.inner):
+                    steps[name]()
+                if device.type == "cuda":
+                    torch.cuda.synchronize(device)
+                times[name].append((time.perf_counter() - t0) / args.inner)
+        for name in names:
+            t = statistics.median(times[name])
+            ratio = statistics.median(a / b for a, b in zip(times[name], times["gumbel"]))
+            print(f"{name:<15}{f'L={L},K={K}':<12}{t * 1e3:>9.2f}{t * 300:>9.2f}{ratio:>10.2f}x")
+
+
+def _vae_step(model, x: torch.Tensor, exact_nelbo: bool):
+    """One optimization step of ``model`` on ``x``, as ``CategoricalVAE.training_step`` does it."""
+    opt = model.adam()
+
+    def step() -> None:
+        loss, logits = model._loss(x)
+        if exact_nelbo:
+            model._nelbo_exact(x, loss, logits)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+
+    return step
+
+
 def _add_timing_args(p: argparse.ArgumentParser, steps: int, warmup: int, rounds: int) -> None:
     p.add_argument("--steps", type=int, default=steps, help="timed steps per loop (after warm-up)")
     p.add_argument("--warmup", type=int, default=warmup)
@@ -288,6 +346,16 @@ def _add_train_parser(bsub) -> None:
                    help="catvae fit's --trainer.precision (the reference loop stays float32); bf16-mixed is ~2x "
                         "faster matmuls on CPUs with AVX512-BF16/AMX")
     t.set_defaults(func=bench_train)
+    s = bsub.add_parser("step", help="the VAE's training step alone, estimators interleaved: ratio to Gumbel-ST")
+    s.add_argument("--estimators", nargs="*", choices=estimators.available(), help="default: all")
+    s.add_argument("--settings", nargs="*", default=["48x2", "32x64"], help="LxK latent shapes")
+    s.add_argument("--rounds", type=int, default=15)
+    s.add_argument("--inner", type=int, default=8, help="steps per estimator and round")
+    s.add_argument("--warmup", type=int, default=5)
+    s.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    s.add_argument("--exact_nelbo_every_n_steps", type=int, default=0, choices=(0, 1),
+                   help="0 (default): the estimator's own cost; 1: with fit's default train/nelbo_exact diagnostic")
+    s.set_defaults(func=bench_step)
     o = bsub.add_parser("overhead", help="host time per step of catvae fit's loop around a no-op step (the floor "
                                          "of a CUDA-graph epoch)")
     o.add_argument("--setting", default="48x2", help="LxK latent shape")

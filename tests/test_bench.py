@@ -38,7 +38,19 @@ def test_bench_train_prints_both_loops_per_estimator(capsys):
     assert captured.err.count("round 2/2") == 2  # progress of each round, on stderr
 
 
-@pytest.mark.parametrize("tool", ["train", "overhead"])
+def test_bench_step_interleaves_estimators_and_prints_paired_ratios(capsys):
+    assert 0 == main(["bench", "step", "--estimators", "redge_cov", "--settings", "4x3", "5x2", "--rounds", "3",
+                      "--inner", "1", "--warmup", "1", "--device", "cpu", "--exact_nelbo_every_n_steps", "1"])
+    out = capsys.readouterr().out
+    rows = [line.split() for line in out.splitlines() if line.startswith(("gumbel ", "redge_cov "))]
+    assert [(r[0], r[1]) for r in rows] == [("gumbel", "L=4,K=3"), ("redge_cov", "L=4,K=3"),
+                                            ("gumbel", "L=5,K=2"), ("redge_cov", "L=5,K=2")]
+    for name, _, ms, epoch, ratio in rows:
+        assert float(epoch) == pytest.approx(float(ms) * 0.3, abs=0.01)
+        assert ratio.endswith("x") and (name != "gumbel" or ratio == "1.00x")
+
+
+@pytest.mark.parametrize("tool", ["train", "overhead", "step"])
 def test_bench_rejects_bad_arguments(capsys, tool):
     assert main(["bench", tool, "--rounds", "0", "--device", "cpu"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
