@@ -323,8 +323,8 @@ class _FusedDDIM(torch.autograd.Function):
             dvar.mul_(0.5)
             acc_lam.mul_(lam).mul_(lam)
             dvar.sub_(acc_lam)
-            dvar.mul_(1.0 - 2.0 * mu)
-            dvar.mul_(pq >= est.var_floor)
+            dvar.addcmul_(mu, dvar, value=-2.0)  # ⊙ (1 − 2μ) = dπ(1−π)/dπ
+            dvar.masked_fill_(pq < est.var_floor, 0.0)  # the clamp at v_min
             dmu.add_(dvar)
             dphi.add_(cov_matvec(mu, dmu, dim))
         return (from_k_major(dphi, ctx.shape) if km else dphi), None, None
