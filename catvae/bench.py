@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import math
 import os
 import statistics
@@ -39,56 +40,64 @@ def _shape(text: str) -> tuple[int, int]:
     return L, K
 
 
-def time_estimator(est, batch: int, L: int, K: int, device: torch.device, repeats: int, inner: int) -> float:
-    """Median seconds of one forward+backward of ``est`` on logits ``[batch, L, K]``."""
-    logits = torch.randn(batch, L, K, device=device, requires_grad=True)
-    weight = torch.randn(batch, L, K, device=device)
+def _interleaved(calls: dict[str, object], rounds: int, inner: int, device: torch.device) -> dict[str, list[float]]:
+    """Seconds per call of each ``calls[name]()``, one list entry per round; the callables take turns
+    within every round, so that drifts in a shared machine's speed hit all of them alike."""
+    times: dict[str, list[float]] = {name: [] for name in calls}
+    for _ in range(rounds):
+        for name, call in calls.items():
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            t0 = time.perf_counter()
+            for _ in range(inner):
+                call()
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            times[name].append((time.perf_counter() - t0) / inner)
+    return times
 
-    def step():
-        logits.grad = None
-        (est(logits) * weight).sum().backward()
 
-    for _ in range(max(3, inner // 4)):  # warm-up
-        step()
-    times = []
-    for _ in range(repeats):
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        t0 = time.perf_counter()
-        for _ in range(inner):
-            step()
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        times.append((time.perf_counter() - t0) / inner)
-    return statistics.median(times)
+def _paired_ratio(times: list[float], base: list[float]) -> float:
+    """Median over rounds of the same-round ratio."""
+    return statistics.median(a / b for a, b in zip(times, base))
 
 
 def bench_estimators(args: argparse.Namespace) -> None:
+    _at_least_one(args, "repeats", "inner", "batch")
     device = torch.device(args.device)
-    names = args.estimators or list(VAE_SETTINGS)
+    names = ["gumbel"] + [n for n in (args.estimators or list(VAE_SETTINGS)) if n != "gumbel"]
     shapes = [_shape(s) for s in args.shapes] if args.shapes else VAE_SHAPES
     torch.manual_seed(0)
     print(f"forward+backward per call, batch {args.batch}, device {device}, torch {torch.__version__}, "
-          f"threads {torch.get_num_threads()}; median of {args.repeats}x{args.inner} calls")
+          f"threads {torch.get_num_threads()}; median of {args.repeats} interleaved rounds of {args.inner} calls")
+    ests = {}
+    for name in names:
+        kwargs = VAE_SETTINGS.get(name, {})
+        setting = ",".join(f"{k}={v}" for k, v in kwargs.items())
+        ests[name] = (setting, estimators.build(name, **kwargs))
+        if args.unfused and name in REDGE:
+            ests[name + " unfused"] = (setting, estimators.build(name, **kwargs, fused=False))
+    cells: dict[str, list[str]] = {label: [] for label in ests}
+    for L, K in shapes:
+        logits = torch.randn(args.batch, L, K, device=device, requires_grad=True)
+        weight = torch.randn(args.batch, L, K, device=device)
+
+        def fwd_bwd(est) -> None:
+            logits.grad = None
+            (est(logits) * weight).sum().backward()
+
+        calls = {label: functools.partial(fwd_bwd, est) for label, (_, est) in ests.items()}
+        _interleaved(calls, 1, max(3, args.inner // 4), device)  # warm-up
+        times = _interleaved(calls, args.repeats, args.inner, device)
+        for label in ests:
+            t = statistics.median(times[label])
+            cells[label].append(f"{t * 1e6:9.0f} us ({_paired_ratio(times[label], times['gumbel']):4.2f}x)")
     header = f"{'estimator':<22}{'settings':<22}" + "".join(f"{f'L={L},K={K}':>24}" for L, K in shapes)
     print(header)
     print("-" * len(header))
-    base = {}
-    for name in ["gumbel"] + [n for n in names if n != "gumbel"]:
-        kwargs = VAE_SETTINGS.get(name, {})
-        cells = []
-        variants = [("", True)] + ([(" unfused", False)] if args.unfused and name in REDGE else [])
-        for suffix, fused in variants:
-            est = estimators.build(name, **kwargs, **({} if name not in REDGE else {"fused": fused}))
-            cells = []
-            for L, K in shapes:
-                t = time_estimator(est, args.batch, L, K, device, args.repeats, args.inner)
-                if name == "gumbel":
-                    base[(L, K)] = t
-                cells.append(f"{t * 1e6:9.0f} us ({t / base[(L, K)]:4.2f}x)")
-            setting = ",".join(f"{k}={v}" for k, v in kwargs.items())
-            print(f"{name + suffix:<22}{setting:<22}" + "".join(f"{c:>24}" for c in cells))
-    print("(ratio = time / Gumbel-ST time at the same shape)")
+    for label, (setting, _) in ests.items():
+        print(f"{label:<22}{setting:<22}" + "".join(f"{c:>24}" for c in cells[label]))
+    print("(ratio = median over rounds of time / Gumbel-ST time in the same round, same shape)")
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -209,10 +218,14 @@ def _training_setup(args: argparse.Namespace) -> tuple[torch.device, object]:
     """Validate the loop-timing arguments; the device and the MNIST root."""
     from .data.mnist import resolve_data_dir
 
-    for flag in ("steps", "rounds"):
+    _at_least_one(args, "steps", "rounds")
+    return torch.device(args.device), resolve_data_dir(args.data_dir)
+
+
+def _at_least_one(args: argparse.Namespace, *flags: str) -> None:
+    for flag in flags:
         if getattr(args, flag) < 1:
             raise ValueError(f"--{flag} must be >= 1, got {getattr(args, flag)}")
-    return torch.device(args.device), resolve_data_dir(args.data_dir)
 
 
 def bench_overhead(args: argparse.Namespace) -> None:
@@ -273,9 +286,7 @@ def bench_step(args: argparse.Namespace) -> None:
     same-round ratio."""
     from .models import CategoricalVAE
 
-    for flag in ("rounds", "inner"):
-        if getattr(args, flag) < 1:
-            raise ValueError(f"--{flag} must be >= 1, got {getattr(args, flag)}")
+    _at_least_one(args, "rounds", "inner")
     device = torch.device(args.device)
     names = ["gumbel"] + [n for n in (args.estimators or list(VAE_SETTINGS)) if n != "gumbel"]
     print(f"training step per batch of 200 (forward, estimator, backward, fused Adam), device {device}, torch "
@@ -287,41 +298,22 @@ def bench_step(args: argparse.Namespace) -> None:
         x = (torch.rand(200, 784, device=device) < 0.13).float()  # MNIST's share of lit pixels
         steps = {}
         for name in names:
-            model = CategoricalVAE(estimators.build(name, **VAE_SETTINGS.get(name, {})), latent_dim=L, n_categories=K)
-            steps[name] = _vae_step(model.to(device), x, args.exact_nelbo_every_n_steps > 0)
-        times: dict[str, list[float]] = {name: [] for name in names}
-        for name in names:  # warm-up
-            for _ in range(args.warmup):
-                steps[name]()
-        for _ in range(args.rounds):
-            for name in names:
-                if device.type == "cuda":
-                    torch.cuda.synchronize(device)
-                t0 = time.perf_counter()
-                for _ in range(args.inner):
-                    steps[name]()
-                if device.type == "cuda":
-                    torch.cuda.synchronize(device)
-                times[name].append((time.perf_counter() - t0) / args.inner)
+            model = CategoricalVAE(estimators.build(name, **VAE_SETTINGS.get(name, {})), latent_dim=L, n_categories=K,
+                                   exact_nelbo_every_n_steps=args.exact_nelbo_every_n_steps)
+            steps[name] = _vae_step(model.to(device), x)
+        _interleaved(steps, 1, args.warmup, device)
+        times = _interleaved(steps, args.rounds, args.inner, device)
         for name in names:
             t = statistics.median(times[name])
-            ratio = statistics.median(a / b for a, b in zip(times[name], times["gumbel"]))
+            ratio = _paired_ratio(times[name], times["gumbel"])
             print(f"{name:<15}{f'L={L},K={K}':<12}{t * 1e3:>9.2f}{t * 300:>9.2f}{ratio:>10.2f}x")
 
 
-def _vae_step(model, x: torch.Tensor, exact_nelbo: bool):
-    """One optimization step of ``model`` on ``x``, as ``CategoricalVAE.training_step`` does it."""
-    opt = model.adam()
-
-    def step() -> None:
-        loss, logits = model._loss(x)
-        if exact_nelbo:
-            model._nelbo_exact(x, loss, logits)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-
-    return step
+def _vae_step(model, x: torch.Tensor):
+    """One optimization step of ``model`` on ``x``: the fast path's whole step (forward, estimator,
+    ``train/nelbo_exact`` if on, backward, fused Adam), run eagerly."""
+    model._adam = model.adam()
+    return functools.partial(model._whole_step, x)
 
 
 def _add_timing_args(p: argparse.ArgumentParser, steps: int, warmup: int, rounds: int) -> None:

@@ -57,6 +57,26 @@ def test_kl_to_uniform_matches_torch_distributions():
     torch.testing.assert_close(model.kl(logits), torch.distributions.kl_divergence(q, u).sum(-1))
 
 
+def test_bernoulli_nll_is_bce_with_logits_and_its_gradient():
+    from catvae.models.vae import bernoulli_nll
+
+    torch.manual_seed(0)
+    eta = torch.cat([8 * torch.randn(6, 784), torch.linspace(-100, 100, 784)[None]]).requires_grad_(True)
+    x = (torch.rand(7, 784) < 0.3).float()
+    ref64 = torch.nn.functional.binary_cross_entropy_with_logits(eta.double(), x.double(), reduction="none").sum(-1)
+    value = bernoulli_nll(eta, x)
+    assert value.dtype == torch.float32 and value.shape == (7,)
+    # float32 summation of 784 terms: the native BCE is no closer to the float64 value than this
+    native = torch.nn.functional.binary_cross_entropy_with_logits(eta, x, reduction="none").sum(-1)
+    tol = 4 * (native.double() - ref64).abs().max().item() + 1e-4
+    torch.testing.assert_close(value.double(), ref64, rtol=0, atol=tol)
+    w = torch.randn(7)
+    (grad,) = torch.autograd.grad((value * w).sum(), eta)
+    torch.testing.assert_close(grad, (torch.sigmoid(eta) - x).detach() * w[:, None])
+    with torch.autocast("cpu", dtype=torch.bfloat16):  # upcast like ATen's autocast policy for the BCE
+        assert bernoulli_nll(eta.bfloat16(), x).dtype == torch.float32
+
+
 def test_nelbo_is_bce_plus_kl_and_importance_bound_is_tighter():
     torch.manual_seed(0)
     model = CategoricalVAE("st", latent_dim=4, n_categories=3)

@@ -16,7 +16,7 @@ from estimators.functional import LOW_PRECISION, log_softmax, sample_one_hot, so
 from ..core import EstimatorTask
 from ..metrics import StepMean
 
-__all__ = ["CategoricalVAE", "mlp"]
+__all__ = ["CategoricalVAE", "bernoulli_nll", "mlp"]
 
 ACTIVATIONS = {"leaky_relu": nn.LeakyReLU, "relu": nn.ReLU, "elu": nn.ELU, "tanh": nn.Tanh, "gelu": nn.GELU}
 
@@ -29,6 +29,40 @@ def mlp(sizes: Sequence[int], activation: str) -> nn.Sequential:
         if i < len(sizes) - 2:
             layers.append(ACTIVATIONS[activation]())
     return nn.Sequential(*layers)
+
+
+class _BernoulliNLL(torch.autograd.Function):
+    r"""``−log p(x | η) = Σ_pixels max(η, 0) − xη + log(1 + e^{−|η|})`` per example, with the gradient
+    ``σ(η) − x`` written directly (the decoder's Bernoulli likelihood on logits ``η``).
+
+    The same function as ``binary_cross_entropy_with_logits(η, x).sum(-1)``, which on CPU goes through
+    ``log_sigmoid``, a kernel ATen does not vectorize there (0.88 ms forward at [200, 784] on a 2-core
+    AVX-512 CPU, against 0.32 ms here). The two agree to ~1e-7 per pixel: where ``e^{−|η|}`` is below
+    float32's resolution around 1, ``log(1 + e^{−|η|})`` rounds to 0 instead of ``e^{−|η|}``.
+    """
+
+    @staticmethod
+    def forward(ctx, eta: Tensor, x: Tensor) -> Tensor:
+        ctx.save_for_backward(eta, x)
+        out = eta.clamp_min(0.0)
+        out.addcmul_(x, eta, value=-1.0)
+        out.add_(eta.abs().neg_().exp_().add_(1.0).log_())
+        return out.sum(-1)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        eta, x = ctx.saved_tensors
+        return torch.sigmoid(eta).sub_(x).mul_(grad.unsqueeze(-1)), None
+
+
+def bernoulli_nll(eta: Tensor, x: Tensor) -> Tensor:
+    """``−log p(x | η)`` summed over the last dimension, in float32 at least; the vectorized form of
+    :class:`_BernoulliNLL` on CPU, ``binary_cross_entropy_with_logits`` (a fused kernel) elsewhere."""
+    if eta.dtype in LOW_PRECISION:  # bf16/fp16 autocast: as ATen's autocast policy for the BCE
+        eta = eta.float()
+    if eta.is_cuda:
+        return nn.functional.binary_cross_entropy_with_logits(eta, x, reduction="none").sum(-1)
+    return _BernoulliNLL.apply(eta, x.to(eta.dtype))
 
 
 class CategoricalVAE(EstimatorTask):
@@ -133,7 +167,7 @@ class CategoricalVAE(EstimatorTask):
 
     def reconstruction(self, x: Tensor, z: Tensor) -> Tensor:
         """``−log p(x|z)`` per example: BCE with logits summed over pixels."""
-        return nn.functional.binary_cross_entropy_with_logits(self.decode(z), x, reduction="none").sum(-1)
+        return bernoulli_nll(self.decode(z), x)
 
     def nelbo(self, x: Tensor, z: Tensor | None = None, logits: Tensor | None = None) -> Tensor:
         """Negative ELBO per example; ``z`` defaults to an exact draw from ``q(z|x)``."""
