@@ -40,6 +40,7 @@ test: setup
 
 bench: setup
 	$(BIN)/catvae bench estimators
+	$(BIN)/catvae bench step
 
 # Here, once per GPU session (needs the package index): what a GPU machine of the device tool lacks,
 # into ignored folders that `carry` can take along: MNIST gzipped (.gpu/, 11 MB) and the wheels of
@@ -71,6 +72,7 @@ gpu-check:
 	$(GPU_BENCH) --fast_step --exact_nelbo_every_n_steps 0 > $(OUT)/bench_train_fast_step_no_diag.txt
 	CATVAE_DATA_DIR=$(GPU_DATA) $(PYTHON) -m catvae bench overhead --device $(DEVICE) > $(OUT)/bench_overhead.txt
 	$(PYTHON) -m catvae bench estimators --device $(DEVICE) > $(OUT)/bench_estimators.txt
+	$(PYTHON) -m catvae bench step --device $(DEVICE) > $(OUT)/bench_step.txt
 
 lint: setup
 	$(BIN)/ruff check catvae estimators callbacks tests
