@@ -62,6 +62,11 @@ def _paired_ratio(times: list[float], base: list[float]) -> float:
     return statistics.median(a / b for a, b in zip(times, base))
 
 
+def _forward_backward(est, logits: torch.Tensor, weight: torch.Tensor) -> None:
+    logits.grad = None
+    (est(logits) * weight).sum().backward()
+
+
 def bench_estimators(args: argparse.Namespace) -> None:
     _at_least_one(args, "repeats", "inner", "batch")
     device = torch.device(args.device)
@@ -82,11 +87,7 @@ def bench_estimators(args: argparse.Namespace) -> None:
         logits = torch.randn(args.batch, L, K, device=device, requires_grad=True)
         weight = torch.randn(args.batch, L, K, device=device)
 
-        def fwd_bwd(est) -> None:
-            logits.grad = None
-            (est(logits) * weight).sum().backward()
-
-        calls = {label: functools.partial(fwd_bwd, est) for label, (_, est) in ests.items()}
+        calls = {label: functools.partial(_forward_backward, est, logits, weight) for label, (_, est) in ests.items()}
         _interleaved(calls, 1, max(3, args.inner // 4), device)  # warm-up
         times = _interleaved(calls, args.repeats, args.inner, device)
         for label in ests:
