@@ -115,12 +115,13 @@ def straight_through(hard: Tensor, soft: Tensor) -> Tensor:
     return hard + (soft - soft.detach())
 
 
-def cov_matvec(probs: Tensor, g: Tensor, dim: int = -1) -> Tensor:
+def cov_matvec(probs: Tensor, g: Tensor, dim: int = -1, out: Tensor | None = None) -> Tensor:
     """``Cov_π(X) g = (Diag(π) − ππᵀ) g`` row-wise: the vector-Jacobian product of softmax (Lemma A.3).
 
-    Computed as ``π ⊙ g − π ⟨π, g⟩`` in three passes; ``dim`` is the category dimension.
+    Computed as ``π ⊙ g − π ⟨π, g⟩`` in three passes; ``dim`` is the category dimension; ``out`` (not
+    aliasing ``probs`` or ``g``) receives the result instead of a new tensor.
     """
-    out = probs * g
+    out = torch.mul(probs, g, out=out) if out is not None else probs * g
     return out.addcmul_(probs, rowsum(out, dim), value=-1.0)
 
 

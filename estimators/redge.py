@@ -230,14 +230,15 @@ class _FusedDDIM(torch.autograd.Function):
             x = eps  # our own draw: updated in place
         scale = 1.0  # standard base: the state x_t is scale · x
         probs, centred = [], []
+        z = torch.empty_like(phi)  # the denoiser's logits, one buffer for every step (fresh memory costs page faults)
         for i, step in enumerate(steps):
             if fitted:  # eq. (50): φ + c_t λ ⊙ (x − σ_t μ − α_t/2)
                 y = torch.add(x, mu, alpha=-step.sigma)
                 y.sub_(0.5 * step.alpha)
                 centred.append(y)
-                z = torch.addcmul(phi, lam, y, value=step.coef)
+                torch.addcmul(phi, lam, y, value=step.coef, out=z)
             else:  # eq. (10): φ + c_t x_t
-                z = torch.add(phi, x, alpha=step.coef * scale)
+                torch.add(phi, x, alpha=step.coef * scale, out=z)
             x0 = torch.softmax(z, dim)
             probs.append(x0)
             if i < last:  # eq. (11): x_s = a x̂₀ + b x_t
@@ -299,11 +300,12 @@ class _FusedDDIM(torch.autograd.Function):
             D.zero_()
             scale = 1.0
         first = 0 if fitted else 1  # the standard base needs no gradient for x_{t_{n−1}} = ε
+        u = torch.empty_like(D) if n > 1 else None  # one buffer for every step's Cov product
         for i in range(n - 2, -1, -1):
             step = steps[i]
             q = probs[i]
             # back through q_i = softmax(z_i) (Lemma A.3): dz_i = a_i Cov_{q_i}(scale · D)
-            u = cov_matvec(q, D, dim)
+            u = cov_matvec(q, D, dim, out=u)
             k = step.a * scale  # dz_i = k · u
             dphi.add_(u, alpha=k)
             if fitted:
@@ -318,7 +320,7 @@ class _FusedDDIM(torch.autograd.Function):
         if fitted:  # x_{t_{n−1}} = μ + √v ε, λ = 1/v, v = max(π(1−π), floor), μ = π = softmax(φ)
             dx = D.mul_(scale)
             dmu = torch.addcmul(dx, acc_mu, lam, value=-1.0)
-            dvar = dx * eps
+            dvar = torch.mul(dx, eps, out=u) if u is not None else dx * eps
             dvar.div_(std)
             dvar.mul_(0.5)
             acc_lam.mul_(lam).mul_(lam)
