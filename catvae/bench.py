@@ -57,6 +57,11 @@ def _interleaved(calls: dict[str, object], rounds: int, inner: int, device: torc
     return times
 
 
+def _gumbel_first(names: list[str]) -> list[str]:
+    """``names`` with Gumbel-ST, the baseline of every ratio, first (added if missing)."""
+    return ["gumbel"] + [n for n in names if n != "gumbel"]
+
+
 def _paired_ratio(times: list[float], base: list[float]) -> float:
     """Median over rounds of the same-round ratio."""
     return statistics.median(a / b for a, b in zip(times, base))
@@ -70,7 +75,7 @@ def _forward_backward(est, logits: torch.Tensor, weight: torch.Tensor) -> None:
 def bench_estimators(args: argparse.Namespace) -> None:
     _at_least_one(args, "repeats", "inner", "batch")
     device = torch.device(args.device)
-    names = ["gumbel"] + [n for n in (args.estimators or list(VAE_SETTINGS)) if n != "gumbel"]
+    names = _gumbel_first(args.estimators or list(VAE_SETTINGS))
     shapes = [_shape(s) for s in args.shapes] if args.shapes else VAE_SHAPES
     torch.manual_seed(0)
     print(f"forward+backward per call, batch {args.batch}, device {device}, torch {torch.__version__}, "
@@ -289,7 +294,7 @@ def bench_step(args: argparse.Namespace) -> None:
 
     _at_least_one(args, "rounds", "inner")
     device = torch.device(args.device)
-    names = ["gumbel"] + [n for n in (args.estimators or list(VAE_SETTINGS)) if n != "gumbel"]
+    names = _gumbel_first(args.estimators or list(VAE_SETTINGS))
     print(f"training step per batch of 200 (forward, estimator, backward, fused Adam), device {device}, torch "
           f"{torch.__version__}, threads {torch.get_num_threads()}, exact_nelbo_every_n_steps "
           f"{args.exact_nelbo_every_n_steps}; median of {args.rounds} interleaved rounds of {args.inner} steps")
