@@ -5,16 +5,32 @@ from __future__ import annotations
 import math
 from typing import ClassVar
 
+import torch
 from torch import Tensor, nn
 
 from .functional import LOW_PRECISION
 
 __all__ = [
-    "CategoricalEstimator", "register", "build", "get", "available", "check_int", "check_positive", "check_unit",
-    "is_int", "is_real",
+    "CategoricalEstimator", "ConfigError", "NonFiniteLogitsError", "register", "build", "get", "available", "check_int",
+    "check_nonnegative", "check_positive", "check_unit", "is_int", "is_real",
 ]
 
 _REGISTRY: dict[str, type[CategoricalEstimator]] = {}
+
+
+class ConfigError(ValueError):
+    """A value the user chose (a hyperparameter, a config entry, a flag, a file) is invalid.
+
+    The message names the value and how to fix it. This is the one error type that the ``catvae``
+    command reports as a single ``catvae: error: ...`` line with exit status 2; any other exception is
+    a bug and keeps its traceback. It lives here, at the bottom of the import graph, so that every
+    layer (estimators, tasks, data, CLI) raises the same type.
+    """
+
+
+class NonFiniteLogitsError(ValueError):
+    """An estimator was given NaN or infinite logits (argument validation, see
+    :meth:`CategoricalEstimator.set_default_validate_args`)."""
 
 
 class CategoricalEstimator(nn.Module):
@@ -29,15 +45,35 @@ class CategoricalEstimator(nn.Module):
 
     float16/bfloat16 logits are processed in float32 and the result is cast back, so low-precision
     training gets the same samples and stable gradients.
+
+    Non-finite logits never give a finite sample: with argument validation on (the default for CPU
+    tensors, where the check costs one pass and no device synchronization) they raise
+    :class:`NonFiniteLogitsError`; with it off (the default on accelerators, where reading the check's
+    result would stall the device every step) the rows with a NaN or ±inf logit come out as NaN, so
+    the loss shows the problem instead of a one-hot with a NaN gradient. As in
+    ``torch.distributions``, :meth:`set_default_validate_args` changes the default for every
+    estimator and the ``validate_args`` attribute overrides it for one instance.
     """
 
     #: registry name, set by :func:`register`.
     name: ClassVar[str] = ""
+    #: ``None``: validate CPU logits only (no device sync); ``True``/``False``: always/never.
+    _default_validate_args: ClassVar[bool | None] = None
+    #: per-instance override of the class default (``None``: use the default).
+    validate_args: bool | None = None
+
+    @staticmethod
+    def set_default_validate_args(value: bool | None) -> None:
+        """Validate logits (finite values) in every estimator: ``True`` always, ``False`` never, ``None``
+        (the default) only for CPU tensors."""
+        if value not in (True, False, None):
+            raise ConfigError(f"validate_args must be True, False or None, got {value!r}")
+        CategoricalEstimator._default_validate_args = value
 
     def __init__(self, hard: bool = True) -> None:
         super().__init__()
         if not isinstance(hard, bool):
-            raise ValueError(f"hard must be True or False, got {hard!r}")
+            raise ConfigError(f"hard must be True or False, got {hard!r}")
         self.hard = hard
 
     def forward(self, logits: Tensor, hard: bool | None = None) -> Tensor:
@@ -46,10 +82,22 @@ class CategoricalEstimator(nn.Module):
         if logits.dim() == 0 or logits.shape[-1] < 1:
             raise ValueError(f"logits must have shape [..., K] with K >= 1, got {tuple(logits.shape)}")
         hard = self.hard if hard is None else hard
+        validate = self.validate_args if self.validate_args is not None else self._default_validate_args
+        if validate is None:
+            validate = logits.device.type == "cpu"
+        if validate and not bool(torch.isfinite(logits).all()):
+            bad = int((~torch.isfinite(logits)).sum())
+            raise NonFiniteLogitsError(
+                f"{type(self).__name__} got non-finite logits ({bad} of {logits.numel()} entries are NaN or ±inf): "
+                "the model diverged or its input is invalid"
+            )
         dtype = logits.dtype
-        if dtype in LOW_PRECISION:
-            return self._sample(logits.float(), hard).to(dtype)
-        return self._sample(logits, hard)
+        x = logits.float() if dtype in LOW_PRECISION else logits
+        out = self._sample(x, hard)
+        if not validate:
+            # φ − φ is 0 in every finite entry and NaN elsewhere: a row with a non-finite logit becomes NaN
+            out = out + (x.detach() - x.detach()).sum(-1, keepdim=True)
+        return out.to(dtype) if dtype in LOW_PRECISION else out
 
     def _sample(self, logits: Tensor, hard: bool) -> Tensor:  # pragma: no cover - abstract
         raise NotImplementedError
@@ -95,8 +143,8 @@ def get(name: str) -> type[CategoricalEstimator]:
     """The estimator class registered as ``name``."""
     try:
         return _REGISTRY[name]
-    except KeyError:
-        raise ValueError(f"unknown estimator {name!r}; choose one of: {', '.join(available())}") from None
+    except (KeyError, TypeError):
+        raise ConfigError(f"unknown estimator {name!r}; choose one of: {', '.join(available())}") from None
 
 
 def build(name: str, **kwargs) -> CategoricalEstimator:
@@ -108,7 +156,7 @@ def build(name: str, **kwargs) -> CategoricalEstimator:
         import inspect
 
         params = [p for p in inspect.signature(cls.__init__).parameters if p != "self"]
-        raise ValueError(f"estimator {name!r}: {err}; its parameters are: {', '.join(params)}") from None
+        raise ConfigError(f"estimator {name!r}: {err}; its parameters are: {', '.join(params)}") from None
 
 
 def is_int(value) -> bool:
@@ -124,19 +172,26 @@ def is_real(value) -> bool:
 def check_int(name: str, value: int, low: int) -> int:
     """Validate an integer (not a bool) ``>= low``."""
     if not is_int(value) or value < low:
-        raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
+        raise ConfigError(f"{name} must be an integer >= {low}, got {value!r}")
     return value
 
 
 def check_positive(name: str, value: float) -> float:
     """Validate a strictly positive finite float (e.g. a temperature)."""
     if not is_real(value) or not math.isfinite(value) or value <= 0:
-        raise ValueError(f"{name} must be a finite number > 0, got {value!r}")
+        raise ConfigError(f"{name} must be a finite number > 0, got {value!r}")
+    return float(value)
+
+
+def check_nonnegative(name: str, value: float) -> float:
+    """Validate a finite float ``>= 0`` (e.g. an initialization scale)."""
+    if not is_real(value) or not math.isfinite(value) or value < 0:
+        raise ConfigError(f"{name} must be a finite number >= 0, got {value!r}")
     return float(value)
 
 
 def check_unit(name: str, value: float) -> float:
     """Validate a float in the half-open interval (0, 1]."""
     if not is_real(value) or not (0.0 < value <= 1.0):
-        raise ValueError(f"{name} must be in (0, 1], got {value!r}")
+        raise ConfigError(f"{name} must be in (0, 1], got {value!r}")
     return float(value)

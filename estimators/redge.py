@@ -37,7 +37,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from .base import CategoricalEstimator, check_unit, is_int, is_real, register
+from .base import CategoricalEstimator, ConfigError, check_unit, is_int, is_real, register
 from .functional import (
     cov_matvec,
     from_k_major,
@@ -73,7 +73,7 @@ class DiffusionSchedule:
 
     def __init__(self, n_steps: int, t_1: float) -> None:
         if not is_int(n_steps) or n_steps < 2:
-            raise ValueError(
+            raise ConfigError(
                 f"n_steps must be an integer >= 2 (the chain makes n_steps−1 denoiser calls), got {n_steps!r}"
             )
         self.n_steps = n_steps
@@ -148,13 +148,13 @@ class DDIMEstimator(CategoricalEstimator):
         super().__init__(hard=hard)
         self.schedule = DiffusionSchedule(n_steps, t_1)
         if base not in self.BASES:
-            raise ValueError(f"base must be one of {self.BASES}, got {base!r}")
+            raise ConfigError(f"base must be one of {self.BASES}, got {base!r}")
         if last_step not in self.LAST_STEPS:
-            raise ValueError(f"last_step must be one of {self.LAST_STEPS}, got {last_step!r}")
+            raise ConfigError(f"last_step must be one of {self.LAST_STEPS}, got {last_step!r}")
         if not is_real(var_floor) or not 0 < var_floor <= 0.25:
-            raise ValueError(f"var_floor must be in (0, 0.25] (π(1−π) never exceeds 1/4), got {var_floor!r}")
+            raise ConfigError(f"var_floor must be in (0, 0.25] (π(1−π) never exceeds 1/4), got {var_floor!r}")
         if not isinstance(fused, bool):
-            raise ValueError(f"fused must be True or False, got {fused!r}")
+            raise ConfigError(f"fused must be True or False, got {fused!r}")
         self.n_steps, self.t_1 = self.schedule.n_steps, self.schedule.t_1
         self.base, self.last_step, self.var_floor, self.fused = base, last_step, float(var_floor), fused
 
@@ -165,7 +165,10 @@ class DDIMEstimator(CategoricalEstimator):
         return self.hard and self.t_1 == 1.0
 
     def hparams(self) -> dict:
-        return {"n_steps": self.n_steps, "t_1": self.t_1, **super().hparams()}
+        """Every constructor argument of the registered class (``var_floor`` only where the base is fitted:
+        the standard-base classes do not take it)."""
+        extra = {"var_floor": self.var_floor} if self.base == "fitted" else {}
+        return {"n_steps": self.n_steps, "t_1": self.t_1, **extra, **super().hparams(), "fused": self.fused}
 
     def _sample(self, logits: Tensor, hard: bool) -> Tensor:
         if self.fused:
