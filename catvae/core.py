@@ -1,4 +1,5 @@
-"""What every catvae task shares: an estimator argument, reproducible RNG, checkpoint checks."""
+"""What every catvae task shares: an estimator argument, reproducible RNG, resumable metrics,
+checkpoint checks, and a guard against non-finite training."""
 
 from __future__ import annotations
 
@@ -7,9 +8,14 @@ import inspect
 
 import lightning as L
 import torch
+from torchmetrics.utilities.data import dim_zero_cat, dim_zero_sum
 
 import estimators
 from estimators import CategoricalEstimator
+from estimators.base import ConfigError
+
+from .errors import TrainingDiverged
+from .metrics import StepMean
 
 __all__ = ["EstimatorTask", "resolve_estimator"]
 
@@ -19,7 +25,7 @@ def resolve_estimator(estimator: CategoricalEstimator | str) -> CategoricalEstim
     if isinstance(estimator, str):
         return estimators.build(estimator)
     if not isinstance(estimator, CategoricalEstimator):
-        raise ValueError(
+        raise ConfigError(
             f"estimator must be a registry name ({', '.join(estimators.available())}) or an "
             f"estimators.CategoricalEstimator, got {type(estimator).__name__}"
         )
@@ -33,13 +39,22 @@ class EstimatorTask(L.LightningModule):
     * Checkpoints carry the RNG state that drives sampling, so a resumed run draws the same noise
       as an uninterrupted one (exact resumption). Validation and test draw from a forked RNG with a
       fixed seed, so evaluating never perturbs the training noise and its metrics are reproducible.
+    * Checkpoints carry the accumulated state of the task's training epoch means (its
+      :class:`~catvae.metrics.StepMean` metrics, summed over DDP ranks), so an epoch interrupted anywhere
+      and resumed logs the same epoch means as a straight run. Evaluation metrics need no such state:
+      Lightning resets them after every validation, and checkpoints are written between validations.
     * Loading a checkpoint written for another task or latent shape fails with one clear line.
+    * Training never writes a non-finite state: a non-finite loss stops the run (checked every step
+      where it costs no device sync, i.e. on CPU), and a checkpoint is refused when a parameter is NaN
+      or infinite (the previous ``last.ckpt`` stays), with :class:`~catvae.errors.TrainingDiverged`.
     """
 
     #: a short name of the setting, used for the run directory ``runs/<experiment>/<estimator>/``.
     experiment: str = "run"
     #: the validation metric that selects the ``best`` checkpoint (minimized); ``None``: keep the newest.
     monitor: str | None = "val/nelbo"
+    #: the metrics shown next to the hyperparameters in TensorBoard's HPARAMS tab.
+    hparams_metrics: tuple[str, ...] = ()
     #: the seed of the evaluation RNG (validation / test sampling).
     eval_seed: int = 1234
 
@@ -63,7 +78,8 @@ class EstimatorTask(L.LightningModule):
         """``save_hyperparameters`` of the calling ``__init__``, with the estimator recorded by name and
         hyperparameters (TensorBoard's hparams, ``hparams.yaml``) instead of as a module."""
         self.save_hyperparameters(ignore=["estimator"], frame=inspect.currentframe().f_back)
-        self.hparams["estimator"] = {"name": self.estimator.name, **self.estimator.hparams()}
+        # a second call, so that hparams_initial (what the loggers write) has it too
+        self.save_hyperparameters({"estimator": {"name": self.estimator.name, **self.estimator.hparams()}})
 
     # -- reproducibility --------------------------------------------------------------------------
     @contextlib.contextmanager
@@ -74,21 +90,101 @@ class EstimatorTask(L.LightningModule):
             torch.manual_seed(self.eval_seed + offset)
             yield
 
+    def check_trainer(self, trainer: L.Trainer) -> None:
+        """Raise :class:`ConfigError` if the task cannot run with ``trainer``'s settings (called by the CLI
+        before anything is launched or written; tasks with restrictions override it)."""
+
+    # -- training that stays finite ----------------------------------------------------------------
+    def check_finite_loss(self, loss: torch.Tensor) -> None:
+        """Stop with :class:`TrainingDiverged` if ``loss`` is NaN or infinite. Only CPU losses are checked
+        (reading a GPU value would wait for the device every step); on a GPU the checkpoint guard of
+        :meth:`on_save_checkpoint` catches the diverged state before it is written."""
+        if loss.device.type == "cpu" and not bool(torch.isfinite(loss).all()):
+            raise TrainingDiverged(f"the training loss became {loss.item()} at step {self.global_step}")
+
+    def on_before_backward(self, loss: torch.Tensor) -> None:
+        self.check_finite_loss(loss)
+
+    def _check_finite_parameters(self) -> None:
+        for name, param in self.named_parameters():
+            if not bool(torch.isfinite(param).all()):
+                raise TrainingDiverged(f"parameter {name} became non-finite by step {self.global_step}; "
+                                       "the checkpoint was not written")
+
+    # -- checkpoints --------------------------------------------------------------------------------
     def on_save_checkpoint(self, checkpoint: dict) -> None:
+        self._check_finite_parameters()
         rng = {"torch": torch.get_rng_state()}
         if self.device.type == "cuda":
             rng["cuda"] = torch.cuda.get_rng_state(self.device)
         checkpoint["catvae_rng"] = rng
         checkpoint["catvae_task"] = {"class": type(self).__qualname__, "estimator": self.estimator.name}
+        checkpoint["catvae_metrics"] = self._metric_states()
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
+        self.check_checkpoint(checkpoint)
+        self._pending_rng = checkpoint.get("catvae_rng")
+        self._restore_metric_states(checkpoint.get("catvae_metrics") or {})
+
+    def check_checkpoint(self, checkpoint: dict) -> None:
+        """Raise :class:`ConfigError` if ``checkpoint`` was written by another task or for other shapes
+        (the CLI calls this before anything is written, so a mismatch loses nothing)."""
         task = checkpoint.get("catvae_task")
-        if task is not None and task["class"] != type(self).__qualname__:
-            raise ValueError(
-                f"checkpoint was written by {task['class']}, not {type(self).__qualname__}: "
+        if task is not None and task.get("class") != type(self).__qualname__:
+            raise ConfigError(
+                f"checkpoint was written by {task.get('class')}, not {type(self).__qualname__}: "
                 "pass the config the checkpoint was trained with"
             )
-        self._pending_rng = checkpoint.get("catvae_rng")
+        self._check_state_dict(checkpoint.get("state_dict") or {}, strict=True)
+
+    def _metric_states(self) -> dict:
+        """The accumulated state of every training epoch mean (``StepMean``) of the task, reduced over DDP
+        ranks (tensors and ints only, so that PyTorch's safe loader opens the checkpoint).
+
+        A checkpoint written at the end of a whole epoch (after the task logged the epoch's means, which a
+        resumed run does not log again) holds empty states: the next epoch starts from zero. At the end of
+        an epoch cut short by ``max_steps`` the states are kept: a resumed run with a larger budget
+        finishes that epoch and logs its whole mean."""
+        trainer = getattr(self, "_trainer", None)
+        distributed = trainer is not None and trainer.world_size > 1
+        loop = trainer.fit_loop if trainer is not None else None
+        logged = loop is not None and loop.epoch_progress.current.processed > loop.epoch_progress.current.completed \
+            and loop.epoch_loop.batch_progress.is_last_batch
+        states = {}
+        for name, metric in self.named_modules():
+            if not isinstance(metric, StepMean):
+                continue
+            if logged:
+                states[name] = {"states": {key: _detached(v) for key, v in metric._defaults.items()}, "update_count": 0}
+                continue
+            with metric.sync_context(should_sync=distributed, should_unsync=True):
+                values = {key: _detached(getattr(metric, key)) for key in metric._defaults}
+            states[name] = {"states": values, "update_count": metric.update_count}
+        return states
+
+    def _restore_metric_states(self, saved: dict) -> None:
+        """Put saved metric states back: the reduced sums (and concatenations) on rank 0 alone, any other
+        reduction on every rank, so that the next reduction over ranks gives the saved value again."""
+        trainer = getattr(self, "_trainer", None)
+        rank = trainer.global_rank if trainer is not None else 0
+        modules = dict(self.named_modules())
+        for name, entry in saved.items():
+            metric = modules.get(name)
+            if not isinstance(metric, StepMean):
+                continue
+            metric.reset()
+            for key, value in entry["states"].items():
+                if key not in metric._defaults:
+                    continue
+                reduction = metric._reductions.get(key)
+                if rank == 0 or reduction not in (dim_zero_sum, dim_zero_cat):
+                    default = getattr(metric, key)
+                    if isinstance(value, list):
+                        setattr(metric, key, [v.to(default[0].device if default else "cpu") for v in value])
+                    else:
+                        setattr(metric, key, value.to(device=default.device, dtype=default.dtype))
+            # torchmetrics has no public setter for it; compute() and update_called read it
+            metric._update_count = int(entry.get("update_count", 0))
 
     def on_train_start(self) -> None:
         if self._pending_rng is not None:  # resume: continue the training noise exactly
@@ -102,21 +198,30 @@ class EstimatorTask(L.LightningModule):
             base = int(torch.randint(0, 2**62, (1,)).item())
             torch.manual_seed(base + self.trainer.global_rank)
 
-    def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False):
+    def _check_state_dict(self, state_dict: dict, strict: bool) -> None:
         own = self.state_dict()
-        mismatched = [k for k, v in state_dict.items() if k in own and own[k].shape != v.shape]
+        mismatched = [k for k, v in state_dict.items() if k in own and hasattr(v, "shape") and own[k].shape != v.shape]
         if mismatched:
             k = mismatched[0]
-            raise ValueError(
+            raise ConfigError(
                 f"checkpoint does not match the model: {k} has shape {tuple(state_dict[k].shape)} in the "
                 f"checkpoint but {tuple(own[k].shape)} in the model; use the config it was trained with"
             )
         missing = sorted(set(own) - set(state_dict))
         unexpected = sorted(set(state_dict) - set(own))
         if strict and (missing or unexpected):
-            raise ValueError(
+            raise ConfigError(
                 "checkpoint does not match the model: "
                 + (f"missing {missing[:3]}" if missing else f"unexpected {unexpected[:3]}")
                 + "; use the config it was trained with"
             )
+
+    def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False):
+        self._check_state_dict(state_dict, strict)
         return super().load_state_dict(state_dict, strict=strict, assign=assign)
+
+
+def _detached(value):
+    if isinstance(value, list):
+        return [v.detach().clone().cpu() for v in value]
+    return value.detach().clone().cpu()

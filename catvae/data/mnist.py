@@ -10,7 +10,8 @@ import lightning as L
 import torch
 from torch import Tensor
 
-from ..errors import UserError
+from estimators.base import ConfigError, check_int, is_int
+
 from .loader import TensorBatches
 
 __all__ = ["MNISTDataModule", "resolve_data_dir", "load_mnist"]
@@ -38,17 +39,17 @@ def load_mnist(root: Path, train: bool, download: bool) -> Tensor:
     except Exception as err:  # missing files, network errors, corrupt or truncated files
         cause = f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"[:160]
         if present:
-            raise UserError(f"could not read the MNIST files in {raw} ({cause}): they are corrupt; "
+            raise ConfigError(f"could not read the MNIST files in {raw} ({cause}): they are corrupt; "
                             "delete them to re-download, or replace them with a valid copy") from None
         if download:
-            raise UserError(f"MNIST files not found in {raw} and the download failed ({cause}); put the four "
+            raise ConfigError(f"MNIST files not found in {raw} and the download failed ({cause}); put the four "
                             "idx files there, or point --data.data_dir / CATVAE_DATA_DIR at a folder with MNIST/raw/"
                             ) from None
-        raise UserError(f"MNIST files not found in {raw}; put the four idx files there, or point "
+        raise ConfigError(f"MNIST files not found in {raw}; put the four idx files there, or point "
                         "--data.data_dir / CATVAE_DATA_DIR at a folder containing MNIST/raw/") from None
     images = dataset.data
     if images.shape != (SIZES[train], 28, 28) or images.dtype != torch.uint8:
-        raise UserError(
+        raise ConfigError(
             f"MNIST {'training' if train else 'test'} images in {raw} have shape {tuple(images.shape)}, expected "
             f"({SIZES[train]}, 28, 28): the files are corrupt; delete them to re-download or replace them"
         )
@@ -89,14 +90,20 @@ class MNISTDataModule(L.LightningDataModule):
     ) -> None:
         super().__init__()
         if binarize not in ("threshold", "dynamic", "none"):
-            raise ValueError(f"binarize must be 'threshold', 'dynamic' or 'none', got {binarize!r}")
-        for name, value in (("batch_size", batch_size), ("eval_batch_size", eval_batch_size)):
-            if value < 1:
-                raise ValueError(f"{name} must be >= 1, got {value}")
-        if not 0 <= val_size < SIZES[True]:
-            raise ValueError(f"val_size must be in [0, {SIZES[True]}), got {val_size}")
-        if train_subset is not None and not 1 <= train_subset <= SIZES[True] - val_size:
-            raise ValueError(f"train_subset must be in [1, {SIZES[True] - val_size}] or null, got {train_subset}")
+            raise ConfigError(f"binarize must be 'threshold', 'dynamic' or 'none', got {binarize!r}")
+        check_int("batch_size", batch_size, 1)
+        check_int("eval_batch_size", eval_batch_size, 1)
+        if not is_int(val_size) or not 0 <= val_size < SIZES[True]:
+            raise ConfigError(f"val_size must be an integer in [0, {SIZES[True]}), got {val_size!r}")
+        if train_subset is not None and (not is_int(train_subset) or not 1 <= train_subset <= SIZES[True] - val_size):
+            raise ConfigError(f"train_subset must be an integer in [1, {SIZES[True] - val_size}] or null, "
+                              f"got {train_subset!r}")
+        if train_subset is not None and train_subset < batch_size:
+            raise ConfigError(f"train_subset ({train_subset}) is smaller than batch_size ({batch_size}): not one full "
+                              "training batch (the last partial batch is dropped); raise train_subset or lower batch_size")
+        if not isinstance(download, bool):
+            raise ConfigError(f"download must be true or false, got {download!r}")
+        check_int("seed", seed, 0)
         self.save_hyperparameters()
         self.root = resolve_data_dir(data_dir)
         self.batch_size, self.eval_batch_size = batch_size, eval_batch_size
@@ -126,6 +133,11 @@ class MNISTDataModule(L.LightningDataModule):
             self.test_x = self._prepare(load_mnist(self.root, False, False), device)
             if not self.val_size:
                 self.val_x = self.test_x
+        trainer = getattr(self, "trainer", None)
+        world = trainer.world_size if trainer is not None else 1
+        if len(self.train_x) // world < self.batch_size:
+            raise ConfigError(f"{len(self.train_x)} training images over {world} process(es) do not fill one batch of "
+                              f"{self.batch_size}; use more images or a smaller --data.batch_size")
 
     def _loader(self, data: Tensor, train: bool) -> TensorBatches:
         trainer = getattr(self, "trainer", None)

@@ -10,7 +10,7 @@ from torch import Tensor, nn
 from torchmetrics import MeanMetric, SumMetric
 
 from estimators import CategoricalEstimator
-from estimators.base import check_int
+from estimators.base import ConfigError, check_int, check_positive
 from estimators.functional import LOW_PRECISION, log_softmax, sample_one_hot, softmax
 
 from ..core import EstimatorTask
@@ -19,6 +19,10 @@ from ..metrics import StepMean
 __all__ = ["CategoricalVAE", "bernoulli_nll", "mlp"]
 
 ACTIVATIONS = {"leaky_relu": nn.LeakyReLU, "relu": nn.ReLU, "elu": nn.ELU, "tanh": nn.Tanh, "gelu": nn.GELU}
+
+
+def _is_size(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 1
 
 
 def mlp(sizes: Sequence[int], activation: str) -> nn.Sequential:
@@ -102,6 +106,8 @@ class CategoricalVAE(EstimatorTask):
             unless it is 0).
     """
 
+    hparams_metrics = ("train/loss_epoch", "train/nelbo_exact", "val/nelbo", "test/nelbo", "test/log_likelihood")
+
     def __init__(
         self,
         estimator: CategoricalEstimator | str = "gumbel",
@@ -120,17 +126,18 @@ class CategoricalVAE(EstimatorTask):
         super().__init__(estimator)
         check_int("latent_dim (L)", latent_dim, 1)
         check_int("n_categories (K)", n_categories, 2)
+        for name, sizes in (("encoder_hidden", encoder_hidden), ("decoder_hidden", decoder_hidden)):
+            if isinstance(sizes, (str, bytes)) or not all(_is_size(h) for h in sizes):
+                raise ConfigError(f"{name} must be a list of layer sizes >= 1 (e.g. [512, 256]), got {sizes!r}")
         if activation not in ACTIVATIONS:
-            raise ValueError(f"activation must be one of {sorted(ACTIVATIONS)}, got {activation!r}")
-        if not lr > 0:
-            raise ValueError(f"lr must be > 0, got {lr!r}")
+            raise ConfigError(f"activation must be one of {sorted(ACTIVATIONS)}, got {activation!r}")
+        check_positive("lr", lr)
         check_int("exact_nelbo_every_n_steps (0: off)", exact_nelbo_every_n_steps, 0)
-        for name, value in (
-            ("n_importance_samples", n_importance_samples),
-            ("importance_chunk", importance_chunk),
-        ):
-            if value < 1:
-                raise ValueError(f"{name} must be >= 1, got {value}")
+        check_int("n_importance_samples", n_importance_samples, 1)
+        check_int("importance_chunk", importance_chunk, 1)
+        check_int("image_size", image_size, 1)
+        if not isinstance(fast_step, bool):
+            raise ConfigError(f"fast_step must be true or false, got {fast_step!r}")
         self.save_task_hyperparameters()
         self.L, self.K = latent_dim, n_categories
         self.experiment = f"mnist_l{latent_dim}_k{n_categories}"
@@ -216,6 +223,7 @@ class CategoricalVAE(EstimatorTask):
         due = self._exact_nelbo_due(step)
         if self.hparams.fast_step:
             out = self._fast_training_step(x)  # a captured step computes the exact NELBO every step or never
+            self.check_finite_loss(out["loss"])
             if not due:
                 out.pop("nelbo_exact", None)
             self._log_train(step, out, x.shape[0])
@@ -268,12 +276,23 @@ class CategoricalVAE(EstimatorTask):
         self._adam.step()
         return out
 
+    def check_trainer(self, trainer) -> None:
+        """``fast_step`` runs one process on one device, in float32 or bf16 autocast: DDP and float16
+        mixed precision (whose loss scaling happens outside the captured step) are refused."""
+        if not self.hparams.fast_step:
+            return
+        if trainer.world_size > 1:
+            raise ConfigError(f"--model.init_args.fast_step runs on a single device, but the trainer has "
+                              f"{trainer.world_size} processes; drop fast_step to train with DDP")
+        precision = str(trainer.precision)
+        if precision.startswith("16"):
+            raise ConfigError(f"--model.init_args.fast_step does not support --trainer.precision {precision} "
+                              "(its loss scaling runs outside the captured step); use bf16-mixed or 32-true")
+
     def _fast_training_step(self, x: Tensor) -> dict[str, Tensor]:
         from ..fast import StepRunner
 
         if self._runner is None:
-            if self.trainer.world_size > 1:
-                raise ValueError("fast_step runs on a single device; train with DDP without --model.fast_step")
             self._runner = StepRunner(self._whole_step)
         out: dict[str, Tensor] = {}
         self.optimizers().step(closure=lambda: out.update(self._runner(x)))

@@ -25,7 +25,7 @@ import torch
 from torch import Tensor, nn
 
 from estimators import CategoricalEstimator
-from estimators.base import check_int, is_real
+from estimators.base import check_int, check_nonnegative, check_positive
 
 from .steps import BenchmarkTask
 
@@ -76,6 +76,8 @@ class GMMTask(BenchmarkTask):
     """
 
     monitor = "val/nelbo"
+    train_tag = "train/nelbo"
+    hparams_metrics = ("train/nelbo_epoch", "train/nelbo_window_mean", "val/nelbo", "val/accuracy")
 
     def __init__(
         self,
@@ -96,10 +98,8 @@ class GMMTask(BenchmarkTask):
                                  ("samples_per_step", samples_per_step, 1), ("window", window, 1)):
             check_int(name, value, low)
         for name, value in (("sigma_0", sigma_0), ("sigma_y", sigma_y), ("lr", lr)):
-            if not is_real(value) or not 0 < value < math.inf:
-                raise ValueError(f"{name} must be a finite number > 0, got {value!r}")
-        if not init_logit_std >= 0:
-            raise ValueError(f"init_logit_std must be >= 0, got {init_logit_std!r}")
+            check_positive(name, value)
+        check_nonnegative("init_logit_std", init_logit_std)
         self.save_task_hyperparameters()
         self.N, self.K, self.d = n_points, n_components, dim
         self.sigma_0, self.sigma_y = float(sigma_0), float(sigma_y)
@@ -159,7 +159,7 @@ class GMMTask(BenchmarkTask):
         with torch.no_grad():
             self._window[self._window_count % len(self._window)] = value
             self._window_count += 1
-        self.log("train/nelbo", value, on_step=True, on_epoch=True, prog_bar=True, batch_size=1)
+        self.log_train_objective(value)
         self.log("train/nelbo_nc", value - self.constant, on_step=True, on_epoch=False, batch_size=1)
         return loss
 
@@ -170,6 +170,7 @@ class GMMTask(BenchmarkTask):
         return values.mean().item(), (values.std().item() if n > 1 else 0.0)
 
     def on_train_epoch_end(self) -> None:
+        super().on_train_epoch_end()
         if self._window_count.item() == 0:
             return
         mean, std = self.window_stats()

@@ -22,7 +22,7 @@ import torch
 from torch import Tensor, nn
 
 from estimators import CategoricalEstimator
-from estimators.base import check_int, is_real
+from estimators.base import ConfigError, check_int, check_nonnegative, check_positive, is_real
 
 from .steps import BenchmarkTask
 
@@ -53,6 +53,7 @@ class PolynomialTask(BenchmarkTask):
     """
 
     monitor = "val/objective"
+    hparams_metrics = ("train/loss_epoch", "val/objective", "val/gap")
 
     def __init__(
         self,
@@ -67,17 +68,15 @@ class PolynomialTask(BenchmarkTask):
     ) -> None:
         super().__init__(estimator)
         if not is_real(p) or not math.isfinite(p) or p < 1:
-            raise ValueError(f"p must be a number >= 1, got {p!r}")
+            raise ConfigError(f"p must be a finite number >= 1, got {p!r}")
         if not is_real(c) or not 0 < c < 0.5:
-            raise ValueError(f"c must be in (0, 0.5) (the optimum is then all mass on e_1), got {c!r}")
+            raise ConfigError(f"c must be in (0, 0.5) (the optimum is then all mass on e_1), got {c!r}")
         check_int("length", length, 1)
         check_int("samples_per_step", samples_per_step, 1)
-        if not lr > 0:
-            raise ValueError(f"lr must be > 0, got {lr!r}")
+        check_positive("lr", lr)
         if relaxation not in RELAXATIONS:
-            raise ValueError(f"relaxation must be one of {RELAXATIONS}, got {relaxation!r}")
-        if not init_std >= 0:
-            raise ValueError(f"init_std must be >= 0, got {init_std!r}")
+            raise ConfigError(f"relaxation must be one of {RELAXATIONS}, got {relaxation!r}")
+        check_nonnegative("init_std", init_std)
         self.save_task_hyperparameters()
         self.p, self.c, self.L = float(p), float(c), length
         self.experiment = f"polynomial_p{p:g}" + ("_linear" if relaxation == "linear" else "")
@@ -108,7 +107,7 @@ class PolynomialTask(BenchmarkTask):
     # -- Lightning ----------------------------------------------------------------------------------
     def training_step(self, batch: Tensor, batch_idx: int) -> Tensor:
         loss = self.sample_loss(self.hparams.samples_per_step)
-        self.log("train/loss", loss.detach(), on_step=True, on_epoch=True, prog_bar=True, batch_size=1)
+        self.log_train_objective(loss)
         with torch.no_grad():
             self.log("train/objective", self.objective(), on_step=True, on_epoch=False, batch_size=1)
         return loss

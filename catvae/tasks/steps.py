@@ -6,16 +6,39 @@ import lightning as L
 import torch
 from torch import Tensor
 
+from estimators import CategoricalEstimator
 from estimators.base import check_int
 
 from ..core import EstimatorTask
 from ..data.loader import TensorBatches
+from ..metrics import StepMean
 
 __all__ = ["BenchmarkTask", "StepsDataModule"]
 
 
 class BenchmarkTask(EstimatorTask):
-    """A benchmark task: validation and test evaluate the exact objective once (``evaluate``)."""
+    """A benchmark task: validation and test evaluate the exact objective once (``evaluate``).
+
+    Its training objective is logged with :meth:`log_train_objective`: ``<tag>_step`` every step and
+    ``<tag>_epoch``, the mean over the epoch, accumulated in a metric whose state travels in the
+    checkpoint (a resumed epoch reports the same mean as an uninterrupted one).
+    """
+
+    #: the tag of the training objective (``<tag>_step``, ``<tag>_epoch``).
+    train_tag: str = "train/loss"
+
+    def __init__(self, estimator: CategoricalEstimator | str) -> None:
+        super().__init__(estimator)
+        self.train_objective = StepMean()
+
+    def log_train_objective(self, value: Tensor) -> None:
+        value = value.detach()
+        self.train_objective.update(value)
+        self.log(f"{self.train_tag}_step", value, on_step=True, on_epoch=False, batch_size=1)
+
+    def on_train_epoch_end(self) -> None:
+        if self.train_objective.update_called:
+            self.log(f"{self.train_tag}_epoch", self.train_objective, prog_bar=True)
 
     def evaluate(self, stage: str, batch_idx: int) -> None:  # pragma: no cover - abstract
         raise NotImplementedError

@@ -27,7 +27,7 @@ import torch
 from torch import Tensor, nn
 
 from estimators import CategoricalEstimator
-from estimators.base import check_int, is_int
+from estimators.base import ConfigError, check_int, check_nonnegative, check_positive, is_int
 
 from .steps import BenchmarkTask
 
@@ -81,12 +81,12 @@ def _contradiction(cells: list[int]) -> str | None:
 def parse_puzzle(text: str, where: str = "puzzle") -> list[int]:
     """81 digits (0 = blank) from an 81-character string with ``1-9`` clues and ``0``/``.`` blanks.
 
-    Raises ``ValueError`` prefixed by ``where`` (e.g. ``"file.txt line 3"``) for a wrong length, a bad
+    Raises ``ConfigError`` prefixed by ``where`` (e.g. ``"file.txt line 3"``) for a wrong length, a bad
     character or contradictory clues (a digit twice in a row, column or block).
     """
     s = text.strip()
     if len(s) != 81:
-        raise ValueError(f"{where}: a puzzle has 81 characters, got {len(s)}")
+        raise ConfigError(f"{where}: a puzzle has 81 characters, got {len(s)}")
     cells = []
     for pos, ch in enumerate(s):
         if ch in ".0":
@@ -94,10 +94,10 @@ def parse_puzzle(text: str, where: str = "puzzle") -> list[int]:
         elif "1" <= ch <= "9":
             cells.append(ord(ch) - 48)
         else:
-            raise ValueError(f"{where}: bad character {ch!r} at position {pos + 1}; use 1-9 for clues, 0 or . for blanks")
+            raise ConfigError(f"{where}: bad character {ch!r} at position {pos + 1}; use 1-9 for clues, 0 or . for blanks")
     problem = _contradiction(cells)
     if problem:
-        raise ValueError(f"{where}: {problem}")
+        raise ConfigError(f"{where}: {problem}")
     return cells
 
 
@@ -112,7 +112,7 @@ def resolve_puzzle_file(source: str | os.PathLike) -> Path:
     for candidate in candidates:
         if candidate.is_file():
             return candidate
-    raise FileNotFoundError(
+    raise ConfigError(
         f"sudoku puzzle file {str(source)!r} not found (looked at: {', '.join(str(c) for c in candidates)}); "
         "pass an existing file or set CATVAE_DATA_DIR to the folder holding sudoku/"
     )
@@ -121,7 +121,7 @@ def resolve_puzzle_file(source: str | os.PathLike) -> Path:
 def load_puzzles(source: str | os.PathLike, limit: int | None = None, offset: int = 0) -> list[list[int]]:
     """Puzzles from a text file (one 81-character puzzle a line; blank lines and ``#`` comments are
     skipped) or a ``.csv`` file with a ``puzzle`` or ``quizzes`` column; ``limit`` puzzles from the
-    ``offset``-th. Invalid puzzles raise ``ValueError`` naming the file and line number."""
+    ``offset``-th. Invalid puzzles raise ``ConfigError`` naming the file and line number."""
     path = resolve_puzzle_file(source)
     puzzles: list[list[int]] = []
     wanted = None if limit is None else offset + limit
@@ -133,7 +133,7 @@ def load_puzzles(source: str | os.PathLike, limit: int | None = None, offset: in
             names = [h.strip().lower() for h in header]
             column = next((names.index(n) for n in ("puzzle", "quizzes", "quiz") if n in names), None)
             if column is None:
-                raise ValueError(f"{path} line 1: no 'puzzle' column in the CSV header {header}")
+                raise ConfigError(f"{path} line 1: no 'puzzle' column in the CSV header {header}")
             for row in reader:
                 if wanted is not None and index >= wanted:
                     break
@@ -142,7 +142,7 @@ def load_puzzles(source: str | os.PathLike, limit: int | None = None, offset: in
                 if index >= offset:
                     where = f"{path} line {reader.line_num}"
                     if column >= len(row):
-                        raise ValueError(f"{where}: the row has no 'puzzle' field")
+                        raise ConfigError(f"{where}: the row has no 'puzzle' field")
                     puzzles.append(parse_puzzle(row[column], where))
                 index += 1
         else:
@@ -155,7 +155,7 @@ def load_puzzles(source: str | os.PathLike, limit: int | None = None, offset: in
                     puzzles.append(parse_puzzle(line, f"{path} line {lineno}"))
                 index += 1
     if not puzzles:
-        raise ValueError(f"{path}: no puzzles (offset {offset}, {index} puzzles in the file)")
+        raise ConfigError(f"{path}: no puzzles (offset {offset}, {index} puzzles in the file)")
     return puzzles
 
 
@@ -236,11 +236,11 @@ def generate_puzzles(n: int, n_clues: int = 30, seed: int = 0, max_tries: int = 
 
     A random complete grid (randomized backtracking), then clues are removed in random order as long
     as the solution stays unique, until ``n_clues`` remain. Deterministic given ``seed``.
-    Greedy removal reliably reaches about 25 clues; fewer may need many tries (``ValueError`` after
+    Greedy removal reliably reaches about 25 clues; fewer may need many tries (``ConfigError`` after
     ``max_tries`` grids per puzzle).
     """
     if not is_int(n_clues) or not 17 <= n_clues <= 81:
-        raise ValueError(f"n_clues must be an integer in [17, 81] (no unique puzzle has fewer than 17), got {n_clues!r}")
+        raise ConfigError(f"n_clues must be an integer in [17, 81] (no unique puzzle has fewer than 17), got {n_clues!r}")
     check_int("the number of puzzles", n, 1)
     rng = random.Random(seed)
     puzzles, solutions = [], []
@@ -262,7 +262,7 @@ def generate_puzzles(n: int, n_clues: int = 30, seed: int = 0, max_tries: int = 
                 solutions.append(solution)
                 break
         else:
-            raise ValueError(f"could not generate puzzle {k} with {n_clues} clues in {max_tries} tries; use more clues")
+            raise ConfigError(f"could not generate puzzle {k} with {n_clues} clues in {max_tries} tries; use more clues")
     return puzzles, solutions
 
 
@@ -302,6 +302,7 @@ class SudokuTask(BenchmarkTask):
     """
 
     monitor = "val/objective"
+    hparams_metrics = ("train/loss_epoch", "val/objective", "val/solved")
 
     def __init__(
         self,
@@ -317,13 +318,11 @@ class SudokuTask(BenchmarkTask):
     ) -> None:
         super().__init__(estimator)
         if n_puzzles is not None and (not is_int(n_puzzles) or n_puzzles < 1):
-            raise ValueError(f"n_puzzles must be an integer >= 1 or null, got {n_puzzles!r}")
+            raise ConfigError(f"n_puzzles must be an integer >= 1 or null, got {n_puzzles!r}")
         check_int("offset", offset, 0)
         check_int("samples_per_step", samples_per_step, 1)
-        if not lr > 0:
-            raise ValueError(f"lr must be > 0, got {lr!r}")
-        if not init_std >= 0:
-            raise ValueError(f"init_std must be >= 0, got {init_std!r}")
+        check_positive("lr", lr)
+        check_nonnegative("init_std", init_std)
         self.save_task_hyperparameters()
         if source is None:
             puzzles, _ = generate_puzzles(n_puzzles or 100, n_clues, generator_seed)
@@ -376,7 +375,7 @@ class SudokuTask(BenchmarkTask):
     # -- Lightning ----------------------------------------------------------------------------------
     def training_step(self, batch: Tensor, batch_idx: int) -> Tensor:
         per_puzzle = self.penalty(self.sample(self.hparams.samples_per_step)).mean(0)  # [P]
-        self.log("train/loss", per_puzzle.detach().mean(), on_step=True, on_epoch=True, prog_bar=True, batch_size=1)
+        self.log_train_objective(per_puzzle.mean())
         return per_puzzle.sum()
 
     def evaluate(self, stage: str, batch_idx: int) -> None:

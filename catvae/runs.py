@@ -1,0 +1,131 @@
+"""The run layout on disk and the checkpoints in it.
+
+A run lives in ``<runs_dir>/<experiment>/<estimator>/version_N/``: the loggers' files (TensorBoard events,
+``metrics.csv``, ``hparams.yaml``), the resolved ``config.yaml`` and ``checkpoints/`` (``last.ckpt``,
+``best-*.ckpt``). This module claims new version directories atomically, finds the ``last`` or
+``best`` checkpoint of an experiment, and opens checkpoints with PyTorch's safe loader.
+
+Checkpoints are untrusted input: :func:`load_checkpoint` reads them with ``torch.load(weights_only=True)``,
+which rebuilds tensors and plain Python types only and never runs code stored in the file. Everything
+catvae writes into a checkpoint is of those types (tested), so the safe loader opens all of them.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import re
+from pathlib import Path
+
+import torch
+
+from estimators.base import ConfigError
+
+__all__ = [
+    "BEST_PREFIX", "LAST", "checkpoint_score", "claim_version", "load_checkpoint", "resolve_checkpoint",
+    "version_of", "versions",
+]
+
+LAST = "last.ckpt"
+BEST_PREFIX = "best-"
+_VERSION = re.compile(r"version_(\d+)")
+
+
+def versions(root: Path) -> list[tuple[int, Path]]:
+    """The ``version_N`` directories under ``root``, oldest first."""
+    if not root.is_dir():
+        return []
+    found = [(int(m.group(1)), p) for p in root.iterdir() if (m := _VERSION.fullmatch(p.name)) and p.is_dir()]
+    return sorted(found)
+
+
+def claim_version(root: Path) -> tuple[int, Path]:
+    """Create and return the next free ``root/version_N``.
+
+    ``os.mkdir`` fails if the directory exists, atomically, so runs started at the same time in the same
+    experiment each get their own directory (a loser of the race moves on to the next number).
+    """
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise ConfigError(f"cannot create the run directory {root} ({err.strerror or err}); "
+                          "pass a writable --runs_dir") from None
+    taken = versions(root)
+    number = taken[-1][0] + 1 if taken else 0
+    while True:
+        path = root / f"version_{number}"
+        try:
+            os.mkdir(path)
+            return number, path
+        except FileExistsError:
+            number += 1
+        except OSError as err:
+            raise ConfigError(f"cannot create the run directory {path} ({err.strerror or err}); "
+                              "pass a writable --runs_dir") from None
+
+
+def version_of(ckpt: Path, root: Path) -> int | None:
+    """``N`` when ``ckpt`` is a file of ``root/version_N/checkpoints/``, else ``None``."""
+    try:
+        parent = ckpt.resolve().parent
+        if parent.name != "checkpoints" or parent.parent.parent != root.resolve():
+            return None
+    except OSError:
+        return None
+    m = _VERSION.fullmatch(parent.parent.name)
+    return int(m.group(1)) if m else None
+
+
+def load_checkpoint(path: Path, trust: bool = False) -> dict:
+    """A Lightning checkpoint, opened with PyTorch's safe loader (``trust=True``: the full unpickler,
+    which runs whatever code the file asks for — only for files you trust).
+
+    Raises :class:`ConfigError` naming the file and the reason when it is missing, not a checkpoint,
+    corrupt, or needs unsafe unpickling.
+    """
+    if not path.is_file():
+        raise ConfigError(f"checkpoint {path} does not exist; pass an existing .ckpt file or --ckpt_path last")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=not trust)
+    except pickle.UnpicklingError as err:
+        found = None if trust else re.search(r"GLOBAL ([\w.]+)", str(err))
+        if found:  # the file asks the unpickler to call or build an object the safe loader does not allow
+            raise ConfigError(f"checkpoint {path} needs unsafe unpickling ({found.group(1)}), which can run code: "
+                              "refused; if you trust the file, pass --trust_checkpoint true") from None
+        raise ConfigError(f"checkpoint {path} is corrupt or not a checkpoint (UnpicklingError); "
+                          "pass another --ckpt_path") from None
+    except Exception as err:  # truncated zip, wrong format, I/O errors
+        raise ConfigError(f"checkpoint {path} is corrupt or not a checkpoint ({type(err).__name__}); "
+                          "pass another --ckpt_path") from None
+    if not isinstance(ckpt, dict) or "state_dict" not in ckpt:
+        raise ConfigError(f"checkpoint {path} has no state_dict (not a Lightning checkpoint); pass another --ckpt_path")
+    return ckpt
+
+
+def checkpoint_score(ckpt: dict) -> float | None:
+    """The monitored value recorded when a ``best-*.ckpt`` was written (its ``ModelCheckpoint`` state)."""
+    for key, state in (ckpt.get("callbacks") or {}).items():
+        if str(key).startswith("ModelCheckpoint") and isinstance(state, dict) and state.get("monitor"):
+            score = state.get("current_score")
+            if score is not None:
+                return float(score)
+    return None
+
+
+def resolve_checkpoint(root: Path, which: str, trust: bool = False) -> tuple[Path, int]:
+    """``(path, version)`` of the newest run's ``last.ckpt`` (``which="last"``) or of its best checkpoint by
+    recorded score (``which="best"``: the lowest monitored value among its ``best-*.ckpt``)."""
+    for version, path in reversed(versions(root)):
+        folder = path / "checkpoints"
+        if which == "last":
+            if (folder / LAST).is_file():
+                return folder / LAST, version
+            continue
+        scored = []
+        for candidate in sorted(folder.glob(f"{BEST_PREFIX}*.ckpt")):
+            score = checkpoint_score(load_checkpoint(candidate, trust))
+            scored.append((float("inf") if score is None else score, candidate.name, candidate))
+        if scored:
+            return min(scored)[2], version
+    raise ConfigError(f"--ckpt_path {which}: no {which} checkpoint under {root}/version_*/checkpoints/; "
+                      "train first, or pass the path of a .ckpt file")
