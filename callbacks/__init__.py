@@ -1,9 +1,11 @@
-"""Lightning callbacks for catvae (image logging, timing, interrupt checkpoints, diagnostics)."""
+"""Lightning callbacks for catvae: checkpoints of a run, interrupts, timing, hyperparameters, images, diagnostics."""
 
-from .checkpoint import LastCheckpoint
+from .checkpoint import RunCheckpoint
 from .diagnostics import GradientDiagnostics
+from .hparams import HParamsSummary
 from .images import ImageLogger
 from .interrupt import CheckpointOnInterrupt
 from .timing import Throughput
 
-__all__ = ["CheckpointOnInterrupt", "GradientDiagnostics", "ImageLogger", "LastCheckpoint", "Throughput"]
+__all__ = ["CheckpointOnInterrupt", "GradientDiagnostics", "HParamsSummary", "ImageLogger", "RunCheckpoint",
+           "Throughput"]

@@ -1,4 +1,4 @@
-"""Throughput and epoch-time logging."""
+"""Epoch time and training throughput, measured without waiting for the device inside an epoch."""
 
 from __future__ import annotations
 
@@ -9,35 +9,53 @@ import torch
 
 
 class Throughput(L.Callback):
-    """Logs ``time/samples_per_s`` (progress bar) and ``time/epoch_s`` (wall time of each training epoch).
+    """Logs, once per training epoch, ``time/epoch_s`` (wall time of the epoch, its validation pass and
+    checkpoints included) and ``time/samples_per_s`` (training samples of the epoch, all ranks, per
+    second of training time: the epoch without its validation).
 
-    Throughput is averaged over ``window`` steps; on CUDA the device is synchronized only at the
-    window boundary, so the measurement does not serialize every step.
+    The device is synchronized only where the loop already waits for it (epoch and validation
+    boundaries), never per step. Lightning's ``ThroughputMonitor`` is not used for that reason: it calls
+    ``torch.cuda.synchronize()`` after every training batch, which serializes the host's work for the
+    next step (about 0.36 ms per step of ``catvae fit``'s loop, ``docs/performance.md``) with the
+    device's, the cost a CUDA-graph step exists to hide. Every epoch is measured, however few steps it has.
+    A run resumed in the middle of an epoch logs that epoch's ``time/samples_per_s`` over the steps it
+    ran, and no ``time/epoch_s`` for it (only part of the epoch ran in this process).
     """
 
-    def __init__(self, window: int = 50) -> None:
-        self.window = window
-        self._t0 = self._epoch_t0 = 0.0
+    def __init__(self) -> None:
+        self._epoch_t0: float | None = None
+        self._partial_t0 = self._val_t0 = self._val_s = 0.0
         self._samples = 0
 
-    def _sync(self, pl_module) -> None:
+    def on_train_start(self, trainer, pl_module) -> None:
+        self._epoch_t0, self._val_s, self._samples = None, 0.0, 0
+        self._partial_t0 = self._now(pl_module)  # a resumed epoch has no epoch start in this process
+
+    @staticmethod
+    def _now(pl_module) -> float:
         if pl_module.device.type == "cuda":
             torch.cuda.synchronize(pl_module.device)
+        return time.perf_counter()
 
     def on_train_epoch_start(self, trainer, pl_module) -> None:
-        self._sync(pl_module)
-        self._epoch_t0 = self._t0 = time.perf_counter()
-        self._samples = 0
+        self._epoch_t0 = self._now(pl_module)
+        self._val_s, self._samples = 0.0, 0
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         self._samples += len(batch) * trainer.world_size
-        if (batch_idx + 1) % self.window == 0:
-            self._sync(pl_module)
-            now = time.perf_counter()
-            pl_module.log("time/samples_per_s", self._samples / (now - self._t0), prog_bar=True, on_step=True,
-                          on_epoch=False)
-            self._t0, self._samples = now, 0
+
+    def on_validation_start(self, trainer, pl_module) -> None:
+        if not trainer.sanity_checking:
+            self._val_t0 = self._now(pl_module)
+
+    def on_validation_end(self, trainer, pl_module) -> None:
+        if not trainer.sanity_checking:
+            self._val_s += self._now(pl_module) - self._val_t0
 
     def on_train_epoch_end(self, trainer, pl_module) -> None:
-        self._sync(pl_module)
-        pl_module.log("time/epoch_s", time.perf_counter() - self._epoch_t0, on_step=False, on_epoch=True)
+        now = self._now(pl_module)
+        if self._epoch_t0 is not None:
+            pl_module.log("time/epoch_s", now - self._epoch_t0, on_step=False, on_epoch=True)
+        train_s = now - (self._epoch_t0 if self._epoch_t0 is not None else self._partial_t0) - self._val_s
+        if self._samples and train_s > 0:
+            pl_module.log("time/samples_per_s", self._samples / train_s, on_step=False, on_epoch=True)
