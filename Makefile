@@ -15,7 +15,11 @@ else
 TORCH_PINS ?= torch==2.14.1 torchvision==0.29.1
 endif
 
+# MNIST and the Sudoku files: ../shared/data where it exists (this project's machines), else the code's own
+# default ./data (downloaded there); an explicit CATVAE_DATA_DIR wins. Nothing is written outside the repository.
+ifneq ($(wildcard ../shared/data),)
 export CATVAE_DATA_DIR ?= $(abspath ../shared/data)
+endif
 
 .PHONY: setup demo test bench lint clean gpu-pack gpu-check
 

@@ -14,6 +14,7 @@ import time
 import torch
 
 import estimators
+from estimators.base import ConfigError
 
 #: the paper's VAE latent shapes (batch 200) and Table 5's VAE estimator settings.
 VAE_SHAPES = ((48, 2), (30, 10), (32, 64))
@@ -34,9 +35,9 @@ def _shape(text: str) -> tuple[int, int]:
     try:
         L, K = (int(v) for v in text.lower().split("x"))
     except ValueError:
-        raise ValueError(f"latent shape {text!r} is not LxK (e.g. 48x2)") from None
+        raise ConfigError(f"latent shape {text!r} is not LxK (e.g. 48x2)") from None
     if L < 1 or K < 2:
-        raise ValueError(f"latent shape {text!r}: need L >= 1 and K >= 2")
+        raise ConfigError(f"latent shape {text!r}: need L >= 1 and K >= 2")
     return L, K
 
 
@@ -57,6 +58,19 @@ def _interleaved(calls: dict[str, object], rounds: int, inner: int, device: torc
     return times
 
 
+def _device(text: str) -> torch.device:
+    """``--device`` as a torch device that exists here (ConfigError otherwise)."""
+    try:
+        device = torch.device(text)
+    except RuntimeError:
+        raise ConfigError(f"--device {text!r} is not a device; use cpu or cuda (cuda:N)") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"--device {text}: CUDA is not available on this machine; use --device cpu")
+    if device.type not in ("cpu", "cuda"):
+        raise ConfigError(f"--device {text}: only cpu and cuda are supported")
+    return device
+
+
 def _gumbel_first(names: list[str]) -> list[str]:
     """``names`` with Gumbel-ST, the baseline of every ratio, first (added if missing)."""
     return ["gumbel"] + [n for n in names if n != "gumbel"]
@@ -74,7 +88,7 @@ def _forward_backward(est, logits: torch.Tensor, weight: torch.Tensor) -> None:
 
 def bench_estimators(args: argparse.Namespace) -> None:
     _at_least_one(args, "repeats", "inner", "batch")
-    device = torch.device(args.device)
+    device = _device(args.device)
     names = _gumbel_first(args.estimators or list(VAE_SETTINGS))
     shapes = [_shape(s) for s in args.shapes] if args.shapes else VAE_SHAPES
     torch.manual_seed(0)
@@ -225,13 +239,13 @@ def _training_setup(args: argparse.Namespace) -> tuple[torch.device, object]:
     from .data.mnist import resolve_data_dir
 
     _at_least_one(args, "steps", "rounds")
-    return torch.device(args.device), resolve_data_dir(args.data_dir)
+    return _device(args.device), resolve_data_dir(args.data_dir)
 
 
 def _at_least_one(args: argparse.Namespace, *flags: str) -> None:
     for flag in flags:
         if getattr(args, flag) < 1:
-            raise ValueError(f"--{flag} must be >= 1, got {getattr(args, flag)}")
+            raise ConfigError(f"--{flag} must be >= 1, got {getattr(args, flag)}")
 
 
 def bench_overhead(args: argparse.Namespace) -> None:
@@ -293,7 +307,7 @@ def bench_step(args: argparse.Namespace) -> None:
     from .models import CategoricalVAE
 
     _at_least_one(args, "rounds", "inner")
-    device = torch.device(args.device)
+    device = _device(args.device)
     names = _gumbel_first(args.estimators or list(VAE_SETTINGS))
     print(f"training step per batch of 200 (forward, estimator, backward, fused Adam), device {device}, torch "
           f"{torch.__version__}, threads {torch.get_num_threads()}, exact_nelbo_every_n_steps "

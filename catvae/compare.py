@@ -23,11 +23,14 @@ interrupted ones from their last checkpoint. ``<out>`` then holds ``results.csv`
 from __future__ import annotations
 
 import argparse
+import contextlib
 import csv
+import ctypes
 import hashlib
 import json
 import math
 import os
+import signal
 import statistics
 import subprocess
 import sys
@@ -37,7 +40,8 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .errors import UserError
+from .errors import ConfigError
+from .runs import load_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -113,7 +117,7 @@ def _resolve_config(path: str, spec_dir: Path) -> str:
         candidate = (base / path).resolve()
         if candidate.is_file():
             return str(candidate)
-    raise UserError(f"config file {path} not found (relative to the working directory, the spec, or {ROOT})")
+    raise ConfigError(f"config file {path} not found (relative to the working directory, the spec, or {ROOT})")
 
 
 def load_spec(path: Path, quick: bool = False, steps: int | None = None, seeds: list[int] | None = None) -> list[Run]:
@@ -121,24 +125,26 @@ def load_spec(path: Path, quick: bool = False, steps: int | None = None, seeds: 
     import yaml
 
     if not path.is_file():
-        raise UserError(f"spec {path} does not exist")
+        raise ConfigError(f"spec {path} does not exist")
     try:
         spec = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as err:
-        raise UserError(f"spec {path} is not valid YAML: {' '.join(str(err).split())}") from None
+        raise ConfigError(f"spec {path} is not valid YAML: {' '.join(str(err).split())}") from None
     if not isinstance(spec, dict):
-        raise UserError(f"spec {path} must be a mapping with settings, estimators, seeds, steps")
+        raise ConfigError(f"spec {path} must be a mapping with settings, estimators, seeds, steps")
     unknown = set(spec) - {"name", "steps", "seeds", "settings", "estimators", "args", "quick"}
     if unknown:
-        raise UserError(f"spec {path}: unknown keys {sorted(unknown)}; allowed: steps, seeds, settings, estimators, "
+        raise ConfigError(f"spec {path}: unknown keys {sorted(unknown)}; allowed: steps, seeds, settings, estimators, "
                         "args, quick")
     quick_spec = spec.get("quick") or {}
+    if steps is not None and (not isinstance(steps, int) or steps < 1):
+        raise ConfigError(f"--steps must be an integer >= 1, got {steps!r}")
     run_steps = steps or (quick_spec.get("steps", QUICK_STEPS) if quick else spec.get("steps"))
     if not isinstance(run_steps, int) or isinstance(run_steps, bool) or run_steps < 1:
-        raise UserError(f"spec {path}: steps must be an integer >= 1, got {run_steps!r}")
+        raise ConfigError(f"spec {path}: steps must be an integer >= 1, got {run_steps!r}")
     run_seeds = seeds or (quick_spec.get("seeds") if quick else None) or spec.get("seeds") or [0]
     if not all(isinstance(s, int) and not isinstance(s, bool) for s in run_seeds):
-        raise UserError(f"spec {path}: seeds must be a list of integers, got {run_seeds!r}")
+        raise ConfigError(f"spec {path}: seeds must be a list of integers, got {run_seeds!r}")
     extra = [str(a) for a in spec.get("args") or []]
     if quick:
         extra += [str(a) for a in quick_spec.get("args", QUICK_ARGS)]
@@ -147,25 +153,25 @@ def load_spec(path: Path, quick: bool = False, steps: int | None = None, seeds: 
     if isinstance(settings, list):
         settings = {Path(p).stem: p for p in settings}
     if not isinstance(settings, dict) or not settings:
-        raise UserError(f"spec {path}: settings must be a non-empty mapping name: config file(s), or a list of files")
+        raise ConfigError(f"spec {path}: settings must be a non-empty mapping name: config file(s), or a list of files")
     import estimators
 
     ests = spec.get("estimators")
     if not isinstance(ests, list) or not ests:
-        raise UserError(f"spec {path}: estimators must be a non-empty list of {{name, init_args}}")
+        raise ConfigError(f"spec {path}: estimators must be a non-empty list of {{name, init_args}}")
     parsed = []
     for e in ests:
         e = {"name": e} if isinstance(e, str) else e
         if not isinstance(e, dict) or "name" not in e:
-            raise UserError(f"spec {path}: each estimator needs a registry name, got {e!r}")
+            raise ConfigError(f"spec {path}: each estimator needs a registry name, got {e!r}")
         try:
             estimators.build(e["name"], **(e.get("init_args") or {}))  # fail now, not in run 17
         except ValueError as err:
-            raise UserError(f"spec {path}: {err}") from None
+            raise ConfigError(f"spec {path}: {err}") from None
         parsed.append((e.get("label", e["name"]), e["name"], dict(e.get("init_args") or {})))
     labels = [p[0] for p in parsed]
     if len(set(labels)) != len(labels):
-        raise UserError(f"spec {path}: estimator labels must be unique (add label: to variants), got {labels}")
+        raise ConfigError(f"spec {path}: estimator labels must be unique (add label: to variants), got {labels}")
 
     spec_dir = path.resolve().parent
     runs = []
@@ -186,8 +192,47 @@ def _versions(folder: Path) -> list[Path]:
     return sorted(found, key=lambda p: int(p.name.split("_")[-1]))
 
 
-def execute(run: Run, out: Path, threads: int) -> dict:
-    """Fit (resuming an interrupted run of the same arguments), test, collect; writes ``result.json``."""
+class Interrupted(Exception):
+    """The sweep was stopped by a signal; the run was checkpointed and resumes on the next ``compare``."""
+
+
+class _Children:
+    """The run processes of a sweep: a stop signal to the sweep is forwarded to each of them once (they
+    write ``last.ckpt`` and exit 130/143), and no new run starts after it."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.procs: set[subprocess.Popen] = set()
+        self.stopped: int | None = None
+
+    def start(self, *args, **kwargs) -> subprocess.Popen:
+        with self.lock:
+            if self.stopped is not None:
+                raise Interrupted()
+            # own session: a Ctrl-C in the terminal reaches the sweep only, which forwards it exactly once
+            proc = subprocess.Popen(*args, start_new_session=True, **kwargs)
+            self.procs.add(proc)
+            return proc
+
+    def finish(self, proc: subprocess.Popen) -> None:
+        with self.lock:
+            self.procs.discard(proc)
+
+    def stop(self, signum: int, frame=None) -> None:
+        with self.lock:
+            if self.stopped is None:
+                self.stopped = signum
+                print(f"\ncatvae compare: stopping (signal {signum}); the running runs save last.ckpt and resume "
+                      "when the sweep is run again", file=sys.stderr, flush=True)
+                for proc in self.procs:
+                    with contextlib.suppress(ProcessLookupError):
+                        proc.send_signal(signal.SIGTERM)
+
+
+def execute(run: Run, out: Path, threads: int, children: _Children | None = None) -> dict:
+    """Fit (resuming an interrupted run of the same arguments), test, collect; writes ``result.json`` only
+    when the run trained its whole budget and has test metrics."""
+    children = children or _Children()
     folder = run.folder(out)
     folder.mkdir(parents=True, exist_ok=True)
     started = folder / "started.json"
@@ -196,24 +241,37 @@ def execute(run: Run, out: Path, threads: int) -> dict:
     if started.is_file() and json.loads(started.read_text()).get("key") == key:
         resume = any((v / "checkpoints" / "last.ckpt").is_file() for v in _versions(folder))
     started.write_text(json.dumps({"key": key}))
-    fit = ["fit", *run.cli_args(out), "--trainer.max_steps", str(run.steps), *(["--ckpt_path", "last"] if resume else [])]
+    fit = ["fit", *run.cli_args(out), "--trainer.max_steps", str(run.steps), "--trainer.max_epochs", "-1",
+           *(["--ckpt_path", "last"] if resume else [])]
     test = ["test", *run.cli_args(out), "--ckpt_path", "last"]
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "CATVAE_COMPARE_PARENT": str(os.getpid())}
     env.setdefault("OMP_NUM_THREADS", str(threads))
     t0 = time.perf_counter()
     with open(folder / "log.txt", "a") as log:
         log.write(f"\n$ catvae {' '.join(fit)}\n$ catvae {' '.join(test)}\n")
         log.flush()
-        proc = subprocess.run([sys.executable, "-m", "catvae.compare", "--_run", json.dumps([fit, test])],
+        proc = children.start([sys.executable, "-m", "catvae.compare", "--_run", json.dumps([fit, test])],
                               stdout=log, stderr=subprocess.STDOUT, env=env, cwd=ROOT)
-    if proc.returncode != 0:
+        try:
+            returncode = proc.wait()
+        finally:
+            children.finish(proc)
+    if returncode in (128 + signal.SIGINT, 128 + signal.SIGTERM):
+        raise Interrupted()
+    if returncode != 0:
         tail = (folder / "log.txt").read_text().strip().splitlines()[-3:]
-        raise RuntimeError(f"exit {proc.returncode}: {' | '.join(tail)}")
+        raise RuntimeError(f"exit {returncode}: {' | '.join(tail)}")
     versions = [v for v in _versions(folder) if (v / "checkpoints" / "last.ckpt").is_file()]
+    if not versions:
+        raise RuntimeError(f"no last.ckpt under {folder}")
+    trained = load_checkpoint(versions[-1] / "checkpoints" / "last.ckpt").get("global_step")
+    metrics = collect(versions[-1])
+    if trained != run.steps or not metrics.pop("tested"):
+        raise RuntimeError(f"not finished: trained {trained} of {run.steps} steps"
+                           + ("" if trained != run.steps else ", no test metrics"))
     result = {"key": key, "setting": run.setting, "estimator": run.label, "name": run.name,
               "params": run.init_args, "seed": run.seed, "steps": run.steps, "wall_s": time.perf_counter() - t0,
-              "run_dir": str(versions[-1].relative_to(out)), "fit": fit, "test": test,
-              **collect(versions[-1])}
+              "run_dir": str(versions[-1].relative_to(out)), "fit": fit, "test": test, **metrics}
     (folder / "result.json").write_text(json.dumps(result, indent=1))
     return result
 
@@ -242,10 +300,13 @@ def collect(version: Path) -> dict:
     out["steps_per_epoch"] = per_epoch
     out["ms_per_step"] = 1000 * out["epoch_s"] / per_epoch if full and per_epoch else None
     out["curves"] = {tag: series(tag) for tag, _ in CURVES}
+    out["tested"] = any(tag.startswith("test/") for tag in tags)
     return out
 
 
-def run_all(runs: list[Run], out: Path, parallel: int) -> tuple[list[dict], list[str]]:
+def run_all(runs: list[Run], out: Path, parallel: int) -> tuple[list[dict], list[str], int | None]:
+    """Run every unfinished run (``parallel`` at a time): ``(results, failures, stop signal or None)``.
+    SIGINT/SIGTERM stop the sweep: running runs are checkpointed, nothing new starts."""
     results, failures = {}, []
     todo = []
     for i, run in enumerate(runs):
@@ -255,20 +316,23 @@ def run_all(runs: list[Run], out: Path, parallel: int) -> tuple[list[dict], list
             if done.get("key") == run.key():
                 results[i] = done
                 continue
-            raise UserError(f"{marker} was made with other arguments (another spec, budget or --quick); "
-                            "use another --out, or delete that run's folder to redo it")
+            raise ConfigError(f"{marker} was made with other arguments (another spec, budget or --quick); "
+                              "use another --out, or delete that run's folder to redo it")
         todo.append(i)
     print(f"catvae compare: {len(runs)} runs, {len(runs) - len(todo)} already finished, {len(todo)} to run "
           f"({parallel} at a time) -> {out}", flush=True)
     lock = threading.Lock()
     threads = max(1, (os.cpu_count() or 1) // parallel)
     counter = [0]
+    children = _Children()
 
     def work(i):
         run = runs[i]
         t0 = time.perf_counter()
         try:
-            res = execute(run, out, threads)
+            res = execute(run, out, threads, children)
+        except Interrupted:
+            return
         except Exception as err:  # one failed run doesn't stop the sweep
             msg = f"{run.experiment}: {err}"
             with lock:
@@ -282,9 +346,21 @@ def run_all(runs: list[Run], out: Path, parallel: int) -> tuple[list[dict], list
             print(f"[{counter[0]}/{len(todo)}] {run.experiment}: {time.perf_counter() - t0:.0f}s, "
                   f"test NELBO {_fmt(res.get('test_nelbo'))}", flush=True)
 
-    with ThreadPoolExecutor(max_workers=parallel) as pool:
-        list(pool.map(work, todo))
-    return [results[i] for i in sorted(results)], failures
+    previous = _install(children.stop)
+    try:
+        with ThreadPoolExecutor(max_workers=parallel) as pool:
+            list(pool.map(work, todo))
+    finally:
+        _install(previous)
+    return [results[i] for i in sorted(results)], failures, children.stopped
+
+
+def _install(handler) -> dict | object:
+    """Set ``handler`` for SIGINT and SIGTERM (a dict: per signal); return the previous handlers."""
+    if threading.current_thread() is not threading.main_thread():
+        return {}
+    handlers = handler if isinstance(handler, dict) else {s: handler for s in (signal.SIGINT, signal.SIGTERM)}
+    return {s: signal.signal(s, h) for s, h in handlers.items()}
 
 
 # ---------------------------------------------------------------- reports
@@ -424,19 +500,23 @@ def plot_curves(results: list[dict], runs: list[Run], out: Path) -> list[Path]:
 # ---------------------------------------------------------------- command
 
 
-def compare(args: argparse.Namespace) -> None:
+def compare(args: argparse.Namespace) -> int:
     spec = Path(args.spec)
     seeds = [int(s) for s in args.seeds.split(",")] if args.seeds else None
     runs = load_spec(spec, quick=args.quick, steps=args.steps, seeds=seeds)
     out = Path(args.out or f"results/{spec.stem}{'_quick' if args.quick else ''}")
     if args.parallel < 1:
-        raise UserError(f"--parallel must be >= 1, got {args.parallel}")
-    out.mkdir(parents=True, exist_ok=True)
+        raise ConfigError(f"--parallel must be >= 1, got {args.parallel}")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise ConfigError(f"cannot create the results folder {out} ({err.strerror or err}); pass a writable --out") \
+            from None
     if args.dry_run:
         for run in runs:
-            print(f"catvae fit {' '.join(run.cli_args(out))} --trainer.max_steps {run.steps}")
-        return
-    results, failures = run_all(runs, out, args.parallel)
+            print(f"catvae fit {' '.join(run.cli_args(out))} --trainer.max_steps {run.steps} --trainer.max_epochs -1")
+        return 0
+    results, failures, stopped = run_all(runs, out, args.parallel)
     command = "catvae compare " + " ".join([str(spec)] + (["--quick"] if args.quick else []) +
                                            ([f"--steps {args.steps}"] if args.steps else []) +
                                            ([f"--seeds {args.seeds}"] if args.seeds else []))
@@ -445,9 +525,15 @@ def compare(args: argparse.Namespace) -> None:
     plots = plot_curves(results, runs, out) if results else []
     print(f"wrote {out / 'results.csv'}, {out / 'results.md'}, {len(plots)} plots; "
           f"TensorBoard: tensorboard --logdir {out / 'runs'}")
+    if stopped is not None:
+        print(f"catvae compare: stopped; {len(results)}/{len(runs)} runs finished, rerun the same command to "
+              "resume the others", file=sys.stderr)
+        return 128 + int(stopped)
     if failures:
-        raise SystemExit(f"catvae compare: {len(failures)} run(s) failed (logs in each run's log.txt):\n  "
-                         + "\n  ".join(failures))
+        print(f"catvae compare: {len(failures)} run(s) failed (logs in each run's log.txt):\n  "
+              + "\n  ".join(failures), file=sys.stderr)
+        return 1
+    return 0
 
 
 def add_parser(subparsers) -> None:
@@ -461,13 +547,18 @@ def add_parser(subparsers) -> None:
     p.add_argument("--steps", type=int, help="override the spec's training steps per run")
     p.add_argument("--seeds", help="override the spec's seeds, e.g. 0,1")
     p.add_argument("--dry-run", action="store_true", help="print the fit commands and exit")
-    p.set_defaults(func=compare)  # catvae.cli reports UserError as one line, exit 2
+    p.set_defaults(func=compare)  # catvae.cli reports ConfigError as one line, exit 2
 
 
 def _run_child(payload: str) -> int:
-    """One run in this process: ``catvae fit`` then ``catvae test`` (the same code path as the command)."""
+    """One run in this process: ``catvae fit`` then ``catvae test`` (the same code path as the command).
+    On Linux the run gets SIGTERM (checkpoint and stop) if the sweep process dies, even by SIGKILL."""
     from .cli import main
 
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, int(signal.SIGTERM))  # PR_SET_PDEATHSIG
+    if str(os.getppid()) != os.environ.get("CATVAE_COMPARE_PARENT", str(os.getppid())):
+        return 128 + int(signal.SIGTERM)  # the sweep died before the request took effect
     sys.argv = sys.argv[:1]
     fit, test = json.loads(payload)
     rc = main(fit)

@@ -5,7 +5,8 @@ import lightning as L
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-os.environ.setdefault("CATVAE_DATA_DIR", str(ROOT.parent / "shared" / "data"))
+_SHARED = ROOT.parent / "shared" / "data"
+os.environ.setdefault("CATVAE_DATA_DIR", str(_SHARED if _SHARED.is_dir() else ROOT / "data"))
 DATA = Path(os.environ["CATVAE_DATA_DIR"])
 HAS_MNIST = (DATA / "MNIST" / "raw" / "train-images-idx3-ubyte").is_file()
 

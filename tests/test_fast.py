@@ -16,7 +16,7 @@ def _fit(fast: bool, estimator: str, steps: int = 12, ckpt_path=None, root=None,
     # the fast step computes train/nelbo_exact every step; with N = 1 both paths draw the same noise
     model = CategoricalVAE(estimator, latent_dim=8, n_categories=4, fast_step=fast, exact_nelbo_every_n_steps=1)
     data = MNISTDataModule(str(DATA), train_subset=1000, batch_size=100, download=False)
-    trainer = L.Trainer(max_steps=steps, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+    trainer = L.Trainer(max_steps=steps, logger=False, enable_checkpointing=bool(callbacks), enable_progress_bar=False,
                         limit_val_batches=0, enable_model_summary=False, default_root_dir=root,
                         callbacks=list(callbacks))
     trainer.fit(model, data, ckpt_path=ckpt_path)
@@ -38,11 +38,11 @@ def test_fast_step_matches_default_path(estimator):
 
 @needs_mnist
 def test_fast_step_checkpoint_resumes(tmp_path):
-    from callbacks import LastCheckpoint
+    from callbacks import RunCheckpoint
 
-    _fit(True, "redge_cov", steps=5, root=tmp_path, callbacks=[LastCheckpoint(5, dirpath=str(tmp_path))])
+    _fit(True, "redge_cov", steps=5, root=tmp_path, callbacks=RunCheckpoint.last(5, dirpath=str(tmp_path)))
     path = tmp_path / "last.ckpt"
-    state = torch.load(path, weights_only=False)["optimizer_states"][0]
+    state = torch.load(path, weights_only=True)["optimizer_states"][0]  # the safe loader opens it
     assert state["state"] and "exp_avg" in state["state"][0]  # the real Adam state, not the facade's
     resumed, t2 = _fit(True, "redge_cov", steps=8, ckpt_path=path, root=tmp_path)
     straight, t3 = _fit(True, "redge_cov", steps=8, root=tmp_path)

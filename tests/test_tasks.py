@@ -16,6 +16,7 @@ import estimators
 from catvae.tasks import GMMTask, PolynomialTask, StepsDataModule, SudokuTask
 from catvae.tasks.gmm import clustering_accuracy
 from catvae.tasks.sudoku import GROUPS, count_solutions, generate_puzzles, load_puzzles, parse_puzzle, violations
+from estimators.base import ConfigError
 from estimators.functional import sample_one_hot
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -237,7 +238,7 @@ def test_puzzle_files_text_csv_and_errors(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     task = SudokuTask("st", source="mine.txt", n_puzzles=None)
     assert task.P == 1 and task.experiment == "sudoku_mine"
-    with pytest.raises(FileNotFoundError, match="nothere.txt"):
+    with pytest.raises(ConfigError, match="nothere.txt"):
         load_puzzles("nothere.txt")
 
 
@@ -279,7 +280,7 @@ def _cli(tmp_path, *args):
 
 
 def _theta(ckpt: Path) -> dict:
-    return torch.load(ckpt, map_location="cpu", weights_only=False)["state_dict"]
+    return torch.load(ckpt, map_location="cpu", weights_only=True)["state_dict"]
 
 
 def test_cli_polynomial_run_decreases_objective_and_resumes_exactly(tmp_path):

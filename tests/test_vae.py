@@ -4,10 +4,8 @@ from __future__ import annotations
 
 import math
 import os
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -210,7 +208,7 @@ def test_fit_test_and_run_layout(tmp_path, capsys):
     capsys.readouterr()
     assert main(["validate", *cli_args(runs), "--ckpt_path", "best"]) == 0
     assert "best-epoch=0-step=10.ckpt" in capsys.readouterr().err
-    ckpt = torch.load(version / "checkpoints" / "last.ckpt", weights_only=False)
+    ckpt = torch.load(version / "checkpoints" / "last.ckpt", weights_only=True)
     assert ckpt["global_step"] == 10 and "catvae_rng" in ckpt
 
 
@@ -267,10 +265,10 @@ def test_resume_is_exact(tmp_path, binarize):
     straight, split = tmp_path / "a", tmp_path / "b"
     assert main(["fit", *cli_args(straight, "--trainer.max_steps=16", *extra)]) == 0
     assert main(["fit", *cli_args(split, "--trainer.max_steps=8", *extra)]) == 0
-    assert torch.load(last_ckpt(split), weights_only=False)["global_step"] == 8
+    assert torch.load(last_ckpt(split), weights_only=True)["global_step"] == 8
     assert main(["fit", *cli_args(split, "--trainer.max_steps=16", "--ckpt_path=last", *extra)]) == 0
-    a = torch.load(last_ckpt(straight), weights_only=False)
-    b = torch.load(last_ckpt(split), weights_only=False)
+    a = torch.load(last_ckpt(straight), weights_only=True)
+    b = torch.load(last_ckpt(split), weights_only=True)
     assert a["global_step"] == b["global_step"] == 16
     assert not (split / "mnist_l48_k2" / "redge_cov" / "version_1").exists()  # resumed in place
     for key, value in a["state_dict"].items():
@@ -281,25 +279,6 @@ def _spawn(args: list[str]) -> subprocess.Popen:
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
     return subprocess.Popen([sys.executable, "-m", "catvae.cli", *args], stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True, env=env, cwd=ROOT)
-
-
-@needs_mnist
-@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
-def test_signal_saves_a_checkpoint_that_resumes(tmp_path, signum):
-    runs = tmp_path / "runs"
-    proc = _spawn(["fit", *cli_args(runs, "--trainer.max_epochs=1000", "--checkpoint_every_n_steps=3")])
-    ckpt = last_ckpt(runs)
-    deadline = time.time() + 120
-    while not ckpt.exists() and proc.poll() is None and time.time() < deadline:
-        time.sleep(0.2)
-    assert ckpt.exists(), proc.communicate()[0][-2000:]
-    proc.send_signal(signum)
-    out = proc.communicate(timeout=120)[0]
-    assert "stopped by signal" in out, out[-2000:]
-    step = torch.load(ckpt, weights_only=False)["global_step"]
-    assert step >= 3
-    assert main(["fit", *cli_args(runs, f"--trainer.max_steps={step + 2}", "--ckpt_path=last")]) == 0
-    assert torch.load(ckpt, weights_only=False)["global_step"] == step + 2
 
 
 @needs_mnist
@@ -315,57 +294,9 @@ def test_ddp_two_processes_reduce_metrics_and_resume_on_one(tmp_path):
     events = EventAccumulator(str(runs / "mnist_l48_k2" / "redge_cov" / "version_0")).Reload()
     # each rank validates its half of the 10k test images; the logged count is the all-reduced total
     assert [e.value for e in events.Scalars("val/n_examples")][-1] == 10_000
-    assert torch.load(last_ckpt(runs), weights_only=False)["global_step"] == 6  # 1000 images / 2 ranks / 100
+    assert torch.load(last_ckpt(runs), weights_only=True)["global_step"] == 6  # 1000 images / 2 ranks / 100
     assert main(["fit", *cli_args(runs, "--trainer.max_steps=8", "--ckpt_path=last")]) == 0
-    assert torch.load(last_ckpt(runs), weights_only=False)["global_step"] == 8
-
-
-# ---------------------------------------------------------------- bad input: one line, exit 2, nothing lost
-
-
-def _bad_data(tmp_path: Path) -> Path:
-    raw = tmp_path / "bad" / "MNIST" / "raw"
-    raw.mkdir(parents=True)
-    for f in (DATA / "MNIST" / "raw").iterdir():
-        (raw / f.name).write_bytes(f.read_bytes()[: 1000] if f.name.startswith("train-images") else f.read_bytes())
-    return tmp_path / "bad"
-
-
-BAD = {
-    "unknown estimator": (["--model.estimator=nope"], "unknown estimator 'nope'"),
-    "bad hyperparameter": (["--model.estimator.init_args.t_1=1.5"], "t_1 must be in (0, 1]"),
-    "K < 2": (["--model.init_args.n_categories=1"], "n_categories (K) must be an integer >= 2"),
-    "L < 1": (["--model.init_args.latent_dim=0"], "latent_dim (L) must be an integer >= 1"),
-    "missing data": (["--data.data_dir={tmp}/nowhere", "--data.download=false"], "MNIST files not found"),
-    "corrupt data": (["--data.data_dir={bad}", "--data.download=false"], "they are corrupt"),
-    "missing checkpoint": (["--ckpt_path={tmp}/none.ckpt"], "does not exist"),
-    "corrupt checkpoint": (["--ckpt_path={tmp}/junk.ckpt"], "is corrupt or not a checkpoint"),
-    "no last checkpoint": (["--ckpt_path=last", "--experiment_name=fresh"], "no last checkpoint"),
-    "mismatched checkpoint": (["--ckpt_path={good}", "--model.init_args.n_categories=3"],
-                              "checkpoint does not match the model"),
-}
-
-
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory):
-    runs = tmp_path_factory.mktemp("trained") / "runs"
-    assert main(["fit", *cli_args(runs, "--trainer.max_steps=2")]) == 0
-    return runs
-
-
-@needs_mnist
-@pytest.mark.parametrize("case", list(BAD))
-def test_bad_input_is_one_line_and_loses_nothing(case, trained, tmp_path, capsys):
-    extra, message = BAD[case]
-    (tmp_path / "junk.ckpt").write_text("not a checkpoint")
-    names = {"tmp": tmp_path, "good": last_ckpt(trained), "bad": _bad_data(tmp_path) if case == "corrupt data" else ""}
-    before = snapshot(trained)
-    capsys.readouterr()
-    rc = main(["fit", *cli_args(trained, *[e.format(**names) for e in extra])])
-    err = capsys.readouterr().err.strip().splitlines()
-    assert rc == 2
-    assert err[-1].startswith("catvae: error: ") and message in err[-1], err[-3:]
-    assert all(snapshot(trained).get(p) == v for p, v in before.items())  # nothing written before is touched
+    assert torch.load(last_ckpt(runs), weights_only=True)["global_step"] == 8
 
 
 def test_one_line_errors_from_estimator_construction(capsys):
@@ -383,7 +314,7 @@ def test_version_directories_never_collide(tmp_path):
         assert main(["fit", *cli_args(runs, "--trainer.max_steps=1", "--trainer.limit_val_batches=0")]) == 0
     versions = sorted(p.name for p in (runs / "mnist_l48_k2" / "redge_cov").iterdir())
     assert versions == ["version_0", "version_1"]
-    assert math.isfinite(torch.load(last_ckpt(runs, version=1), weights_only=False)["global_step"])
+    assert math.isfinite(torch.load(last_ckpt(runs, version=1), weights_only=True)["global_step"])
 
 
 @needs_mnist
