@@ -60,12 +60,31 @@ class RunCheckpoint(ModelCheckpoint):
             super().setup(trainer, pl_module, stage)
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        if self._every_n_train_steps and trainer.fit_loop.epoch_loop.batch_progress.is_last_batch:
+        if not self._every_n_train_steps:
+            return None
+        if trainer.fit_loop.epoch_loop.batch_progress.is_last_batch:
             # the epoch-end checkpoint follows (after validation and the epoch's metrics); a checkpoint of the
             # last batch alone would resume into a skipped epoch end (Lightning 2.6 does not rerun its hooks)
             return None
-        if pl_module.automatic_optimization:
-            return super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
         with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", message=_MANUAL_OPTIMIZATION)
+            if not pl_module.automatic_optimization:
+                warnings.filterwarnings("ignore", message=_MANUAL_OPTIMIZATION)
             super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
+        if _budget_spent(trainer) and self._last_global_step_saved != trainer.global_step and not trainer.sanity_checking:
+            # the run's last step, in the middle of an epoch: save it as a step (Lightning resumes it mid-epoch,
+            # whatever budget the resumed run has), not as the end of a cut epoch (see on_train_epoch_end)
+            self._save_checkpoint(trainer, self.format_checkpoint_name({}))
+        return None
+
+    def on_train_epoch_end(self, trainer, pl_module) -> None:
+        if self._every_n_epochs and not trainer.fit_loop.epoch_loop.batch_progress.is_last_batch:
+            # an epoch cut short by max_steps: its last step was saved as a step above. Saved here, Lightning
+            # would count the cut epoch as a whole one on resume (and skip its remaining batches when the
+            # resumed run is bounded by max_epochs)
+            return
+        super().on_train_epoch_end(trainer, pl_module)
+
+
+def _budget_spent(trainer) -> bool:
+    max_steps = trainer.max_steps
+    return max_steps is not None and max_steps > 0 and trainer.global_step >= max_steps

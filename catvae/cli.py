@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import inspect
+import json
 import logging
 import os
 import re
@@ -63,9 +64,11 @@ def fit_callbacks(monitor: str | None, checkpoint_every_n_steps: int = 1000, dir
 
 
 def estimator_class_paths(argv: list[str]) -> list[str]:
-    """``--model.estimator redge_max`` -> ``--model.estimator estimators.ReDGEMax`` (any ``...estimator``
-    key), so that a registry name takes ``--model.estimator.init_args.*`` like a class path does and the
-    saved ``config.yaml`` records the class with all its arguments."""
+    """``--model.estimator redge_max`` -> the class ``estimators.ReDGEMax`` with all its default arguments
+    (any ``...estimator`` key), so that a registry name takes ``--model.estimator.init_args.*`` like a class
+    path does, the saved ``config.yaml`` records the class with every argument, and no argument of an
+    estimator set earlier (e.g. by a ``--config``) carries over to the new one (jsonargparse keeps init_args
+    that the new class also accepts when only the class path changes)."""
     out, i = [], 0
     while i < len(argv):
         arg = argv[i]
@@ -85,7 +88,10 @@ def estimator_class_paths(argv: list[str]) -> list[str]:
 def _class_path(name: str) -> str:
     cls = estimators.get(name)
     exported = getattr(estimators, cls.__name__, None) is cls
-    return f"estimators.{cls.__name__}" if exported else f"{cls.__module__}.{cls.__qualname__}"
+    path = f"estimators.{cls.__name__}" if exported else f"{cls.__module__}.{cls.__qualname__}"
+    defaults = {k: p.default for k, p in inspect.signature(cls.__init__).parameters.items()
+                if k != "self" and p.default is not inspect.Parameter.empty}
+    return json.dumps({"class_path": path, "init_args": defaults})
 
 
 class CatVAECLI(LightningCLI):
@@ -186,9 +192,10 @@ class CatVAECLI(LightningCLI):
         reached = [f"max_steps={max_steps}"] if max_steps not in (None, -1) and step >= max_steps else []
         reached += [f"max_epochs={max_epochs}"] if max_epochs != -1 and epochs >= max_epochs else []
         if reached:
+            flag = "--trainer.max_steps" if reached[0].startswith("max_steps") else "--trainer.max_epochs"
             raise NothingToTrain(f"{path} is at epoch {epochs}, step {step}: the run already reached "
-                                 f"{' and '.join(reached)}, nothing to train; to continue it, pass a larger "
-                                 "--trainer.max_epochs (or --trainer.max_steps) with --ckpt_path")
+                                 f"{' and '.join(reached)}, nothing to train; to continue it, pass a larger {flag} "
+                                 "with --ckpt_path")
 
     def _loggers(self, cfg, root: Path, version: int | None):
         """The configured loggers pointed at the run directory (``save_dir``/``name``/``version``); TensorBoard

@@ -103,9 +103,10 @@ def load_checkpoint(path: Path, trust: bool = False) -> dict:
 
 
 def checkpoint_score(ckpt: dict) -> float | None:
-    """The monitored value recorded when a ``best-*.ckpt`` was written (its ``ModelCheckpoint`` state)."""
-    for key, state in (ckpt.get("callbacks") or {}).items():
-        if str(key).startswith("ModelCheckpoint") and isinstance(state, dict) and state.get("monitor"):
+    """The monitored value recorded when a ``best-*.ckpt`` was written (the state of its ``ModelCheckpoint``,
+    the one callback state with a ``monitor``)."""
+    for state in (ckpt.get("callbacks") or {}).values():
+        if isinstance(state, dict) and state.get("monitor") and "current_score" in state:
             score = state.get("current_score")
             if score is not None:
                 return float(score)

@@ -1,0 +1,54 @@
+"""Fault injection for the run tests, as callbacks the CLI takes: ``--trainer.callbacks+=faults.SignalAt``."""
+
+from __future__ import annotations
+
+import os
+import signal
+
+import lightning as L
+import torch
+
+
+class SignalAt(L.Callback):
+    """Send ``signum`` (default SIGTERM) to this process right after optimizer step ``step``."""
+
+    def __init__(self, step: int, signum: int = int(signal.SIGTERM)) -> None:
+        self.step, self.signum = step, signum
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if trainer.global_step == self.step:
+            os.kill(os.getpid(), self.signum)
+
+
+class CrashAt(L.Callback):
+    """Raise right after optimizer step ``step``, before any checkpoint of that step (a crash)."""
+
+    def __init__(self, step: int) -> None:
+        self.step = step
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if trainer.global_step == self.step:
+            raise RuntimeError(f"injected crash after step {self.step}")
+
+
+class CrashAtEpochEnd(L.Callback):
+    """Raise at the end of the epoch that ends with optimizer step ``step``, before its checkpoint."""
+
+    def __init__(self, step: int) -> None:
+        self.step = step
+
+    def on_train_epoch_end(self, trainer, pl_module) -> None:
+        if trainer.global_step == self.step:
+            raise RuntimeError(f"injected crash at the end of the epoch of step {self.step}")
+
+
+class PoisonAt(L.Callback):
+    """Set the first parameter of the module to NaN right after optimizer step ``step`` (a diverged update)."""
+
+    def __init__(self, step: int) -> None:
+        self.step = step
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if trainer.global_step == self.step:
+            with torch.no_grad():
+                next(pl_module.parameters()).fill_(float("nan"))
