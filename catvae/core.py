@@ -17,17 +17,26 @@ from estimators.base import ConfigError
 from .errors import TrainingDiverged
 from .metrics import StepMean
 
-__all__ = ["EstimatorTask", "resolve_estimator"]
+__all__ = ["EstimatorSpec", "EstimatorTask", "resolve_estimator"]
 
 
-def resolve_estimator(estimator: CategoricalEstimator | str) -> CategoricalEstimator:
-    """An estimator instance from an instance or a registry name (``"redge_cov"``)."""
+#: what a task's ``estimator`` argument takes: an instance, a registry name (``"redge_cov"``), or the
+#: description a task records in its hyperparameters (``{"name": "redge_cov", "n_steps": 3, ...}``), with
+#: which ``load_from_checkpoint`` rebuilds the estimator.
+EstimatorSpec = CategoricalEstimator | str | dict
+
+
+def resolve_estimator(estimator: EstimatorSpec) -> CategoricalEstimator:
+    """An estimator instance from an instance, a registry name or a ``{"name": ..., **hyperparameters}`` dict."""
     if isinstance(estimator, str):
         return estimators.build(estimator)
+    if isinstance(estimator, dict) and isinstance(estimator.get("name"), str):
+        kwargs = {k: v for k, v in estimator.items() if k != "name"}
+        return estimators.build(estimator["name"], **kwargs)
     if not isinstance(estimator, CategoricalEstimator):
         raise ConfigError(
-            f"estimator must be a registry name ({', '.join(estimators.available())}) or an "
-            f"estimators.CategoricalEstimator, got {type(estimator).__name__}"
+            f"estimator must be a registry name ({', '.join(estimators.available())}), an "
+            f"estimators.CategoricalEstimator or {{name: ..., <hyperparameters>}}, got {estimator!r}"
         )
     return estimator
 
@@ -58,7 +67,7 @@ class EstimatorTask(L.LightningModule):
     #: the seed of the evaluation RNG (validation / test sampling).
     eval_seed: int = 1234
 
-    def __init__(self, estimator: CategoricalEstimator | str) -> None:
+    def __init__(self, estimator: EstimatorSpec) -> None:
         super().__init__()
         self.estimator = resolve_estimator(estimator)
         self._pending_rng: dict | None = None
@@ -89,6 +98,15 @@ class EstimatorTask(L.LightningModule):
         with torch.random.fork_rng(devices=devices):
             torch.manual_seed(self.eval_seed + offset)
             yield
+
+    @classmethod
+    def load_from_checkpoint(cls, checkpoint_path, map_location=None, hparams_file=None, strict=None,
+                             weights_only: bool | None = True, **kwargs):
+        """Lightning's ``load_from_checkpoint`` with PyTorch's safe loader by default (``weights_only=True``
+        whatever the torch version: before 2.6 its default unpickles anything). Pass ``weights_only=False``
+        only for a file you trust."""
+        return super().load_from_checkpoint(checkpoint_path, map_location=map_location, hparams_file=hparams_file,
+                                            strict=strict, weights_only=weights_only, **kwargs)
 
     def check_trainer(self, trainer: L.Trainer) -> None:
         """Raise :class:`ConfigError` if the task cannot run with ``trainer``'s settings (called by the CLI

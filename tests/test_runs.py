@@ -465,6 +465,22 @@ def test_a_malicious_checkpoint_is_refused_and_never_runs(trained, tmp_path, cap
 
 
 @needs_mnist
+def test_load_from_checkpoint_rebuilds_the_task_with_the_safe_loader(trained, tmp_path):
+    import pickle
+
+    from catvae import CategoricalVAE
+
+    model = CategoricalVAE.load_from_checkpoint(last(trained))  # written by the CLI (LightningCLI's hparams)
+    assert model.estimator.name == "redge_cov" and model.estimator.var_floor == 0.1 and model.L == 48
+    evil = load(last(trained))
+    evil["payload"] = _Marker(tmp_path / "pwned")
+    torch.save(evil, tmp_path / "evil.ckpt")
+    with pytest.raises(pickle.UnpicklingError, match="posix.system"):
+        CategoricalVAE.load_from_checkpoint(tmp_path / "evil.ckpt")
+    assert not (tmp_path / "pwned").exists()
+
+
+@needs_mnist
 def test_trust_checkpoint_opts_in_to_the_full_unpickler(trained, tmp_path, capsys):
     """A checkpoint with an object the safe loader does not allow (here a date) loads only with the opt-in."""
     runs = tmp_path / "runs"

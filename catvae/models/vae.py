@@ -9,11 +9,10 @@ import torch
 from torch import Tensor, nn
 from torchmetrics import MeanMetric, SumMetric
 
-from estimators import CategoricalEstimator
 from estimators.base import ConfigError, check_int, check_positive
 from estimators.functional import LOW_PRECISION, log_softmax, sample_one_hot, softmax
 
-from ..core import EstimatorTask
+from ..core import EstimatorSpec, EstimatorTask
 from ..metrics import StepMean
 
 __all__ = ["CategoricalVAE", "bernoulli_nll", "mlp"]
@@ -110,7 +109,7 @@ class CategoricalVAE(EstimatorTask):
 
     def __init__(
         self,
-        estimator: CategoricalEstimator | str = "gumbel",
+        estimator: EstimatorSpec = "gumbel",
         latent_dim: int = 48,
         n_categories: int = 2,
         encoder_hidden: Sequence[int] = (512, 256),

@@ -24,9 +24,9 @@ import math
 import torch
 from torch import Tensor, nn
 
-from estimators import CategoricalEstimator
 from estimators.base import check_int, check_nonnegative, check_positive
 
+from ..core import EstimatorSpec
 from .steps import BenchmarkTask
 
 __all__ = ["GMMTask", "generate_gmm", "clustering_accuracy"]
@@ -81,7 +81,7 @@ class GMMTask(BenchmarkTask):
 
     def __init__(
         self,
-        estimator: CategoricalEstimator | str = "redge_cov",
+        estimator: EstimatorSpec = "redge_cov",
         n_points: int = 500,
         n_components: int = 20,
         dim: int = 2,

@@ -21,9 +21,9 @@ import math
 import torch
 from torch import Tensor, nn
 
-from estimators import CategoricalEstimator
 from estimators.base import ConfigError, check_int, check_nonnegative, check_positive, is_real
 
+from ..core import EstimatorSpec
 from .steps import BenchmarkTask
 
 __all__ = ["PolynomialTask"]
@@ -57,7 +57,7 @@ class PolynomialTask(BenchmarkTask):
 
     def __init__(
         self,
-        estimator: CategoricalEstimator | str = "redge",
+        estimator: EstimatorSpec = "redge",
         p: float = 2.0,
         c: float = 0.45,
         length: int = 128,

@@ -6,10 +6,9 @@ import lightning as L
 import torch
 from torch import Tensor
 
-from estimators import CategoricalEstimator
 from estimators.base import check_int
 
-from ..core import EstimatorTask
+from ..core import EstimatorSpec, EstimatorTask
 from ..data.loader import TensorBatches
 from ..metrics import StepMean
 
@@ -27,7 +26,7 @@ class BenchmarkTask(EstimatorTask):
     #: the tag of the training objective (``<tag>_step``, ``<tag>_epoch``).
     train_tag: str = "train/loss"
 
-    def __init__(self, estimator: CategoricalEstimator | str) -> None:
+    def __init__(self, estimator: EstimatorSpec) -> None:
         super().__init__(estimator)
         self.train_objective = StepMean()
 

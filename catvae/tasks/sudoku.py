@@ -26,9 +26,9 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
-from estimators import CategoricalEstimator
 from estimators.base import ConfigError, check_int, check_nonnegative, check_positive, is_int
 
+from ..core import EstimatorSpec
 from .steps import BenchmarkTask
 
 __all__ = [
@@ -306,7 +306,7 @@ class SudokuTask(BenchmarkTask):
 
     def __init__(
         self,
-        estimator: CategoricalEstimator | str = "redge",
+        estimator: EstimatorSpec = "redge",
         source: str | None = None,
         n_puzzles: int | None = 100,
         offset: int = 0,
