@@ -79,9 +79,16 @@ class EstimatorTask(L.LightningModule):
     def adam(self, capturable: bool = False) -> torch.optim.Adam:
         """``Adam(lr)`` over all parameters, with PyTorch's fused kernel on CPU and CUDA (one pass over
         every parameter instead of a dozen ops per tensor: 4× faster than the default on CPU at the VAE's
-        size). ``capturable=True`` (CUDA-graph capture) keeps the default multi-tensor kernel."""
+        size). ``capturable=True`` (CUDA-graph capture) keeps the default multi-tensor kernel.
+
+        A saved optimizer state carries the kernel flags it was written with (``capturable``, ``fused``,
+        ``foreach``), and ``Optimizer.load_state_dict`` would restore them: a CPU or default-path checkpoint
+        resumed with the captured step on a GPU would fail at capture, a GPU one resumed on CPU in Adam.
+        The flags of the optimizer built here win over the file's (a load-state-dict pre-hook)."""
         fused = not capturable and self.device.type in ("cpu", "cuda")
-        return torch.optim.Adam(self.parameters(), lr=self.hparams.lr, capturable=capturable, fused=fused or None)
+        optimizer = torch.optim.Adam(self.parameters(), lr=self.hparams.lr, capturable=capturable, fused=fused or None)
+        optimizer.register_load_state_dict_pre_hook(_keep_kernel_flags)
+        return optimizer
 
     def save_task_hyperparameters(self) -> None:
         """``save_hyperparameters`` of the calling ``__init__``, with the estimator recorded by name and
@@ -243,3 +250,16 @@ def _detached(value):
     if isinstance(value, list):
         return [v.detach().clone().cpu() for v in value]
     return value.detach().clone().cpu()
+
+
+_KERNEL_FLAGS = ("capturable", "fused", "foreach", "differentiable")
+
+
+def _keep_kernel_flags(optimizer: torch.optim.Optimizer, state_dict: dict) -> dict:
+    """Load-state-dict pre-hook: the saved param groups take the kernel flags of ``optimizer``."""
+    state_dict = {**state_dict, "param_groups": [dict(group) for group in state_dict["param_groups"]]}
+    for saved, current in zip(state_dict["param_groups"], optimizer.param_groups):
+        for flag in _KERNEL_FLAGS:
+            if flag in current:
+                saved[flag] = current[flag]
+    return state_dict

@@ -88,3 +88,85 @@ def test_step_runner_captures_and_replays_on_cuda():
     target = torch.arange(4.0, device="cuda")
     losses = [runner(target)["loss"].item() for _ in range(50)]
     assert runner.captured and losses[-1] < losses[0]
+
+
+@needs_mnist
+@pytest.mark.parametrize("fast", [False, True])
+def test_no_host_sync_per_training_step(tmp_path, monkeypatch, fast):
+    """Outside Lightning's logging steps and epoch ends, nothing reads a tensor back (.item()): each such read
+    waits for the device and would serialize a captured GPU step with the host's work."""
+    import contextlib
+    import os
+
+    from lightning.pytorch.callbacks import TQDMProgressBar
+    from lightning.pytorch.loggers import TensorBoardLogger
+
+    from catvae.cli import fit_callbacks
+
+    reads: dict[int, int] = {}
+    step = {"now": None}
+    item = torch.Tensor.item
+
+    def counted(self):
+        if step["now"] is not None:
+            reads[step["now"]] = reads.get(step["now"], 0) + 1
+        return item(self)
+
+    class Window(L.Callback):
+        def on_train_batch_start(self, trainer, *args):
+            step["now"] = trainer.global_step
+
+        def on_train_epoch_end(self, *args):
+            step["now"] = None
+
+    monkeypatch.setattr(torch.Tensor, "item", counted)
+    L.seed_everything(0)
+    model = CategoricalVAE("redge_cov", latent_dim=8, n_categories=4, fast_step=fast)
+    data = MNISTDataModule(str(DATA), train_subset=2000, batch_size=100, download=False)  # 20 steps per epoch
+    trainer = L.Trainer(max_epochs=2, logger=TensorBoardLogger(tmp_path), log_every_n_steps=5, limit_val_batches=1,
+                        enable_model_summary=False, callbacks=[Window(), TQDMProgressBar(refresh_rate=10),
+                                                               *fit_callbacks(model.monitor, 1000, str(tmp_path))])
+    with open(os.devnull, "w") as null, contextlib.redirect_stderr(null):
+        trainer.fit(model, data)
+    logging_steps = {s for s in range(40) if (s + 1) % 5 == 0}
+    assert reads and set(reads) <= logging_steps, reads  # the logger's writes, and the epoch ends (steps 19, 39)
+
+
+@needs_mnist
+@pytest.mark.parametrize("saved", [{"capturable": True, "fused": None}, {"capturable": False, "fused": True},
+                                   {"capturable": False, "fused": None, "foreach": True}])
+@pytest.mark.parametrize("fast", [False, True])
+def test_resume_keeps_the_current_optimizer_kernel(tmp_path, saved, fast):
+    """A checkpoint written by another path or device (e.g. a GPU's capturable Adam) resumes with the kernel
+    flags of the optimizer built here, not those in the file."""
+    from callbacks import RunCheckpoint
+
+    _fit(fast, "gumbel", steps=4, root=tmp_path, callbacks=RunCheckpoint.last(4, dirpath=str(tmp_path)))
+    path = tmp_path / "last.ckpt"
+    ckpt = torch.load(path, weights_only=True)
+    for group in ckpt["optimizer_states"][0]["param_groups"]:
+        group.update(saved)
+    torch.save(ckpt, path)
+    model, trainer = _fit(fast, "gumbel", steps=6, ckpt_path=path, root=tmp_path)
+    assert trainer.global_step == 6
+    fresh = model.adam().param_groups[0]
+    for group in (model._adam if fast else trainer.optimizers[0]).param_groups:
+        assert {k: group[k] for k in ("capturable", "fused", "foreach")} == \
+            {k: fresh[k] for k in ("capturable", "fused", "foreach")}
+
+
+@needs_mnist
+def test_a_second_fit_steps_its_own_optimizer(tmp_path):
+    """fit twice on one module: the second fit's step updates the second fit's Adam. On a GPU the first fit's
+    graph holds the first Adam, so the second fit must build a new runner (on CPU the step runs eagerly)."""
+    from callbacks import RunCheckpoint
+
+    model, _ = _fit(True, "gumbel", steps=3, root=tmp_path)
+    first, first_runner = model._adam, model._runner
+    trainer = L.Trainer(max_steps=2, logger=False, enable_progress_bar=False, limit_val_batches=0,
+                        enable_model_summary=False, default_root_dir=tmp_path,
+                        callbacks=RunCheckpoint.last(2, dirpath=str(tmp_path / "second")))
+    trainer.fit(model, MNISTDataModule(str(DATA), train_subset=1000, batch_size=100, download=False))
+    assert model._adam is not first and model._runner is not first_runner
+    state = torch.load(tmp_path / "second" / "last.ckpt", weights_only=True)["optimizer_states"][0]["state"]
+    assert state and float(state[0]["step"]) == 2  # the new optimizer took both steps

@@ -247,7 +247,9 @@ class CategoricalVAE(EstimatorTask):
             self.train_nelbo_exact.update(out["nelbo_exact"], weight=batch_size)
         every = self.trainer.log_every_n_steps
         if every and (step + 1) % every == 0:  # Lightning's own rule for when step metrics are written
-            self.log("train/loss_step", out["loss"], prog_bar=True, batch_size=batch_size)
+            # not on the progress bar: Lightning 2.6 reads every cached progress-bar value with .item() after
+            # every batch, a host sync per step that would stall a captured step's pipeline
+            self.log("train/loss_step", out["loss"], batch_size=batch_size)
 
     def on_train_epoch_end(self) -> None:
         # the torchmetrics objects: Lightning computes (reduced across DDP ranks) and resets them
@@ -322,7 +324,12 @@ class CategoricalVAE(EstimatorTask):
 
         # capturable: Adam's step counters live on the GPU, so its update can be captured in the graph
         self._adam = self.adam(capturable=self.device.type == "cuda")
+        self._runner = None  # a new fit builds a new optimizer: the captured step must use it
         return ReplayOptimizer(self._adam)
+
+    def setup(self, stage: str) -> None:
+        if stage == "fit":
+            self.check_trainer(self.trainer)
 
     def configure_callbacks(self):
         from callbacks import ImageLogger
