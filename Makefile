@@ -48,35 +48,21 @@ bench: setup
 
 # Here, once per GPU session (needs the package index): what a GPU machine of the device tool lacks,
 # into ignored folders that `carry` can take along: MNIST gzipped (.gpu/, 11 MB) and the wheels of
-# jsonargparse for `catvae fit`/`compare` (.whl/). Carry [".gpu", ".whl"].
+# jsonargparse (for `catvae fit`) and pytest (for the CUDA tests), with their dependencies (.whl/).
+# Carry [".gpu", ".whl"] and run `python3 -m catvae.gpu_check --out $OUT` there (no make needed).
 gpu-pack:
 	mkdir -p .gpu/MNIST/raw .whl
 	for f in $(CATVAE_DATA_DIR)/MNIST/raw/*-ubyte; do gzip -c $$f > .gpu/MNIST/raw/$$(basename $$f).gz; done
-	$(PYTHON) -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
-	  --platform manylinux2014_x86_64 -d .whl jsonargparse==4.53.0 docstring-parser==0.18.0 typeshed-client==2.15.0
+	$(PYTHON) -m pip download -q --only-binary=:all: --python-version 3.12 --implementation cp \
+	  --platform manylinux2014_x86_64 -d .whl "jsonargparse[signatures]==4.53.0" pytest
 
-# On the GPU machine (its own Python has torch, lightning, torchmetrics, tensorboard; no venv, no
-# network): `make gpu-check PYTHON=python3`. Writes the GPU timing tables of docs/performance.md to
-# $(OUT)/; fails if the fast step was not captured in a CUDA graph. Estimated 5-6 minutes on an H100
-# (not yet run: no session so far had a GPU). DEVICE=cpu STEPS=3 checks the recipe on any machine.
+# The GPU recipe (catvae/gpu_check.py): smoke test, then the GPU tables of docs/performance.md into
+# $(OUT)/, each part in its own file. DEVICE=cpu QUICK=--quick tries the whole recipe on any machine.
 OUT ?= gpu-check
 DEVICE ?= cuda
-STEPS ?= 100
-GPU_DATA := /tmp/catvae-data
-GPU_BENCH = CATVAE_DATA_DIR=$(GPU_DATA) $(PYTHON) -m catvae bench train --device $(DEVICE) --steps $(STEPS) \
-            --warmup 20 --settings 48x2 32x64 --estimators gumbel st reinmax redge redge_max redge_cov redge_max_cov
+QUICK ?=
 gpu-check:
-	mkdir -p $(OUT) $(GPU_DATA)/MNIST/raw
-	if [ -d .gpu/MNIST/raw ]; then for f in .gpu/MNIST/raw/*.gz; do \
-	  gunzip -c $$f > $(GPU_DATA)/MNIST/raw/$$(basename $$f .gz); done; \
-	else cp $(CATVAE_DATA_DIR)/MNIST/raw/*-ubyte $(GPU_DATA)/MNIST/raw/; fi
-	(nvidia-smi --query-gpu=name,driver_version --format=csv,noheader || echo "no GPU") > $(OUT)/machine.txt
-	$(GPU_BENCH) > $(OUT)/bench_train_default.txt
-	$(GPU_BENCH) --fast_step > $(OUT)/bench_train_fast_step.txt
-	$(GPU_BENCH) --fast_step --exact_nelbo_every_n_steps 0 > $(OUT)/bench_train_fast_step_no_diag.txt
-	CATVAE_DATA_DIR=$(GPU_DATA) $(PYTHON) -m catvae bench overhead --device $(DEVICE) > $(OUT)/bench_overhead.txt
-	$(PYTHON) -m catvae bench estimators --device $(DEVICE) > $(OUT)/bench_estimators.txt
-	$(PYTHON) -m catvae bench step --device $(DEVICE) > $(OUT)/bench_step.txt
+	$(PYTHON) -m catvae.gpu_check --out $(OUT) --device $(DEVICE) $(QUICK)
 
 lint: setup
 	$(BIN)/ruff check catvae estimators callbacks tests

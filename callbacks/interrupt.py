@@ -7,14 +7,13 @@ import signal
 import threading
 from typing import ClassVar
 
-import lightning as L
-from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.callbacks import Checkpoint, ModelCheckpoint
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 __all__ = ["CheckpointOnInterrupt"]
 
 
-class CheckpointOnInterrupt(L.Callback):
+class CheckpointOnInterrupt(Checkpoint):
     """Stop training at a clean point on SIGTERM or a first Ctrl-C, and write ``last.ckpt``.
 
     Lightning handles SIGTERM itself: its handler sets a flag that the loops check, and they raise
@@ -27,7 +26,11 @@ class CheckpointOnInterrupt(L.Callback):
     * a first Ctrl-C (SIGINT) takes the same path (Lightning would raise ``KeyboardInterrupt`` wherever
       the main thread is, possibly between a backward and its optimizer step); a second Ctrl-C
       interrupts at once;
-    * on ``SIGTERMException`` only, ``last.ckpt`` is written next to the run's other checkpoints.
+    * ``last.ckpt`` is written next to the run's other checkpoints: at the end of the epoch when the stop
+      falls there (a ``Checkpoint`` callback's epoch end runs after the task logged the epoch's means, so
+      the file is the same as the epoch-end ``last.ckpt`` of :class:`RunCheckpoint`; Lightning resumes
+      such a file correctly whether the run is bounded by epochs or by steps, which is not true of a file
+      written after the epoch is marked complete), else on ``SIGTERMException`` only.
       ``OnExceptionCheckpoint`` is not used: it saves on *every* exception (a crash or a diverged loss
       would overwrite the last good ``last.ckpt`` with a half-updated or non-finite state) and deletes
       its file at teardown.
@@ -43,11 +46,12 @@ class CheckpointOnInterrupt(L.Callback):
     def __init__(self) -> None:
         self._pending: int | None = None
         self._previous: dict[int, object] = {}
+        self._saved_step: int | None = None
 
     # -- signal handling ------------------------------------------------------------------------------
     def on_train_start(self, trainer, pl_module) -> None:
         CheckpointOnInterrupt.received = None
-        self._pending = None
+        self._pending = self._saved_step = None
         if trainer.global_rank != 0 or not _main_thread():
             return
         for signum in (signal.SIGTERM, signal.SIGINT):
@@ -75,6 +79,9 @@ class CheckpointOnInterrupt(L.Callback):
             self._forward(trainer)
 
     def on_train_epoch_end(self, trainer, pl_module) -> None:
+        if self._pending is None or trainer.received_sigterm:
+            return
+        self._save(trainer)
         self._forward(trainer)  # checked by the fit loop once the epoch, its validation and checkpoints are done
 
     def on_train_end(self, trainer, pl_module) -> None:
@@ -87,12 +94,21 @@ class CheckpointOnInterrupt(L.Callback):
         if not isinstance(exception, SIGTERMException):
             return
         CheckpointOnInterrupt.received = signal.SIGINT if pending == signal.SIGINT else signal.SIGTERM
-        path = os.path.join(_checkpoint_dir(trainer), "last.ckpt")
-        trainer.save_checkpoint(path, weights_only=False)
+        path = self._save(trainer) if self._saved_step != trainer.global_step else self._path(trainer)
         if trainer.global_rank == 0:
             name = "Ctrl-C" if pending == signal.SIGINT else "SIGTERM"
             print(f"\ncatvae: stopped by {name} at step {trainer.global_step}; saved {path} "
                   "(resume with --ckpt_path last)", flush=True)
+
+    @staticmethod
+    def _path(trainer) -> str:
+        return os.path.join(_checkpoint_dir(trainer), "last.ckpt")
+
+    def _save(self, trainer) -> str:
+        path = self._path(trainer)
+        trainer.save_checkpoint(path, weights_only=False)
+        self._saved_step = trainer.global_step
+        return path
 
     def _restore(self) -> None:
         if _main_thread():

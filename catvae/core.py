@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import inspect
+import io
 
 import lightning as L
 import torch
@@ -20,10 +21,11 @@ from .metrics import StepMean
 __all__ = ["EstimatorSpec", "EstimatorTask", "resolve_estimator"]
 
 
-#: what a task's ``estimator`` argument takes: an instance, a registry name (``"redge_cov"``), or the
-#: description a task records in its hyperparameters (``{"name": "redge_cov", "n_steps": 3, ...}``), with
-#: which ``load_from_checkpoint`` rebuilds the estimator.
-EstimatorSpec = CategoricalEstimator | str | dict
+#: what a task's ``estimator`` argument takes from a config: an instance (``class_path``) or a registry
+#: name (``"redge_cov"``). :func:`resolve_estimator` also takes the description a task records in its
+#: hyperparameters (``{"name": "redge_cov", "n_steps": 3, ...}``), with which ``load_from_checkpoint``
+#: rebuilds the estimator.
+EstimatorSpec = CategoricalEstimator | str
 
 
 def resolve_estimator(estimator: EstimatorSpec) -> CategoricalEstimator:
@@ -110,10 +112,18 @@ class EstimatorTask(L.LightningModule):
     def load_from_checkpoint(cls, checkpoint_path, map_location=None, hparams_file=None, strict=None,
                              weights_only: bool | None = True, **kwargs):
         """Lightning's ``load_from_checkpoint`` with PyTorch's safe loader by default (``weights_only=True``
-        whatever the torch version: before 2.6 its default unpickles anything). Pass ``weights_only=False``
-        only for a file you trust."""
-        return super().load_from_checkpoint(checkpoint_path, map_location=map_location, hparams_file=hparams_file,
-                                            strict=strict, weights_only=weights_only, **kwargs)
+        whatever the torch version: before 2.6 its default unpickles anything); pass ``weights_only=False``
+        only for a file you trust. The task is rebuilt from its recorded hyperparameters directly, not
+        through LightningCLI's parser (which a ``catvae fit`` checkpoint names), so the recorded estimator
+        description (``{"name": ..., ...}``) rebuilds the estimator."""
+        safe = weights_only is not False
+        checkpoint = torch.load(checkpoint_path, map_location="cpu", weights_only=safe)
+        (checkpoint.get("hyper_parameters") or {}).pop("_instantiator", None)
+        buffer = io.BytesIO()
+        torch.save(checkpoint, buffer)
+        buffer.seek(0)
+        return super().load_from_checkpoint(buffer, map_location=map_location, hparams_file=hparams_file,
+                                            strict=strict, weights_only=safe, **kwargs)
 
     def check_trainer(self, trainer: L.Trainer) -> None:
         """Raise :class:`ConfigError` if the task cannot run with ``trainer``'s settings (called by the CLI
@@ -222,6 +232,14 @@ class EstimatorTask(L.LightningModule):
             # rank its own noise stream, derived deterministically from the shared one
             base = int(torch.randint(0, 2**62, (1,)).item())
             torch.manual_seed(base + self.trainer.global_rank)
+
+    def on_train_epoch_start(self) -> None:
+        # Lightning 2.6, step-bounded training (max_steps set) resumed from an epoch-end checkpoint: the loop
+        # replays that epoch's end and leaves its logging step (_batches_that_stepped, which a straight run
+        # keeps equal to global_step) one ahead, so every later value would be logged one step late
+        loop = self.trainer.fit_loop.epoch_loop
+        if loop._batches_that_stepped != self.global_step:
+            loop._batches_that_stepped = self.global_step
 
     def _check_state_dict(self, state_dict: dict, strict: bool) -> None:
         own = self.state_dict()

@@ -124,13 +124,20 @@ INTERRUPTIONS = {  # fault callback and its arguments; last.ckpt is every 3 step
 }
 
 
+BUDGETS = {"epochs": ["--trainer.max_epochs=3"], "steps": ["--trainer.max_steps=30", "--trainer.max_epochs=-1"]}
+# a step budget makes Lightning treat every resume as a restart within an epoch: the epoch-boundary cases
+STEP_BUDGET_CASES = ["SIGTERM mid-epoch", "SIGTERM at the last step of an epoch",
+                     "crash right after an epoch-end checkpoint", "crash at an epoch end before its checkpoint"]
+
+
 @needs_mnist
 @pytest.mark.slow
-@pytest.mark.parametrize("case", list(INTERRUPTIONS))
-def test_interrupted_and_resumed_runs_log_the_straight_runs_metrics(straight, tmp_path, case):
+@pytest.mark.parametrize("budget, case", [("epochs", case) for case in INTERRUPTIONS] +
+                         [("steps", case) for case in STEP_BUDGET_CASES])
+def test_interrupted_and_resumed_runs_log_the_straight_runs_metrics(straight, tmp_path, budget, case):
     fault, fault_args, code = INTERRUPTIONS[case]
     runs = tmp_path / "runs"
-    common = args(runs, "--trainer.max_epochs=3", "--checkpoint_every_n_steps=3")
+    common = args(runs, *BUDGETS[budget], "--checkpoint_every_n_steps=3")
     injected = ["fit", *common, f"--trainer.callbacks+=faults.{fault}", *fault_args]
     if code is None:
         with pytest.raises(RuntimeError, match="injected crash"):
@@ -144,6 +151,23 @@ def test_interrupted_and_resumed_runs_log_the_straight_runs_metrics(straight, tm
         assert got[tag] == expected[tag], tag  # the same values at the same steps, float for float
     for key, value in load(last(runs))["state_dict"].items():
         assert torch.equal(value, params[key]), key
+
+
+@needs_mnist
+@pytest.mark.parametrize("first", [16, 20])
+def test_a_step_budget_extended_at_or_within_an_epoch_end_gives_the_straight_run(straight, tmp_path, first):
+    """A run stopped by max_steps (at an epoch end, or within an epoch) and extended with a larger max_steps:
+    the straight run's values at the same steps and its parameters."""
+    runs = tmp_path / "runs"
+    budget = ["--trainer.max_epochs=-1", "--checkpoint_every_n_steps=3"]
+    assert main(["fit", *args(runs, *budget, f"--trainer.max_steps={first}")]) == 0
+    assert main(["fit", *args(runs, *budget, "--trainer.max_steps=30", "--ckpt_path=last")]) == 0
+    got, expected = scalars(version(runs)), straight[0]
+    for tag in EPOCH_METRICS:
+        assert {s: v for s, v in got[tag].items() if s in expected[tag]} == expected[tag], tag
+        assert set(got[tag]) - set(expected[tag]) <= {first - 1}  # the cut epoch's own mean
+    for key, value in load(last(runs))["state_dict"].items():
+        assert torch.equal(value, straight[1][key]), key
 
 
 @needs_mnist

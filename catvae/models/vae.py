@@ -252,7 +252,10 @@ class CategoricalVAE(EstimatorTask):
             self.log("train/loss_step", out["loss"], batch_size=batch_size)
 
     def on_train_epoch_end(self) -> None:
-        # the torchmetrics objects: Lightning computes (reduced across DDP ranks) and resets them
+        # the torchmetrics objects: Lightning computes (reduced across DDP ranks) and resets them. Nothing
+        # to log when the epoch's means were logged before the checkpoint this run resumed from.
+        if not self.train_loss.update_called:
+            return
         self.log("train/loss_epoch", self.train_loss, prog_bar=True)
         if self.train_nelbo_exact.update_called:
             self.log("train/nelbo_exact", self.train_nelbo_exact)

@@ -170,9 +170,9 @@ class GMMTask(BenchmarkTask):
         return values.mean().item(), (values.std().item() if n > 1 else 0.0)
 
     def on_train_epoch_end(self) -> None:
-        super().on_train_epoch_end()
-        if self._window_count.item() == 0:
+        if not self.train_objective.update_called:  # logged before the checkpoint this run resumed from
             return
+        super().on_train_epoch_end()
         mean, std = self.window_stats()
         self.log("train/nelbo_window_mean", mean)
         self.log("train/nelbo_window_std", std)
