@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import inspect
 import io
+import math
 
 import lightning as L
 import torch
@@ -134,7 +135,7 @@ class EstimatorTask(L.LightningModule):
         """Stop with :class:`TrainingDiverged` if ``loss`` is NaN or infinite. Only CPU losses are checked
         (reading a GPU value would wait for the device every step); on a GPU the checkpoint guard of
         :meth:`on_save_checkpoint` catches the diverged state before it is written."""
-        if loss.device.type == "cpu" and not bool(torch.isfinite(loss).all()):
+        if loss.device.type == "cpu" and not math.isfinite(float(loss.detach().sum())):
             raise TrainingDiverged(f"the training loss became {loss.item()} at step {self.global_step}")
 
     def on_before_backward(self, loss: torch.Tensor) -> None:

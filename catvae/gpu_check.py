@@ -71,7 +71,8 @@ class Recipe:
             self.note(f"SKIPPED {name}: about {estimate_s:.0f} s, {self.args.budget_s - self.elapsed():.0f} s of the "
                       "budget left")
             return False
-        print(f"[{self.elapsed():5.0f} s] {name} (about {estimate_s:.0f} s): {' '.join(argv)}", flush=True)
+        shown = " ".join(a if len(a) < 60 else a[:40].split("\n")[0] + "..." for a in argv)
+        print(f"[{self.elapsed():5.0f} s] {name} (about {estimate_s:.0f} s): {shown}", flush=True)
         start = time.monotonic()
         with open(self.out / f"{name}.txt", "w") as out, open(self.out / f"{name}.err", "w") as err:
             try:

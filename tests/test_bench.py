@@ -34,7 +34,7 @@ def test_bench_train_prints_both_loops_per_estimator(capsys):
     for row in rows.values():
         ref, ours, speedup, vs, serialized = re.findall(r"(\d+\.\d+)[sx]", row)
         assert float(speedup) == pytest.approx(float(ref) / float(ours), abs=0.01)
-        assert float(serialized) == float(ours)  # on CPU one pass gives both columns
+        assert float(serialized) > 0  # on CPU: the median step of the same pass
     assert " 1.00x" in rows["gumbel"]
     assert captured.err.count("round 2/2") == 2  # progress of each round, on stderr
 
@@ -63,6 +63,6 @@ def test_bench_overhead_times_the_loop_around_a_no_op_step(capsys):
     assert 0 == main(["bench", "overhead", "--setting", "4x3", "--steps", "20", "--warmup", "5", "--rounds", "1",
                       "--device", "cpu"])
     out = capsys.readouterr().out
-    per_step, per_epoch = re.search(r": (\d+) us = (\d+\.\d+) s per epoch", out).groups()
-    assert int(per_step) > 0 and float(per_epoch) == pytest.approx(int(per_step) * 300e-6, abs=2e-3)
+    median, mean, per_epoch = re.search(r"median step (\d+) us; .* (\d+) us = (\d+\.\d+) s per epoch", out).groups()
+    assert 0 < int(median) and float(per_epoch) == pytest.approx(int(mean) * 300e-6, abs=2e-3)
     assert "Epoch" not in out  # the progress bar is timed but not drawn
