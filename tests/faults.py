@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import builtins
 import os
 import signal
 
@@ -21,14 +22,15 @@ class SignalAt(L.Callback):
 
 
 class CrashAt(L.Callback):
-    """Raise right after optimizer step ``step``, before any checkpoint of that step (a crash)."""
+    """Raise ``error`` (a builtin exception's name) right after optimizer step ``step``, before any checkpoint
+    of that step (a crash, or a bug)."""
 
-    def __init__(self, step: int) -> None:
-        self.step = step
+    def __init__(self, step: int, error: str = "RuntimeError") -> None:
+        self.step, self.error = step, error
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         if trainer.global_step == self.step:
-            raise RuntimeError(f"injected crash after step {self.step}")
+            raise getattr(builtins, self.error)(f"injected crash after step {self.step}")
 
 
 class CrashAtEpochEnd(L.Callback):

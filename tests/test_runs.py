@@ -441,6 +441,33 @@ def test_bad_tool_input_is_one_line_exit_2(case, tmp_path, capsys):
 
 
 @needs_mnist
+def test_a_bug_keeps_its_traceback(tmp_path):
+    """Only ConfigError (user-fixable) becomes the one-line error; any other exception, a ValueError
+    included, propagates (the console shows its traceback)."""
+    with pytest.raises(ValueError, match="injected crash after step 1"):
+        main(["fit", *args(tmp_path / "runs", "--trainer.max_steps=3", "--trainer.callbacks+=faults.CrashAt",
+                           "--trainer.callbacks.step=1", "--trainer.callbacks.error=ValueError")])
+
+
+@pytest.mark.parametrize("build, message", [
+    (lambda: __import__("catvae").CategoricalVAE(lr="abc"), "lr must be a finite number > 0, got 'abc'"),
+    (lambda: __import__("catvae").CategoricalVAE(lr=float("inf")), "lr must be a finite number > 0"),
+    (lambda: __import__("catvae").CategoricalVAE(encoder_hidden=[0]), "encoder_hidden"),
+    (lambda: __import__("catvae").MNISTDataModule(batch_size=True), "batch_size must be an integer >= 1"),
+    (lambda: __import__("catvae").GMMTask(init_logit_std=float("inf")), "init_logit_std must be a finite number"),
+    (lambda: __import__("catvae").PolynomialTask(p=float("nan")), "p must be a finite number >= 1"),
+    (lambda: __import__("catvae").SudokuTask(lr=0), "lr must be a finite number > 0"),
+    (lambda: estimators.build("redge", t_1=float("nan")), "t_1 must be in (0, 1]"),
+])
+def test_python_api_rejects_bad_values_with_config_error(build, message):
+    from catvae.errors import ConfigError
+
+    with pytest.raises(ConfigError) as err:
+        build()
+    assert message in str(err.value)
+
+
+@needs_mnist
 def test_corrupt_last_checkpoint_is_the_same_one_line_error(trained, tmp_path, capsys):
     runs = tmp_path / "runs"
     assert main(["fit", *args(runs, "--trainer.max_steps=2")]) == 0
