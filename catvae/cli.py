@@ -162,6 +162,13 @@ class CatVAECLI(LightningCLI):
             dirpath = str(run_dir / "checkpoints") if run_dir is not None else None
             resuming = bool(ckpt) and version is not None
             kwargs["callbacks"] = self._fit_callbacks(cfg, every, dirpath, resuming, kwargs.get("callbacks"))
+        elif ckpt:
+            # the checkpoint callbacks of fit, inert outside fitting: Lightning restores every callback state a
+            # checkpoint holds, also to evaluate it, and warns about each one no callback of the trainer owns
+            monitor = getattr(self.model, "monitor", None)
+            dirpath = str(run_dir / "checkpoints") if version is not None else str(path.parent)
+            kwargs["callbacks"] = [*([RunCheckpoint.best(monitor, dirpath)] if monitor else []),
+                                   *RunCheckpoint.last(every, dirpath)]
         try:
             trainer = super().instantiate_trainer(**kwargs)
         except (MisconfigurationException, ValueError) as err:  # Trainer(...) rejecting a --trainer option
