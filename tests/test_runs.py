@@ -225,10 +225,11 @@ def test_resuming_a_finished_run_says_so_and_writes_nothing(tmp_path, capsys):
 
 @needs_mnist
 @pytest.mark.slow
-def test_a_normal_run_and_its_resume_print_no_warnings(tmp_path):
+def test_a_normal_run_its_resume_and_its_test_print_no_warnings(tmp_path):
     runs = tmp_path / "runs"
-    for extra in (["--trainer.max_epochs=2"], ["--trainer.max_epochs=3", "--ckpt_path=last"]):
-        proc = spawn(["fit", *args(runs, *extra)])
+    for sub, extra in (("fit", ["--trainer.max_epochs=2"]), ("fit", ["--trainer.max_epochs=3", "--ckpt_path=last"]),
+                       ("test", ["--ckpt_path=last", "--trainer.limit_test_batches=1"])):
+        proc = spawn([sub, *args(runs, *extra)])
         out = proc.communicate(timeout=300)[0]
         assert proc.returncode == 0, out[-2000:]
         warnings = [line for line in out.splitlines() if re.search(r"warn|\.py:\d+: ", line, re.I)]
