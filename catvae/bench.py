@@ -16,6 +16,12 @@ import torch
 import estimators
 from estimators.base import ConfigError
 
+from .data import MNISTDataModule
+from .data.mnist import resolve_data_dir
+from .models import CategoricalVAE
+from .models.vae import mlp
+from .runner import fit_callbacks
+
 #: the paper's VAE latent shapes (batch 200) and Table 5's VAE estimator settings.
 VAE_SHAPES = ((48, 2), (30, 10), (32, 64))
 VAE_SETTINGS = {
@@ -176,8 +182,6 @@ def reference_loop(estimator, L: int, K: int, steps: int, warmup: int, device: t
     from torchvision import transforms
     from torchvision.datasets import MNIST
 
-    from .models.vae import mlp
-
     transform = transforms.Compose([transforms.ToTensor(), transforms.Lambda(lambda x: (x > 0.5).float().view(-1))])
     loader = torch.utils.data.DataLoader(MNIST(str(root), train=True, transform=transform), batch_size=200,
                                          shuffle=True, drop_last=True)
@@ -214,10 +218,6 @@ def catvae_loop(estimator, L: int, K: int, steps: int, warmup: int, device: torc
     from lightning.pytorch.callbacks import TQDMProgressBar
     from lightning.pytorch.loggers import TensorBoardLogger
 
-    from .cli import fit_callbacks
-    from .data import MNISTDataModule
-    from .models import CategoricalVAE
-
     timer = _StepTimer(device, warmup, steps, pipelined)
 
     class Tick(L_.Callback):
@@ -251,8 +251,6 @@ def catvae_loop(estimator, L: int, K: int, steps: int, warmup: int, device: torc
 
 def _training_setup(args: argparse.Namespace) -> tuple[torch.device, object]:
     """Validate the loop-timing arguments; the device and the MNIST root."""
-    from .data.mnist import resolve_data_dir
-
     _at_least_one(args, "steps", "rounds")
     return _device(args.device), resolve_data_dir(args.data_dir)
 
@@ -343,8 +341,6 @@ def bench_step(args: argparse.Namespace) -> None:
     loading), every estimator built side by side and timed in interleaved rounds, so that drifts in the
     machine's speed hit all of them alike; the ratio to Gumbel-ST is the median over rounds of the
     same-round ratio."""
-    from .models import CategoricalVAE
-
     _at_least_one(args, "rounds", "inner")
     device = _device(args.device)
     names = _gumbel_first(args.estimators or list(VAE_SETTINGS))

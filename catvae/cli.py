@@ -1,14 +1,7 @@
 """The ``catvae`` command.
 
-* ``catvae fit|validate|test|predict --config ...`` — LightningCLI: any :class:`~catvae.EstimatorTask`
-  (``--model``) with any LightningDataModule (``--data``), the estimator chosen in the model's
-  ``estimator`` argument by ``class_path`` (``estimators.ReDGECov``) or registry name (``redge_cov``).
-* ``catvae bench ...``, ``catvae compare ...`` — tools that print tables.
-
-Runs are written to ``<runs_dir>/<experiment>/<estimator>/version_N`` (:mod:`catvae.runs`): every logger
-(TensorBoard by default, any Lightning logger with ``save_dir``/``name``/``version``), the resolved
-``config.yaml`` and ``checkpoints/``. ``--ckpt_path last`` (or ``best``, or a file inside a run) resumes or
-evaluates that run in its own directory.
+* ``catvae fit|validate|test|predict --config ...``: training and evaluation (:mod:`catvae.runner`).
+* ``catvae bench ...`` (:mod:`catvae.bench`), ``catvae compare ...`` (:mod:`catvae.compare`): tools.
 
 Exit status: 0 done (or nothing left to train), 1 training diverged or an unexpected error (traceback),
 2 bad input (one ``catvae: error: ...`` line, nothing written), 130 stopped by Ctrl-C, 143 stopped by
@@ -18,361 +11,38 @@ SIGTERM (both after writing ``last.ckpt``).
 from __future__ import annotations
 
 import argparse
-import inspect
-import json
-import logging
-import os
-import re
-import shutil
-import signal
 import sys
-import warnings
-from pathlib import Path
 
-import lightning as L
-from jsonargparse import Namespace
-from lightning.pytorch.callbacks import LearningRateMonitor, ProgressBar, TQDMProgressBar
-from lightning.pytorch.cli import LightningCLI
-from lightning.pytorch.loggers import CSVLogger, Logger, TensorBoardLogger
-from lightning.pytorch.utilities.exceptions import MisconfigurationException, SIGTERMException
-from lightning.pytorch.utilities.rank_zero import rank_zero_only
+from . import bench, compare, runner
 
-import estimators
-from callbacks import CheckpointOnInterrupt, HParamsSummary, RunCheckpoint, Throughput
-
-from .core import EstimatorTask
-from .errors import ConfigError, NonFiniteLogitsError, NothingToTrain, TrainingDiverged
-from .loggers import CSVLogger as AppendingCSVLogger
-from .runs import claim_version, load_checkpoint, resolve_checkpoint, version_of
+__all__ = ["main"]
 
 TOOLS = ("bench", "compare")
-EXIT_DIVERGED, EXIT_USAGE = 1, 2
-
-# Lightning's tips that advertise other products, and a deprecation inside Lightning itself: nothing a
-# user of catvae can act on. Every other warning is shown (a normal run and its resume print none).
-_QUIET = [r".*litlogger.*", r".*litmodels.*", r".*isinstance\(treespec, LeafSpec\).*"]
-
-
-def fit_callbacks(monitor: str | None, checkpoint_every_n_steps: int = 1000, dirpath: str | None = None,
-                  resuming: bool = False) -> list:
-    """The callbacks ``catvae fit`` adds to the user's: best and last checkpoints (in ``dirpath``, where a
-    resumed run's checkpoint lies when ``resuming``), learning rate, throughput, checkpoint on interrupt,
-    the HPARAMS table (``catvae bench train`` times the step with the same set)."""
-    best = [RunCheckpoint.best(monitor, dirpath, resuming)] if monitor else []
-    return [*best, *RunCheckpoint.last(checkpoint_every_n_steps, dirpath, resuming), LearningRateMonitor(),
-            Throughput(), CheckpointOnInterrupt(), HParamsSummary()]
-
-
-def estimator_class_paths(argv: list[str]) -> list[str]:
-    """``--model.estimator redge_max`` -> the class ``estimators.ReDGEMax`` with all its default arguments
-    (any ``...estimator`` key), so that a registry name takes ``--model.estimator.init_args.*`` like a class
-    path does, the saved ``config.yaml`` records the class with every argument, and no argument of an
-    estimator set earlier (e.g. by a ``--config``) carries over to the new one (jsonargparse keeps init_args
-    that the new class also accepts when only the class path changes)."""
-    out, i = [], 0
-    while i < len(argv):
-        arg = argv[i]
-        key, eq, value = arg.partition("=")
-        if key.startswith("--") and key.endswith(".estimator"):
-            if eq and value in estimators.available():
-                arg = f"{key}={_class_path(value)}"
-            elif not eq and i + 1 < len(argv) and argv[i + 1] in estimators.available():
-                out += [arg, _class_path(argv[i + 1])]
-                i += 2
-                continue
-        out.append(arg)
-        i += 1
-    return out
-
-
-def _class_path(name: str) -> str:
-    cls = estimators.get(name)
-    exported = getattr(estimators, cls.__name__, None) is cls
-    path = f"estimators.{cls.__name__}" if exported else f"{cls.__module__}.{cls.__qualname__}"
-    defaults = {k: p.default for k, p in inspect.signature(cls.__init__).parameters.items()
-                if k != "self" and p.default is not inspect.Parameter.empty}
-    return json.dumps({"class_path": path, "init_args": defaults})
-
-
-class CatVAECLI(LightningCLI):
-    """LightningCLI with catvae's run layout, checkpointing, safe checkpoint loading and resume rules."""
-
-    def __init__(self, *args, **kwargs) -> None:
-        self.claimed: Path | None = None  # the version directory this process created
-        try:
-            super().__init__(*args, **kwargs)
-        except ConfigError:
-            self._discard_claimed()
-            raise
-
-    def init_parser(self, **kwargs):
-        kwargs.setdefault("exit_on_error", False)  # parse errors raise; main() prints one line
-        return super().init_parser(**kwargs)
-
-    def add_arguments_to_parser(self, parser) -> None:
-        parser.add_argument("--experiment_name", type=str | None, default=None,
-                            help="run directory <runs_dir>/<experiment_name>/<estimator>/; default: the task's")
-        parser.add_argument("--runs_dir", type=str, default="runs", help="root of all run directories")
-        parser.add_argument("--checkpoint_every_n_steps", type=int, default=1000,
-                            help="also write last.ckpt every N training steps (it is always written each epoch)")
-        parser.add_argument("--trust_checkpoint", type=bool, default=False,
-                            help="open --ckpt_path with PyTorch's full unpickler, which runs any code stored in the "
-                                 "file: only for checkpoints you trust that the safe loader refuses")
-
-    def parse_arguments(self, parser, args) -> None:
-        self.config = parser.parse_args(estimator_class_paths(list(args)))
-
-    def _parse_ckpt_path(self) -> None:
-        """LightningCLI would merge the checkpoint's hyperparameters into the config; here the given config
-        is the source of truth, and the checkpoint is checked against it in :meth:`instantiate_trainer`."""
-
-    # -- the run directory and the trainer ------------------------------------------------------------
-    def instantiate_trainer(self, **kwargs):
-        cfg = self.config[self.subcommand]
-        every = cfg.get("checkpoint_every_n_steps")
-        if not isinstance(every, int) or isinstance(every, bool) or every < 1:
-            raise ConfigError(f"--checkpoint_every_n_steps must be an integer >= 1, got {every!r}")
-        trust = bool(cfg.get("trust_checkpoint")) or cfg.get("weights_only") is False
-        root = self._run_root()
-        version = None
-        ckpt = cfg.get("ckpt_path")
-        if ckpt:
-            path, version = resolve_checkpoint(root, ckpt, trust) if ckpt in ("last", "best") \
-                else (Path(ckpt), version_of(Path(ckpt), root))
-            checkpoint = load_checkpoint(path, trust)
-            if isinstance(self.model, EstimatorTask):
-                self.model.check_checkpoint(checkpoint)
-            if self.subcommand == "fit":
-                self._check_budget(checkpoint, path)
-            cfg["ckpt_path"] = self.config_init[self.subcommand]["ckpt_path"] = str(path)
-            if ckpt in ("last", "best"):
-                print(f"catvae: using {path}", file=sys.stderr)
-        self.config_init[self.subcommand]["weights_only"] = not trust  # Lightning's own load, the same way
-        if version is None and rank_zero_only.rank == 0:
-            version, self.claimed = claim_version(root)
-        run_dir = root / f"version_{version}" if version is not None else None
-        kwargs["logger"] = self._loggers(cfg, root, version)
-        if run_dir is not None and not (cfg.get("trainer") or {}).get("default_root_dir"):
-            kwargs["default_root_dir"] = str(run_dir)
-        # config.yaml of a new run; a resumed or evaluated run keeps it and adds config.<subcommand>.yaml
-        fresh_fit = self.subcommand == "fit" and not ckpt
-        self.save_config_kwargs["config_filename"] = "config.yaml" if fresh_fit else f"config.{self.subcommand}.yaml"
-        self.save_config_kwargs["overwrite"] = not fresh_fit
-        if self.subcommand == "fit":
-            dirpath = str(run_dir / "checkpoints") if run_dir is not None else None
-            resuming = bool(ckpt) and version is not None
-            kwargs["callbacks"] = self._fit_callbacks(cfg, every, dirpath, resuming, kwargs.get("callbacks"))
-        elif ckpt:
-            # the checkpoint callbacks of fit, inert outside fitting: Lightning restores every callback state a
-            # checkpoint holds, also to evaluate it, and warns about each one no callback of the trainer owns
-            monitor = getattr(self.model, "monitor", None)
-            dirpath = str(run_dir / "checkpoints") if version is not None else str(path.parent)
-            kwargs["callbacks"] = [*([RunCheckpoint.best(monitor, dirpath)] if monitor else []),
-                                   *RunCheckpoint.last(every, dirpath)]
-        try:
-            trainer = super().instantiate_trainer(**kwargs)
-        except (MisconfigurationException, ValueError) as err:  # Trainer(...) rejecting a --trainer option
-            raise ConfigError(f"{one_line(err)} (check the --trainer options)") from None
-        if isinstance(self.model, EstimatorTask):
-            self.model.check_trainer(trainer)
-        return trainer
-
-    def _run_root(self) -> Path:
-        cfg = self.config[self.subcommand]
-        experiment = cfg.get("experiment_name") or getattr(self.model, "experiment", "run")
-        name = getattr(getattr(self.model, "estimator", None), "name", None) or "model"
-        return Path(cfg.get("runs_dir") or "runs") / experiment / name
-
-    def _check_budget(self, checkpoint: dict, path: Path) -> None:
-        """:class:`NothingToTrain` when the checkpoint already reached the trainer's ``max_epochs``/``max_steps``
-        (Lightning would silently do nothing)."""
-        trainer = self.config[self.subcommand].get("trainer") or {}
-        max_steps = trainer.get("max_steps", -1)
-        max_epochs = trainer.get("max_epochs")
-        if max_epochs is None:
-            max_epochs = 1000 if max_steps == -1 and trainer.get("max_time") is None else -1
-        try:
-            epochs = checkpoint["loops"]["fit_loop"]["epoch_progress"]["current"]["processed"]
-        except (KeyError, TypeError):
-            return
-        step = checkpoint.get("global_step", 0)
-        reached = [f"max_steps={max_steps}"] if max_steps not in (None, -1) and step >= max_steps else []
-        reached += [f"max_epochs={max_epochs}"] if max_epochs != -1 and epochs >= max_epochs else []
-        if reached:
-            flag = "--trainer.max_steps" if reached[0].startswith("max_steps") else "--trainer.max_epochs"
-            raise NothingToTrain(f"{path} is at epoch {epochs}, step {step}: the run already reached "
-                                 f"{' and '.join(reached)}, nothing to train; to continue it, pass a larger {flag} "
-                                 "with --ckpt_path")
-
-    def _loggers(self, cfg, root: Path, version: int | None):
-        """The configured loggers pointed at the run directory (``save_dir``/``name``/``version``); TensorBoard
-        when none is configured. A logger class without those arguments is kept as configured; Lightning's
-        ``CSVLogger`` becomes :class:`catvae.loggers.CSVLogger`, which keeps a resumed run's rows."""
-        spec = (cfg.get("trainer") or {}).get("logger")
-        if spec is False:
-            return False
-        where = {"save_dir": str(root.parent.parent), "name": f"{root.parent.name}/{root.name}", "version": version}
-        if spec in (None, True):
-            return TensorBoardLogger(**where, default_hp_metric=False)
-        built = self._get(self.config_init, "trainer", default={}).get("logger")
-        specs, built = (spec, built) if isinstance(spec, list) else ([spec], [built])
-        loggers: list[Logger] = []
-        for one, instance in zip(specs, built):
-            params = inspect.signature(type(instance).__init__).parameters
-            if isinstance(one, Namespace) and one.get("class_path") and {"save_dir", "name", "version"} <= set(params):
-                init = one.get("init_args")
-                init = init.as_dict() if isinstance(init, Namespace) else dict(init or {})
-                if isinstance(instance, TensorBoardLogger):
-                    init.setdefault("default_hp_metric", False)
-                cls = AppendingCSVLogger if type(instance) is CSVLogger else type(instance)
-                instance = cls(**{**init, **where})
-            loggers.append(instance)
-        return loggers
-
-    def _fit_callbacks(self, cfg, every: int, dirpath: str | None, resuming: bool, given) -> list:
-        extra = fit_callbacks(getattr(self.model, "monitor", None), every, dirpath, resuming)
-        configured = self._get(self.config_init, "trainer", default={}).get("callbacks") or []
-        configured = configured if isinstance(configured, list) else [configured]
-        if (cfg.get("trainer") or {}).get("enable_progress_bar") is not False and not any(
-            isinstance(c, ProgressBar) for c in configured
-        ):
-            # refreshing every step costs ~0.25 ms of Python per step
-            extra.append(TQDMProgressBar(refresh_rate=10))
-        return configured + list(given or []) + extra
-
-    def _discard_claimed(self) -> None:
-        """Remove the version directory this process created when the run failed on bad input before it
-        wrote a checkpoint (so a fixed rerun gets the same number and nothing half-made stays behind)."""
-        if self.claimed is not None and not any(self.claimed.glob("checkpoints/*.ckpt")):
-            shutil.rmtree(self.claimed, ignore_errors=True)
-
-
-DESCRIPTION = (
-    "catvae: categorical VAEs and gradient estimators for discrete latents. Training subcommands below "
-    "(LightningCLI); tools: `catvae bench {estimators,train,step,overhead}`, `catvae compare SPEC.yaml` "
-    "(see their --help)."
-)
-
-
-def run_cli(argv: list[str]) -> CatVAECLI:
-    """``catvae fit|validate|test|predict ...`` in this process (exceptions propagate; see :func:`main`)."""
-    return CatVAECLI(
-        EstimatorTask,
-        L.LightningDataModule,
-        subclass_mode_model=True,
-        subclass_mode_data=True,
-        args=argv,
-        auto_configure_optimizers=False,
-        parser_kwargs={"description": DESCRIPTION},
-        save_config_kwargs={"overwrite": False},
-        trainer_defaults={"log_every_n_steps": 50},
-    )
 
 
 class _ToolParser(argparse.ArgumentParser):
-    """argparse that raises its errors (one line in :func:`main`) instead of printing usage and exiting."""
+    """argparse that raises its errors (one line, from :func:`catvae.runner.handle`) instead of printing the
+    usage and exiting."""
 
     def error(self, message: str):
         raise argparse.ArgumentError(None, message)
 
 
-def _tools_main(argv: list[str]) -> int:
-    from . import bench, compare  # they import this module: a cycle, kept local until the tools are split out
-
+def _tools(argv: list[str]) -> int:
     parser = _ToolParser(prog="catvae", description="catvae tooling")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_ToolParser)
     bench.add_parser(sub)
     compare.add_parser(sub)
     args = parser.parse_args(argv)
-    result = args.func(args)
-    return result if isinstance(result, int) else 0
+    return args.func(args)
 
 
 def main(argv: list[str] | None = None) -> int:
-    """The ``catvae`` command; returns its exit status (module docstring)."""
+    """The ``catvae`` command; returns its exit status."""
     argv = sys.argv[1:] if argv is None else list(argv)
-    _quiet()
-    try:
-        if argv and argv[0] in TOOLS:
-            return _tools_main(argv)
-        run_cli(argv)
-    except SIGTERMException:
-        stopped = CheckpointOnInterrupt.received or signal.SIGTERM
-        return 128 + int(stopped)
-    except NothingToTrain as err:
-        print(f"catvae: {one_line(err)}", file=sys.stderr)
-        return 0
-    except (TrainingDiverged, NonFiniteLogitsError) as err:
-        if os.environ.get("CATVAE_DEBUG"):
-            raise
-        print(f"catvae: error: training diverged: {one_line(err)}; the last good state is the run's last.ckpt "
-              "(resume it with a lower --model.init_args.lr, or start over)", file=sys.stderr)
-        return EXIT_DIVERGED
-    except Exception as err:
-        cause = user_error(err)
-        if cause is None or os.environ.get("CATVAE_DEBUG"):
-            raise  # a bug: keep the traceback
-        print(f"catvae: error: {cause}", file=sys.stderr)
-        return EXIT_USAGE
-    return 0
-
-
-def user_error(err: BaseException) -> str | None:
-    """The one-line message of a user-fixable error, or ``None`` for a bug.
-
-    User-fixable: a :class:`ConfigError` (also when jsonargparse wraps one raised while building a class
-    from the config) and a parse error (``argparse.ArgumentError``: wrong type, unknown key or flag,
-    malformed YAML), whose nested report is reduced to the key and its innermost cause."""
-    chain, seen = [], set()
-    while err is not None and id(err) not in seen:
-        seen.add(id(err))
-        chain.append(err)
-        err = err.__cause__ or err.__context__
-    for e in chain:
-        if isinstance(e, ConfigError):
-            return one_line(e)
-    if not isinstance(chain[0], argparse.ArgumentError):
-        return None
-    outer = str(chain[0])
-    inner = next((str(e) for e in reversed(chain) if isinstance(e, argparse.ArgumentError)), outer)
-    return parse_error(outer, inner)
-
-
-def parse_error(outer: str, inner: str) -> str:
-    """``--model.init_args.lr: expected float, got 'abc'`` from jsonargparse's nested report (``outer``: the
-    whole report, ``inner``: the deepest error in it)."""
-    keys = re.findall(r'Parser key "([^"]+)"', outer)
-    classes = re.findall(r"Problem with given class_path '([^']+)'", outer)
-    path = ".".join(key + (".init_args" if i < len(classes) else "") for i, key in enumerate(keys))
-    text = " ".join(inner.split())
-    text = re.sub(r'^Parser key "[^"]+":\s*', "", text)
-    if "Does not validate against any of the Union subtypes" in text:  # report the accepted types
-        wanted = re.findall(r"Expected a ([^-]+?)(?= - |\s+Given value|$)", text)
-        got = re.search(r"Given value: (.*)$", text)
-        text = "expected " + " or ".join(w.strip().rstrip(".") for w in wanted if "NoneType" not in w)
-        text += f", got {got.group(1)!r}" if got else ""
-    text = re.sub(r"<class '([\w.]+)'>", r"\1", text)
-    text = re.sub(r"^Expected a (.+?)\. Got value: (.*)$", r"expected \1, got \2", text)
-    if classes and "is not accepted" in text:
-        text = f"{text[0].lower()}{text[1:]} by {classes[-1]}"
-    return f"{'--' + path if path else 'arguments'}: {text} (see --help)"
-
-
-def one_line(err: BaseException) -> str:
-    """The message of ``err`` on one line."""
-    return " ".join(str(err).split())
-
-
-def _quiet() -> None:
-    for pattern in _QUIET:
-        warnings.filterwarnings("ignore", message=pattern)
-
-    class _Drop(logging.Filter):
-        def filter(self, record: logging.LogRecord) -> bool:
-            return not any(re.match(p, record.getMessage(), re.S) for p in _QUIET)
-
-    for name in ("lightning.pytorch", "lightning.fabric", "lightning.pytorch.utilities.rank_zero"):
-        logging.getLogger(name).addFilter(_Drop())
+    if argv and argv[0] in TOOLS:
+        return runner.handle(_tools, argv)
+    return runner.run(argv)
 
 
 if __name__ == "__main__":

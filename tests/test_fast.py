@@ -101,7 +101,7 @@ def test_no_host_sync_per_training_step(tmp_path, monkeypatch, fast):
     from lightning.pytorch.callbacks import TQDMProgressBar
     from lightning.pytorch.loggers import TensorBoardLogger
 
-    from catvae.cli import fit_callbacks
+    from catvae.runner import fit_callbacks
 
     reads: dict[int, int] = {}
     step = {"now": None}

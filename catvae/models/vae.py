@@ -9,10 +9,12 @@ import torch
 from torch import Tensor, nn
 from torchmetrics import MeanMetric, SumMetric
 
+from callbacks import ImageLogger
 from estimators.base import ConfigError, check_int, check_positive
 from estimators.functional import LOW_PRECISION, log_softmax, sample_one_hot, softmax
 
 from ..core import EstimatorSpec, EstimatorTask
+from ..fast import ReplayOptimizer, StepRunner
 from ..metrics import StepMean
 
 __all__ = ["CategoricalVAE", "bernoulli_nll", "mlp"]
@@ -294,8 +296,6 @@ class CategoricalVAE(EstimatorTask):
                               "(its loss scaling runs outside the captured step); use bf16-mixed or 32-true")
 
     def _fast_training_step(self, x: Tensor) -> dict[str, Tensor]:
-        from ..fast import StepRunner
-
         if self._runner is None:
             self._runner = StepRunner(self._whole_step)
         out: dict[str, Tensor] = {}
@@ -323,8 +323,6 @@ class CategoricalVAE(EstimatorTask):
     def configure_optimizers(self):
         if not self.hparams.fast_step:
             return super().configure_optimizers()
-        from ..fast import ReplayOptimizer
-
         # capturable: Adam's step counters live on the GPU, so its update can be captured in the graph
         self._adam = self.adam(capturable=self.device.type == "cuda")
         self._runner = None  # a new fit builds a new optimizer: the captured step must use it
@@ -335,6 +333,4 @@ class CategoricalVAE(EstimatorTask):
             self.check_trainer(self.trainer)
 
     def configure_callbacks(self):
-        from callbacks import ImageLogger
-
         return [ImageLogger()]

@@ -1,0 +1,87 @@
+r"""``catvae compare SPEC.yaml``: run estimators × settings × seeds through ``catvae fit``/``test`` and tabulate.
+
+A spec (see ``configs/compare/*.yaml``)::
+
+    steps: 60000                       # training steps of every run (--trainer.max_steps)
+    seeds: [0, 1, 2]
+    settings:                          # name: config file(s) (a path or a list); or a list of paths
+      l48_k2: configs/mnist/l48_k2.yaml
+    estimators:                        # registry name + hyperparameters; label defaults to the name
+      - {name: st, init_args: {tau: 1.0}}
+      - {name: redge_cov, init_args: {n_steps: 3, t_1: 0.5}}
+    args: []                           # extra CLI arguments for every fit and test
+    quick: {steps: 50, args: [...]}    # what --quick uses instead (optional; defaults below)
+
+Every run goes through the ``catvae`` command itself, in its own process (``catvae.cli.main`` with
+``fit`` then ``test --ckpt_path last``), into ``<out>/runs/<setting>/<label>/seed<seed>/<estimator>/version_N``
+— all runs under one TensorBoard root (``tensorboard --logdir <out>/runs``). A run is finished when its
+``result.json`` exists (with the same arguments); re-running a spec skips finished runs and resumes
+interrupted ones from their last checkpoint. ``<out>`` then holds ``results.csv`` (one row per run),
+``results.md`` (mean ± std over seeds, best in bold; runtime table) and ``curves_*.png``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from ..errors import ConfigError
+from .execute import collect, execute, run_all
+from .report import plot_curves, write_csv, write_markdown
+from .spec import QUICK_STEPS, Run, load_spec
+
+__all__ = ["Run", "add_parser", "collect", "compare", "execute", "load_spec", "run_all", "write_csv",
+           "write_markdown"]
+
+
+def compare(args: argparse.Namespace) -> int:
+    spec = Path(args.spec)
+    seeds = [int(s) for s in args.seeds.split(",")] if args.seeds else None
+    runs = load_spec(spec, quick=args.quick, steps=args.steps, seeds=seeds)
+    out = Path(args.out or f"results/{spec.stem}{'_quick' if args.quick else ''}")
+    if args.parallel < 1:
+        raise ConfigError(f"--parallel must be >= 1, got {args.parallel}")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise ConfigError(f"cannot create the results folder {out} ({err.strerror or err}); pass a writable --out") \
+            from None
+    if args.dry_run:
+        for run in runs:
+            print(f"catvae fit {' '.join(run.cli_args(out))} --trainer.max_steps {run.steps} --trainer.max_epochs -1")
+        return 0
+    results, failures, stopped = run_all(runs, out, args.parallel)
+    command = "catvae compare " + " ".join([str(spec)] + (["--quick"] if args.quick else []) +
+                                           ([f"--steps {args.steps}"] if args.steps else []) +
+                                           ([f"--seeds {args.seeds}"] if args.seeds else []))
+    write_csv(results, out / "results.csv")
+    write_markdown(results, runs, out / "results.md", f"catvae compare: {spec.stem}", command)
+    plots = plot_curves(results, runs, out) if results else []
+    print(f"wrote {out / 'results.csv'}, {out / 'results.md'}, {len(plots)} plots; "
+          f"TensorBoard: tensorboard --logdir {out / 'runs'}")
+    if stopped is not None:
+        print(f"catvae compare: stopped; {len(results)}/{len(runs)} runs finished, rerun the same command to "
+              "resume the others", file=sys.stderr)
+        return 128 + int(stopped)
+    if failures:
+        print(f"catvae compare: {len(failures)} run(s) failed (logs in each run's log.txt):\n  "
+              + "\n  ".join(failures), file=sys.stderr)
+        return 1
+    return 0
+
+
+def add_parser(subparsers) -> None:
+    p = subparsers.add_parser("compare", help="run estimators × settings × seeds and tabulate the results",
+                              description=__doc__.split("\n\n")[0])
+    p.add_argument("spec", help="the sweep's YAML spec (configs/compare/*.yaml)")
+    p.add_argument("--out", help="results folder (default: results/<spec name>[_quick])")
+    p.add_argument("--parallel", type=int, default=1, help="runs at a time (default 1)")
+    p.add_argument("--quick", action="store_true",
+                   help=f"a tiny budget ({QUICK_STEPS} steps, 1000 training images, small eval) to check the pipeline")
+    p.add_argument("--steps", type=int, help="override the spec's training steps per run")
+    p.add_argument("--seeds", help="override the spec's seeds, e.g. 0,1")
+    p.add_argument("--dry-run", action="store_true", help="print the fit commands and exit")
+    p.set_defaults(func=compare)  # catvae.cli reports ConfigError as one line, exit 2
+
+

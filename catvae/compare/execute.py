@@ -1,0 +1,218 @@
+"""Running a sweep: each run in its own ``catvae`` process, resumed until it trained its whole budget."""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import json
+import os
+import signal
+import statistics
+import subprocess
+import sys
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from .. import runner
+from ..errors import ConfigError
+from ..runs import load_checkpoint
+from .report import CURVES, METRICS, fmt
+from .spec import Run
+
+__all__ = ["Interrupted", "collect", "execute", "run_all", "run_child"]
+
+_PACKAGE_ROOT = str(Path(__file__).resolve().parents[2])  # the folder holding the catvae package
+
+def _versions(folder: Path) -> list[Path]:
+    found = [p for p in folder.glob("*/version_*") if p.name.split("_")[-1].isdigit()]
+    return sorted(found, key=lambda p: int(p.name.split("_")[-1]))
+
+
+class Interrupted(Exception):
+    """The sweep was stopped by a signal; the run was checkpointed and resumes on the next ``compare``."""
+
+
+class _Children:
+    """The run processes of a sweep: a stop signal to the sweep is forwarded to each of them once (they
+    write ``last.ckpt`` and exit 130/143), and no new run starts after it."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.procs: set[subprocess.Popen] = set()
+        self.stopped: int | None = None
+
+    def start(self, *args, **kwargs) -> subprocess.Popen:
+        with self.lock:
+            if self.stopped is not None:
+                raise Interrupted()
+            # own session: a Ctrl-C in the terminal reaches the sweep only, which forwards it exactly once
+            proc = subprocess.Popen(*args, start_new_session=True, **kwargs)
+            self.procs.add(proc)
+            return proc
+
+    def finish(self, proc: subprocess.Popen) -> None:
+        with self.lock:
+            self.procs.discard(proc)
+
+    def stop(self, signum: int, frame=None) -> None:
+        with self.lock:
+            if self.stopped is None:
+                self.stopped = signum
+                print(f"\ncatvae compare: stopping (signal {signum}); the running runs save last.ckpt and resume "
+                      "when the sweep is run again", file=sys.stderr, flush=True)
+                for proc in self.procs:
+                    with contextlib.suppress(ProcessLookupError):
+                        proc.send_signal(signal.SIGTERM)
+
+
+def execute(run: Run, out: Path, threads: int, children: _Children | None = None) -> dict:
+    """Fit (resuming an interrupted run of the same arguments), test, collect; writes ``result.json`` only
+    when the run trained its whole budget and has test metrics."""
+    children = children or _Children()
+    folder = run.folder(out)
+    folder.mkdir(parents=True, exist_ok=True)
+    started = folder / "started.json"
+    key = run.key()
+    resume = False
+    if started.is_file() and json.loads(started.read_text()).get("key") == key:
+        resume = any((v / "checkpoints" / "last.ckpt").is_file() for v in _versions(folder))
+    started.write_text(json.dumps({"key": key}))
+    fit = ["fit", *run.cli_args(out), "--trainer.max_steps", str(run.steps), "--trainer.max_epochs", "-1",
+           *(["--ckpt_path", "last"] if resume else [])]
+    test = ["test", *run.cli_args(out), "--ckpt_path", "last"]
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "CATVAE_COMPARE_PARENT": str(os.getpid()),
+           # the run imports this very catvae (a source checkout without an install too), from any directory
+           "PYTHONPATH": os.pathsep.join(p for p in (_PACKAGE_ROOT, os.environ.get("PYTHONPATH")) if p)}
+    env.setdefault("OMP_NUM_THREADS", str(threads))
+    t0 = time.perf_counter()
+    with open(folder / "log.txt", "a") as log:
+        log.write(f"\n$ catvae {' '.join(fit)}\n$ catvae {' '.join(test)}\n")
+        log.flush()
+        proc = children.start([sys.executable, "-m", "catvae.compare", "--_run", json.dumps([fit, test])],
+                              stdout=log, stderr=subprocess.STDOUT, env=env)
+        try:
+            returncode = proc.wait()
+        finally:
+            children.finish(proc)
+    if returncode in (128 + signal.SIGINT, 128 + signal.SIGTERM):
+        raise Interrupted()
+    if returncode != 0:
+        tail = (folder / "log.txt").read_text().strip().splitlines()[-3:]
+        raise RuntimeError(f"exit {returncode}: {' | '.join(tail)}")
+    versions = [v for v in _versions(folder) if (v / "checkpoints" / "last.ckpt").is_file()]
+    if not versions:
+        raise RuntimeError(f"no last.ckpt under {folder}")
+    trained = load_checkpoint(versions[-1] / "checkpoints" / "last.ckpt").get("global_step")
+    metrics = collect(versions[-1])
+    if trained != run.steps or not metrics.pop("tested"):
+        raise RuntimeError(f"not finished: trained {trained} of {run.steps} steps"
+                           + ("" if trained != run.steps else ", no test metrics"))
+    result = {"key": key, "setting": run.setting, "estimator": run.label, "name": run.name,
+              "params": run.init_args, "seed": run.seed, "steps": run.steps, "wall_s": time.perf_counter() - t0,
+              "run_dir": str(versions[-1].relative_to(out)), "fit": fit, "test": test, **metrics}
+    (folder / "result.json").write_text(json.dumps(result, indent=1))
+    return result
+
+
+def collect(version: Path) -> dict:
+    """Final metrics and curves from a run's TensorBoard event files (fit, resumed fits and test)."""
+    events = EventAccumulator(str(version), size_guidance={"scalars": 0}).Reload()
+    tags = set(events.Tags()["scalars"])
+
+    def series(tag):
+        if tag not in tags:
+            return []
+        by_step = {}
+        for e in events.Scalars(tag):  # a resumed run may log a step twice: keep the latest
+            by_step[e.step] = e.value
+        return sorted(by_step.items())
+
+    out = {col: (series(tag)[-1][1] if series(tag) else None) for col, tag, _, _ in METRICS}
+    epochs = series("time/epoch_s")
+    steps = series("train/loss_epoch")
+    per_epoch = steps[0][0] + 1 if steps else None  # epoch e ends at step (e + 1)·n − 1
+    full = [t for (s, t), (s0, _) in zip(epochs, [(-1, 0)] + epochs) if per_epoch and s - s0 == per_epoch]
+    out["epoch_s"] = statistics.mean(full) if full else (epochs[-1][1] if epochs else None)
+    out["steps_per_epoch"] = per_epoch
+    out["ms_per_step"] = 1000 * out["epoch_s"] / per_epoch if full and per_epoch else None
+    out["curves"] = {tag: series(tag) for tag, _ in CURVES}
+    out["tested"] = any(tag.startswith("test/") for tag in tags)
+    return out
+
+
+def run_all(runs: list[Run], out: Path, parallel: int) -> tuple[list[dict], list[str], int | None]:
+    """Run every unfinished run (``parallel`` at a time): ``(results, failures, stop signal or None)``.
+    SIGINT/SIGTERM stop the sweep: running runs are checkpointed, nothing new starts."""
+    results, failures = {}, []
+    todo = []
+    for i, run in enumerate(runs):
+        marker = run.folder(out) / "result.json"
+        if marker.is_file():
+            done = json.loads(marker.read_text())
+            if done.get("key") == run.key():
+                results[i] = done
+                continue
+            raise ConfigError(f"{marker} was made with other arguments (another spec, budget or --quick); "
+                              "use another --out, or delete that run's folder to redo it")
+        todo.append(i)
+    print(f"catvae compare: {len(runs)} runs, {len(runs) - len(todo)} already finished, {len(todo)} to run "
+          f"({parallel} at a time) -> {out}", flush=True)
+    lock = threading.Lock()
+    threads = max(1, (os.cpu_count() or 1) // parallel)
+    counter = [0]
+    children = _Children()
+
+    def work(i):
+        run = runs[i]
+        t0 = time.perf_counter()
+        try:
+            res = execute(run, out, threads, children)
+        except Interrupted:
+            return
+        except Exception as err:  # one failed run doesn't stop the sweep
+            msg = f"{run.experiment}: {err}"
+            with lock:
+                failures.append(msg)
+                counter[0] += 1
+                print(f"[{counter[0]}/{len(todo)}] FAILED {msg}", flush=True)
+            return
+        with lock:
+            results[i] = res
+            counter[0] += 1
+            print(f"[{counter[0]}/{len(todo)}] {run.experiment}: {time.perf_counter() - t0:.0f}s, "
+                  f"test NELBO {fmt(res.get('test_nelbo'))}", flush=True)
+
+    previous = _install(children.stop)
+    try:
+        with ThreadPoolExecutor(max_workers=parallel) as pool:
+            list(pool.map(work, todo))
+    finally:
+        _install(previous)
+    return [results[i] for i in sorted(results)], failures, children.stopped
+
+
+def _install(handler) -> dict | object:
+    """Set ``handler`` for SIGINT and SIGTERM (a dict: per signal); return the previous handlers."""
+    if threading.current_thread() is not threading.main_thread():
+        return {}
+    handlers = handler if isinstance(handler, dict) else {s: handler for s in (signal.SIGINT, signal.SIGTERM)}
+    return {s: signal.signal(s, h) for s, h in handlers.items()}
+
+
+def run_child(payload: str) -> int:
+    """One run in this process: ``catvae fit`` then ``catvae test`` (the same code path as the command).
+    On Linux the run gets SIGTERM (checkpoint and stop) if the sweep process dies, even by SIGKILL."""
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, int(signal.SIGTERM))  # PR_SET_PDEATHSIG
+    if str(os.getppid()) != os.environ.get("CATVAE_COMPARE_PARENT", str(os.getppid())):
+        return 128 + int(signal.SIGTERM)  # the sweep died before the request took effect
+    sys.argv = sys.argv[:1]
+    fit, test = json.loads(payload)
+    rc = runner.run(fit)
+    return rc or runner.run(test)
+
+

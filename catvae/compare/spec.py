@@ -1,0 +1,139 @@
+"""The spec of a sweep: estimators × settings × seeds × a step budget, and the runs it expands to."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+import estimators
+
+from ..errors import ConfigError
+
+__all__ = ["COMMON_ARGS", "QUICK_ARGS", "QUICK_STEPS", "Run", "load_spec"]
+
+#: what ``--quick`` uses when the spec has no ``quick:`` section: ~1 minute on a 2-core CPU.
+QUICK_STEPS = 30
+QUICK_ARGS = [
+    "--data.train_subset=1000", "--data.batch_size=100", "--data.eval_batch_size=200",
+    "--trainer.limit_val_batches=1", "--trainer.limit_test_batches=1", "--model.n_importance_samples=4",
+    "--trainer.log_every_n_steps=5",
+]
+#: arguments every run gets (quiet logs in files).
+COMMON_ARGS = ["--trainer.enable_progress_bar=false", "--trainer.enable_model_summary=false"]
+
+@dataclass
+class Run:
+    setting: str
+    configs: list[str]
+    label: str
+    name: str
+    init_args: dict
+    seed: int
+    steps: int
+    args: list[str] = field(default_factory=list)
+
+    @property
+    def experiment(self) -> str:
+        return f"{self.setting}/{self.label}/seed{self.seed}"
+
+    def folder(self, out: Path) -> Path:
+        return out / "runs" / self.setting / self.label / f"seed{self.seed}"
+
+    def estimator_args(self) -> list[str]:
+        if not self.init_args:
+            return [f"--model.estimator={self.name}"]
+        cls = estimators.get(self.name)  # registry names don't take init_args on the CLI: use the class path
+        path = f"estimators.{cls.__name__}" if getattr(estimators, cls.__name__, None) is cls \
+            else f"{cls.__module__}.{cls.__qualname__}"
+        return [f"--model.estimator={path}",
+                *(f"--model.estimator.init_args.{k}={json.dumps(v)}" for k, v in self.init_args.items())]
+
+    def cli_args(self, out: Path) -> list[str]:
+        return [*(a for c in self.configs for a in ("--config", c)), *self.estimator_args(),
+                "--runs_dir", str(out / "runs"), "--experiment_name", self.experiment,
+                "--seed_everything", str(self.seed), *COMMON_ARGS, *self.args]
+
+    def key(self) -> str:
+        blob = json.dumps([self.configs, self.name, self.init_args, self.seed, self.steps, self.args], sort_keys=True)
+        return hashlib.sha1(blob.encode()).hexdigest()[:16]
+
+    def params(self) -> str:
+        return " ".join(f"{k}={v}" for k, v in self.init_args.items())
+
+
+def _resolve_config(path: str, spec_dir: Path) -> str:
+    """``path`` as given (absolute, or relative to the working directory), else relative to the spec's folder or
+    one of its parents (``configs/mnist/l48_k2.yaml`` in ``<repo>/configs/compare/x.yaml`` is found from any
+    working directory)."""
+    for base in (Path.cwd(), spec_dir, *spec_dir.parents):
+        candidate = (base / path).resolve()
+        if candidate.is_file():
+            return str(candidate)
+    raise ConfigError(f"config file {path} not found (relative to the working directory, the spec's folder "
+                      f"{spec_dir} or its parents)")
+
+
+def load_spec(path: Path, quick: bool = False, steps: int | None = None, seeds: list[int] | None = None) -> list[Run]:
+    """The runs of a spec file, in order setting → estimator → seed."""
+    if not path.is_file():
+        raise ConfigError(f"spec {path} does not exist")
+    try:
+        spec = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as err:
+        raise ConfigError(f"spec {path} is not valid YAML: {' '.join(str(err).split())}") from None
+    if not isinstance(spec, dict):
+        raise ConfigError(f"spec {path} must be a mapping with settings, estimators, seeds, steps")
+    unknown = set(spec) - {"name", "steps", "seeds", "settings", "estimators", "args", "quick"}
+    if unknown:
+        raise ConfigError(f"spec {path}: unknown keys {sorted(unknown)}; allowed: steps, seeds, settings, estimators, "
+                        "args, quick")
+    quick_spec = spec.get("quick") or {}
+    if steps is not None and (not isinstance(steps, int) or steps < 1):
+        raise ConfigError(f"--steps must be an integer >= 1, got {steps!r}")
+    run_steps = steps or (quick_spec.get("steps", QUICK_STEPS) if quick else spec.get("steps"))
+    if not isinstance(run_steps, int) or isinstance(run_steps, bool) or run_steps < 1:
+        raise ConfigError(f"spec {path}: steps must be an integer >= 1, got {run_steps!r}")
+    run_seeds = seeds or (quick_spec.get("seeds") if quick else None) or spec.get("seeds") or [0]
+    if not all(isinstance(s, int) and not isinstance(s, bool) for s in run_seeds):
+        raise ConfigError(f"spec {path}: seeds must be a list of integers, got {run_seeds!r}")
+    extra = [str(a) for a in spec.get("args") or []]
+    if quick:
+        extra += [str(a) for a in quick_spec.get("args", QUICK_ARGS)]
+
+    settings = spec.get("settings")
+    if isinstance(settings, list):
+        settings = {Path(p).stem: p for p in settings}
+    if not isinstance(settings, dict) or not settings:
+        raise ConfigError(f"spec {path}: settings must be a non-empty mapping name: config file(s), or a list of files")
+    ests = spec.get("estimators")
+    if not isinstance(ests, list) or not ests:
+        raise ConfigError(f"spec {path}: estimators must be a non-empty list of {{name, init_args}}")
+    parsed = []
+    for e in ests:
+        e = {"name": e} if isinstance(e, str) else e
+        if not isinstance(e, dict) or "name" not in e:
+            raise ConfigError(f"spec {path}: each estimator needs a registry name, got {e!r}")
+        try:
+            estimators.build(e["name"], **(e.get("init_args") or {}))  # fail now, not in run 17
+        except ValueError as err:
+            raise ConfigError(f"spec {path}: {err}") from None
+        parsed.append((e.get("label", e["name"]), e["name"], dict(e.get("init_args") or {})))
+    labels = [p[0] for p in parsed]
+    if len(set(labels)) != len(labels):
+        raise ConfigError(f"spec {path}: estimator labels must be unique (add label: to variants), got {labels}")
+
+    spec_dir = path.resolve().parent
+    runs = []
+    for setting, configs in settings.items():
+        configs = [configs] if isinstance(configs, str) else list(configs)
+        configs = [_resolve_config(c, spec_dir) for c in configs]
+        for label, name, init_args in parsed:
+            for seed in run_seeds:
+                runs.append(Run(str(setting), configs, label, name, init_args, seed, run_steps, extra))
+    return runs
+
+

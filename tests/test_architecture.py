@@ -1,0 +1,103 @@
+"""The package layout: imports point one way (catvae → callbacks → estimators), no cycles, no hidden imports.
+
+The import graph is read from the source (``ast``), so these tests see every import, also those inside
+functions. ``python -m pytest tests/test_architecture.py -q`` is the check behind docs/architecture.md.
+"""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+from conftest import ROOT
+
+PACKAGES = ("catvae", "callbacks", "estimators")
+#: which top-level packages each package may import (the design: catvae → callbacks → estimators)
+ALLOWED = {"estimators": {"estimators"}, "callbacks": {"callbacks", "estimators"},
+           "catvae": {"catvae", "callbacks", "estimators"}}
+#: third-party imports that estimators/ must not make (pure PyTorch)
+FORBIDDEN_IN_ESTIMATORS = ("lightning", "torchmetrics", "jsonargparse")
+
+
+def _modules() -> dict[str, Path]:
+    found = {}
+    for package in PACKAGES:
+        for path in (ROOT / package).rglob("*.py"):
+            parts = list(path.relative_to(ROOT).with_suffix("").parts)
+            if parts[-1] == "__init__":
+                parts = parts[:-1]
+            found[".".join(parts)] = path
+    return found
+
+
+def _imports(name: str, path: Path, modules: dict[str, Path]) -> list[tuple[str, int, bool]]:
+    """``(imported project module, line, inside a function)`` of every import in ``path``."""
+    tree = ast.parse(path.read_text())
+    package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+    local_lines = {n.lineno for f in ast.walk(tree) if isinstance(f, (ast.FunctionDef, ast.AsyncFunctionDef))
+                   for n in ast.walk(f) if isinstance(n, (ast.Import, ast.ImportFrom))}
+    out = []
+    for node in ast.walk(tree):
+        targets: list[str] = []
+        if isinstance(node, ast.Import):
+            targets = [a.name for a in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                anchor = package.split(".")
+                anchor = anchor[: len(anchor) - node.level + 1]
+                base = ".".join([*anchor, base] if base else anchor)
+            targets = [f"{base}.{a.name}" if f"{base}.{a.name}" in modules else base for a in node.names]
+        for target in targets:
+            while target and target not in modules:
+                target = target.rpartition(".")[0]
+            if target:
+                out.append((target, node.lineno, node.lineno in local_lines))
+    return out
+
+
+def _graph():
+    modules = _modules()
+    return modules, {name: _imports(name, path, modules) for name, path in modules.items()}
+
+
+def test_imports_point_one_way_between_the_packages():
+    _, graph = _graph()
+    wrong = [(m, t, line) for m, edges in graph.items() for t, line, _ in edges
+             if t.split(".")[0] not in ALLOWED[m.split(".")[0]]]
+    assert not wrong, wrong
+    for name, path in _modules().items():
+        if name.startswith("estimators"):
+            text = path.read_text()
+            assert not [f for f in FORBIDDEN_IN_ESTIMATORS if f"import {f}" in text or f"from {f}" in text], name
+
+
+def test_no_import_cycles():
+    """Between modules (a package's ``__init__`` importing its own submodules is not a cycle)."""
+    _, graph = _graph()
+    edges = {m: {t for t, _, _ in ts if t != m and not m.startswith(t + ".") and not t.startswith(m + ".")}
+             for m, ts in graph.items()}
+    state: dict[str, int] = {}
+    stack: list[str] = []
+
+    def visit(m: str) -> None:
+        state[m] = 1
+        stack.append(m)
+        for t in sorted(edges.get(m, ())):
+            if state.get(t) == 1:
+                raise AssertionError("import cycle: " + " -> ".join(stack[stack.index(t):] + [t]))
+            if t not in state:
+                visit(t)
+        stack.pop()
+        state[m] = 2
+
+    for m in sorted(edges):
+        if m not in state:
+            visit(m)
+
+
+def test_no_function_local_imports_of_the_project():
+    """Every import of the project's own modules is at module level, where a reader sees it."""
+    _, graph = _graph()
+    local = [(m, t, line) for m, edges in graph.items() for t, line, inside in edges if inside]
+    assert not local, local
