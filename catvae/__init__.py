@@ -1,17 +1,21 @@
 """catvae: categorical VAEs and gradient-estimator comparisons with PyTorch Lightning."""
 
 from .core import EstimatorTask
-from .data import MNISTDataModule, TensorBatches
+from .data import GMMDataModule, MNISTDataModule, PolynomialDataModule, StepsDataModule, SudokuDataModule, TensorBatches
 from .models import CategoricalVAE
-from .tasks import GMMTask, PolynomialTask, StepsDataModule, SudokuTask
+from .tasks import BenchmarkTask, GMMTask, PolynomialTask, SudokuTask
 
 __all__ = [
+    "BenchmarkTask",
     "CategoricalVAE",
     "EstimatorTask",
+    "GMMDataModule",
     "GMMTask",
     "MNISTDataModule",
+    "PolynomialDataModule",
     "PolynomialTask",
     "StepsDataModule",
+    "SudokuDataModule",
     "SudokuTask",
     "TensorBatches",
 ]

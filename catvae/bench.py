@@ -17,7 +17,7 @@ import estimators
 from estimators.base import ConfigError
 
 from .data import MNISTDataModule
-from .data.mnist import resolve_data_dir
+from .data.paths import resolve_data_dir
 from .models import CategoricalVAE
 from .models.vae import mlp
 from .runner import fit_callbacks

@@ -61,8 +61,9 @@ class EstimatorTask(L.LightningModule):
       or infinite (the previous ``last.ckpt`` stays), with :class:`~catvae.errors.TrainingDiverged`.
     """
 
-    #: a short name of the setting, used for the run directory ``runs/<experiment>/<estimator>/``.
-    experiment: str = "run"
+    #: the task's part of the run directory's experiment name (``runs/<data>_<task>/<estimator>/``, see
+    #: :func:`catvae.runs.experiment_name`); empty: the data's name alone.
+    run_name: str = ""
     #: the validation metric that selects the ``best`` checkpoint (minimized); ``None``: keep the newest.
     monitor: str | None = "val/nelbo"
     #: the metrics shown next to the hyperparameters in TensorBoard's HPARAMS tab.
@@ -162,9 +163,10 @@ class EstimatorTask(L.LightningModule):
         self._pending_rng = checkpoint.get("catvae_rng")
         self._restore_metric_states(checkpoint.get("catvae_metrics") or {})
 
-    def check_checkpoint(self, checkpoint: dict) -> None:
+    def check_checkpoint(self, checkpoint: dict, datamodule=None) -> None:
         """Raise :class:`ConfigError` if ``checkpoint`` was written by another task or for other shapes
-        (the CLI calls this before anything is written, so a mismatch loses nothing)."""
+        (the CLI calls this before anything is written, so a mismatch loses nothing; ``datamodule``: the
+        data the task will run on, for tasks whose shapes depend on it)."""
         task = checkpoint.get("catvae_task")
         if task is not None and task.get("class") != type(self).__qualname__:
             raise ConfigError(

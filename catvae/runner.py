@@ -43,7 +43,7 @@ from callbacks import CheckpointOnInterrupt, HParamsSummary, RunCheckpoint, Thro
 from .core import EstimatorTask
 from .errors import ConfigError, NonFiniteLogitsError, NothingToTrain, TrainingDiverged
 from .loggers import CSVLogger as AppendingCSVLogger
-from .runs import claim_version, load_checkpoint, resolve_checkpoint, version_of
+from .runs import claim_version, experiment_name, load_checkpoint, resolve_checkpoint, version_of
 
 EXIT_DIVERGED, EXIT_USAGE = 1, 2
 
@@ -140,7 +140,7 @@ class CatVAECLI(LightningCLI):
                 else (Path(ckpt), version_of(Path(ckpt), root))
             checkpoint = load_checkpoint(path, trust)
             if isinstance(self.model, EstimatorTask):
-                self.model.check_checkpoint(checkpoint)
+                self.model.check_checkpoint(checkpoint, self.datamodule)
             if self.subcommand == "fit":
                 self._check_budget(checkpoint, path)
             cfg["ckpt_path"] = self.config_init[self.subcommand]["ckpt_path"] = str(path)
@@ -178,7 +178,7 @@ class CatVAECLI(LightningCLI):
 
     def _run_root(self) -> Path:
         cfg = self.config[self.subcommand]
-        experiment = cfg.get("experiment_name") or getattr(self.model, "experiment", "run")
+        experiment = cfg.get("experiment_name") or experiment_name(self.model, self.datamodule)
         name = getattr(getattr(self.model, "estimator", None), "name", None) or "model"
         return Path(cfg.get("runs_dir") or "runs") / experiment / name
 

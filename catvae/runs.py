@@ -22,13 +22,21 @@ import torch
 from estimators.base import ConfigError
 
 __all__ = [
-    "BEST_PREFIX", "LAST", "checkpoint_score", "claim_version", "load_checkpoint", "resolve_checkpoint",
-    "version_of", "versions",
+    "BEST_PREFIX", "LAST", "checkpoint_score", "claim_version", "experiment_name", "load_checkpoint",
+    "resolve_checkpoint", "version_of", "versions",
 ]
 
 LAST = "last.ckpt"
 BEST_PREFIX = "best-"
 _VERSION = re.compile(r"version_(\d+)")
+
+
+def experiment_name(model, datamodule) -> str:
+    """The default experiment of a run (``--experiment_name`` overrides it): the data's ``run_name`` and the
+    task's, joined (``mnist`` + ``l48_k2`` → ``mnist_l48_k2``; ``gmm_k20_n500``; ``polynomial_p2_linear``).
+    The one place where run directories get their names."""
+    parts = [str(getattr(obj, "run_name", "") or "") for obj in (datamodule, model)]
+    return "_".join(p for p in parts if p) or "run"
 
 
 def versions(root: Path) -> list[tuple[int, Path]]:

@@ -457,6 +457,8 @@ def test_a_bug_keeps_its_traceback(tmp_path):
     (lambda: __import__("catvae").MNISTDataModule(batch_size=True), "batch_size must be an integer >= 1"),
     (lambda: __import__("catvae").GMMTask(init_logit_std=float("inf")), "init_logit_std must be a finite number"),
     (lambda: __import__("catvae").PolynomialTask(p=float("nan")), "p must be a finite number >= 1"),
+    (lambda: __import__("catvae").GMMDataModule(sigma_0=0), "sigma_0 must be a finite number > 0"),
+    (lambda: __import__("catvae").SudokuDataModule(n_clues=10), "n_clues must be an integer in [17, 81]"),
     (lambda: __import__("catvae").SudokuTask(lr=0), "lr must be a finite number > 0"),
     (lambda: estimators.build("redge", t_1=float("nan")), "t_1 must be in (0, 1]"),
 ])
@@ -600,8 +602,8 @@ def test_a_diverged_run_stops_with_one_line_and_keeps_the_last_good_checkpoint(t
 
 def test_every_task_writes_checkpoints_the_safe_loader_opens(tmp_path, monkeypatch):
     monkeypatch.setenv("CATVAE_DATA_DIR", str(tmp_path / "data"))
-    for config, extra in (("polynomial/p2.yaml", []), ("gmm/k20.yaml", ["--model.init_args.n_points=50"]),
-                          ("sudoku/generated.yaml", ["--model.init_args.n_puzzles=2"])):
+    for config, extra in (("polynomial/p2.yaml", []), ("gmm/k20.yaml", ["--data.init_args.n_points=50"]),
+                          ("sudoku/generated.yaml", ["--data.init_args.n_puzzles=2"])):
         bench = config.split("/")[0]
         runs = tmp_path / bench
         assert main(["fit", "--config", str(CONFIGS / config),

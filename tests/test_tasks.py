@@ -13,9 +13,10 @@ import torch
 import yaml
 
 import estimators
-from catvae.tasks import GMMTask, PolynomialTask, StepsDataModule, SudokuTask
+from catvae.data import GMMDataModule, PolynomialDataModule, SudokuDataModule
+from catvae.data.sudoku import GROUPS, count_solutions, generate_puzzles, load_puzzles, parse_puzzle, violations
+from catvae.tasks import GMMTask, PolynomialTask, SudokuTask
 from catvae.tasks.gmm import clustering_accuracy
-from catvae.tasks.sudoku import GROUPS, count_solutions, generate_puzzles, load_puzzles, parse_puzzle, violations
 from estimators.base import ConfigError
 from estimators.functional import sample_one_hot
 
@@ -24,11 +25,25 @@ SOLUTION = "53467891267219534819834256785976142342685379171392485696153728428741
 PUZZLE = "530070000600195000098000060800060003400803001700020006060000280000419005000080079"
 
 
-def fit(task, steps: int, steps_per_epoch: int = 50) -> None:
+def fit(task, data, steps: int) -> None:
     trainer = L.Trainer(max_steps=steps, max_epochs=-1, logger=False, enable_checkpointing=False,
                         enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0,
                         accelerator="cpu")
-    trainer.fit(task, datamodule=StepsDataModule(steps_per_epoch))
+    trainer.fit(task, datamodule=data)
+
+
+def polynomial(*args, **kwargs) -> PolynomialTask:
+    return PolynomialTask(*args, **kwargs).attach(PolynomialDataModule().problem())
+
+
+def gmm(estimator, data: dict | None = None, **kwargs) -> tuple[GMMTask, GMMDataModule]:
+    module = GMMDataModule(**(data or {}), steps_per_epoch=50)
+    return GMMTask(estimator, **kwargs).attach(module.problem()), module
+
+
+def sudoku(estimator, data: dict | None = None, **kwargs) -> tuple[SudokuTask, SudokuDataModule]:
+    module = SudokuDataModule(**(data or {}))
+    return SudokuTask(estimator, **kwargs).attach(module.problem()), module
 
 
 # ------------------------------------------------------------------------------ polynomial (§4.1)
@@ -38,7 +53,7 @@ def fit(task, steps: int, steps_per_epoch: int = 50) -> None:
 @pytest.mark.parametrize("relaxation", ["none", "linear"])
 def test_polynomial_exact_objective_matches_monte_carlo(p, relaxation):
     torch.manual_seed(0)
-    task = PolynomialTask("st", p=p, relaxation=relaxation, init_std=1.5)
+    task = polynomial("st", p=p, relaxation=relaxation, init_std=1.5)
     probs = torch.softmax(task.theta.detach(), -1)
     n = 20_000
     values = task.f(sample_one_hot(probs.expand(n, *probs.shape)))
@@ -57,10 +72,11 @@ def test_polynomial_exact_objective_matches_monte_carlo(p, relaxation):
 
 def test_polynomial_training_reaches_the_optimum_with_reinmax():
     torch.manual_seed(0)
-    task = PolynomialTask(estimators.ReinMax(tau=1.0), p=2.0, samples_per_step=64)
+    data = PolynomialDataModule(steps_per_epoch=50)
+    task = PolynomialTask(estimators.ReinMax(tau=1.0), p=2.0, samples_per_step=64).attach(data.problem())
     start = task.objective().item()
     assert start == pytest.approx((0.45**2 + 0.55**2) / 2)
-    fit(task, 150)
+    fit(task, data, 150)
     assert task.objective().item() < start - 0.03  # start 0.2525, optimum 0.2025
 
 
@@ -69,7 +85,7 @@ def test_polynomial_training_reaches_the_optimum_with_reinmax():
 
 def test_gmm_objective_matches_direct_enumeration():
     torch.manual_seed(0)
-    task = GMMTask("st", n_points=4, n_components=3, dim=2, sigma_0=3.0, sigma_y=1.5, data_seed=3)
+    task, _ = gmm("st", {"n_points": 4, "n_components": 3, "dim": 2, "sigma_0": 3.0, "sigma_y": 1.5, "data_seed": 3})
     with torch.no_grad():
         task.means.add_(torch.randn_like(task.means))
     theta, means, y = task.theta.detach(), task.means.detach(), task.y
@@ -91,9 +107,9 @@ def test_gmm_objective_matches_direct_enumeration():
 
 
 def test_gmm_data_and_accuracy():
-    a, b = GMMTask("st", data_seed=7), GMMTask("st", data_seed=7)
+    (a, _), (b, _) = gmm("st", {"data_seed": 7}), gmm("st", {"data_seed": 7})
     assert torch.equal(a.y, b.y) and a.y.shape == (500, 2) and a.z_true.max() < 20
-    assert not torch.equal(a.y, GMMTask("st", data_seed=8).y)
+    assert not torch.equal(a.y, gmm("st", {"data_seed": 8})[0].y)
     z = torch.tensor([0, 0, 1, 1, 2, 2])
     assert clustering_accuracy(torch.tensor([2, 2, 0, 0, 1, 1]), z, 3) == 1.0  # a relabeling
     assert clustering_accuracy(torch.tensor([2, 2, 0, 0, 1, 0]), z, 3) == pytest.approx(5 / 6)
@@ -103,9 +119,9 @@ def test_gmm_data_and_accuracy():
 
 def test_gmm_training_decreases_the_nelbo():
     torch.manual_seed(0)
-    task = GMMTask(estimators.ReDGECov(n_steps=3), n_points=150, n_components=5, lr=0.05, window=20)
+    task, data = gmm(estimators.ReDGECov(n_steps=3), {"n_points": 150, "n_components": 5}, lr=0.05, window=20)
     start, acc0 = task.objective().item(), task.accuracy()
-    fit(task, 150)
+    fit(task, data, 150)
     assert task.objective().item() < start - 0.1 * abs(start)
     assert task.accuracy() > acc0
     mean, std = task.window_stats()
@@ -130,7 +146,7 @@ def test_sudoku_checker_accepts_the_solution_and_rejects_every_single_cell_corru
     assert (v == 6).all()  # one extra digit and one missing digit in its row, column and block
 
     # the task's "solved" check on the argmax grid (also checks the clues)
-    task = SudokuTask("st", source=None, n_puzzles=1, n_clues=40)
+    task, _ = sudoku("st", {"n_puzzles": 1, "n_clues": 40})
     puzzle = task.clues[0]
     solution = torch.tensor(count_solutions(puzzle.tolist())[1])
     with torch.no_grad():
@@ -179,7 +195,7 @@ def test_generator_puzzles_have_exactly_one_solution():
 
 def test_sudoku_exact_objective_matches_monte_carlo():
     torch.manual_seed(0)
-    task = SudokuTask("st", n_puzzles=3, n_clues=30, init_std=1.0)
+    task, _ = sudoku("st", {"n_puzzles": 3, "n_clues": 30}, init_std=1.0)
     q = task.probs().detach()
     n = 20_000
     values = task.penalty(sample_one_hot(q.expand(n, *q.shape)))  # [n, P]
@@ -193,10 +209,10 @@ def test_sudoku_exact_objective_matches_monte_carlo():
 
 def test_sudoku_training_decreases_the_penalty_for_all_puzzles_at_once():
     torch.manual_seed(0)
-    task = SudokuTask(estimators.ReDGECov(n_steps=3), n_puzzles=6, n_clues=35)
+    task, data = sudoku(estimators.ReDGECov(n_steps=3), {"n_puzzles": 6, "n_clues": 35, "steps_per_epoch": 50})
     assert task.theta.shape == (6, 81, 9)
     start = task.objective()
-    fit(task, 150)
+    fit(task, data, 150)
     end = task.objective()
     assert end.mean() < 0.8 * start.mean()
     assert (end < start).all()
@@ -229,15 +245,15 @@ def test_puzzle_files_text_csv_and_errors(tmp_path, monkeypatch):
     with pytest.raises(ValueError, match="line 3"):
         load_puzzles(bad_csv)
     with pytest.raises(ValueError, match="line 3"):
-        SudokuTask("st", source=str(bad_csv), n_puzzles=None)
+        SudokuDataModule(source=str(bad_csv), n_puzzles=None).problem()
 
     # a relative name is found under $CATVAE_DATA_DIR/sudoku/
     (tmp_path / "data" / "sudoku").mkdir(parents=True)
     (tmp_path / "data" / "sudoku" / "mine.txt").write_text(PUZZLE + "\n")
     monkeypatch.setenv("CATVAE_DATA_DIR", str(tmp_path / "data"))
     monkeypatch.chdir(tmp_path)
-    task = SudokuTask("st", source="mine.txt", n_puzzles=None)
-    assert task.P == 1 and task.experiment == "sudoku_mine"
+    task, data = sudoku("st", {"source": "mine.txt", "n_puzzles": None})
+    assert task.P == 1 and data.run_name == "sudoku_mine"
     with pytest.raises(ConfigError, match="nothere.txt"):
         load_puzzles("nothere.txt")
 
@@ -291,7 +307,7 @@ def test_cli_polynomial_run_decreases_objective_and_resumes_exactly(tmp_path):
     full = tmp_path / "runs/full/reinmax/version_0"
     assert (full / "config.yaml").is_file() and list(full.glob("events.out.tfevents*"))
     state = _theta(full / "checkpoints/last.ckpt")
-    task = PolynomialTask("reinmax", p=2.0)
+    task = polynomial("reinmax", p=2.0)
     assert task.objective(state["theta"]).item() < task.objective().item() - 0.005  # from 0.2525
 
     # 20 steps, then resume from last.ckpt to 40: the same θ as the uninterrupted run
@@ -303,9 +319,9 @@ def test_cli_polynomial_run_decreases_objective_and_resumes_exactly(tmp_path):
 
 
 @pytest.mark.parametrize("config, extra", [
-    ("gmm/k20.yaml", ["--model.init_args.n_points", "100"]),
-    ("sudoku/generated.yaml", ["--model.init_args.n_puzzles", "4"]),
-    ("sudoku/easy50.yaml", ["--model.init_args.n_puzzles", "3"]),
+    ("gmm/k20.yaml", ["--data.init_args.n_points", "100"]),
+    ("sudoku/generated.yaml", ["--data.init_args.n_puzzles", "4"]),
+    ("sudoku/easy50.yaml", ["--data.init_args.n_puzzles", "3"]),
 ])
 def test_cli_runs_the_other_benchmarks(tmp_path, monkeypatch, config, extra):
     monkeypatch.setenv("CATVAE_DATA_DIR", str(tmp_path / "data"))
@@ -318,3 +334,20 @@ def test_cli_runs_the_other_benchmarks(tmp_path, monkeypatch, config, extra):
     assert rc == 0
     ckpts = list((tmp_path / "runs").glob("*/redge_cov/version_0/checkpoints/best*.ckpt"))
     assert len(ckpts) == 1  # the task's monitor (a validation metric) selected a best checkpoint
+
+
+def test_a_task_takes_its_problem_from_the_data_module(tmp_path):
+    """The same task on another instance by changing only the data module; a checkpoint rebuilds θ with its
+    own size (load_from_checkpoint, no data module) and refuses data of another size."""
+    assert _cli(tmp_path, "--config", str(ROOT / "configs/gmm/k20.yaml"), "--config",
+                str(ROOT / "configs/gmm/estimators/st.yaml"), "--trainer.max_steps", "3",
+                "--data.init_args.n_points", "40", "--data.init_args.n_components", "4") == 0
+    ckpt = next((tmp_path / "runs").glob("gmm_k4_n40/st/version_0/checkpoints/last.ckpt"))
+    task = GMMTask.load_from_checkpoint(ckpt)
+    assert task.theta.shape == (40, 4) and task.means.shape == (4, 2)
+    trainer = L.Trainer(logger=False, enable_progress_bar=False, enable_model_summary=False)
+    assert trainer.validate(task, datamodule=GMMDataModule(n_points=40, n_components=4, data_seed=5))[0]["val/nelbo"]
+    with pytest.raises(ConfigError, match="the checkpoint's theta has shape"):
+        trainer.validate(GMMTask.load_from_checkpoint(ckpt), datamodule=GMMDataModule(n_points=41, n_components=4))
+    with pytest.raises(ConfigError, match="GMMTask solves a GMMProblem, got PolynomialProblem"):
+        GMMTask("st").attach(PolynomialDataModule().problem())

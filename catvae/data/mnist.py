@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Literal
 
@@ -13,19 +12,13 @@ from torch import Tensor
 from estimators.base import ConfigError, check_int, is_int
 
 from .loader import TensorBatches
+from .paths import resolve_data_dir
 
 __all__ = ["MNISTDataModule", "resolve_data_dir", "load_mnist"]
 
 Binarize = Literal["threshold", "dynamic", "none"]
 SIZES = {True: 60_000, False: 10_000}
 FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
-
-
-def resolve_data_dir(data_dir: str | os.PathLike | None) -> Path:
-    """``data_dir`` if given, else ``$CATVAE_DATA_DIR``, else ``./data``."""
-    if data_dir:
-        return Path(data_dir).expanduser()
-    return Path(os.environ.get("CATVAE_DATA_DIR") or "data").expanduser()
 
 
 def load_mnist(root: Path, train: bool, download: bool) -> Tensor:
@@ -76,6 +69,9 @@ class MNISTDataModule(L.LightningDataModule):
         download: download the files when missing (needs network access).
         seed: seed of the shuffling and of dynamic binarization.
     """
+
+    #: the data's part of the run directory's experiment name (:func:`catvae.runs.experiment_name`).
+    run_name = "mnist"
 
     def __init__(
         self,

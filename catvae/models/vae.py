@@ -109,6 +109,10 @@ class CategoricalVAE(EstimatorTask):
 
     hparams_metrics = ("train/loss_epoch", "train/nelbo_exact", "val/nelbo", "test/nelbo", "test/log_likelihood")
 
+    @property
+    def run_name(self) -> str:
+        return f"l{self.L}_k{self.K}"
+
     def __init__(
         self,
         estimator: EstimatorSpec = "gumbel",
@@ -141,7 +145,6 @@ class CategoricalVAE(EstimatorTask):
             raise ConfigError(f"fast_step must be true or false, got {fast_step!r}")
         self.save_task_hyperparameters()
         self.L, self.K = latent_dim, n_categories
-        self.experiment = f"mnist_l{latent_dim}_k{n_categories}"
         self.encoder = mlp([image_size, *encoder_hidden, latent_dim * n_categories], activation)
         self.decoder = mlp([latent_dim * n_categories, *decoder_hidden, image_size], activation)
         self.train_loss = StepMean()

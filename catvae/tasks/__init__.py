@@ -1,10 +1,10 @@
 """The paper's optimization benchmarks as Lightning tasks (§4.1-4.3): each is an
-:class:`~catvae.EstimatorTask` holding its parameters θ and objective, driven by
-:class:`StepsDataModule` (no dataset: one dummy batch per optimizer step)."""
+:class:`~catvae.EstimatorTask` holding its parameters θ, its objective and its metrics; the problem
+instance comes from the matching data module of :mod:`catvae.data` (one optimizer step per batch)."""
 
+from .base import BenchmarkTask
 from .gmm import GMMTask
 from .polynomial import PolynomialTask
-from .steps import StepsDataModule
 from .sudoku import SudokuTask
 
-__all__ = ["GMMTask", "PolynomialTask", "StepsDataModule", "SudokuTask"]
+__all__ = ["BenchmarkTask", "GMMTask", "PolynomialTask", "SudokuTask"]

@@ -1,9 +1,9 @@
 r"""Variational inference for a Gaussian mixture model (paper §4.2, after Liu et al. 2019).
 
 Generative model (``d``-dimensional, ``K`` components, ``N`` points, uniform weights ``π``):
-``Z_i ~ Categorical(π)``, ``M_k ~ N(0, σ₀² I_d)``, ``Y_i ~ N(M_{Z_i}, σ_y² I_d)``; the paper takes
-``d = 2``, ``K = 20``, ``σ₀ = 15``, ``σ_y = 2``, ``N = 500``. The data are drawn once from a seeded
-generator (``data_seed``), independent of the run's seed.
+``Z_i ~ Categorical(π)``, ``M_k ~ N(0, σ₀² I_d)``, ``Y_i ~ N(M_{Z_i}, σ_y² I_d)``; the points, ``K``,
+``σ₀`` and ``σ_y`` come from :class:`~catvae.data.GMMDataModule` (the paper: ``d = 2``, ``K = 20``,
+``σ₀ = 15``, ``σ_y = 2``, ``N = 500``).
 
 Variational family: a factorized categorical ``π_θ`` over the assignments (``θ ∈ R^{N×K}``, ``L = N``)
 and point estimates ``m̂ ∈ R^{K×d}`` of the means. The objective (the paper's ``F(θ; m̂)``) is
@@ -22,23 +22,15 @@ from __future__ import annotations
 import math
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
 from estimators.base import check_int, check_nonnegative, check_positive
 
 from ..core import EstimatorSpec
-from .steps import BenchmarkTask
+from ..data.gmm import GMMProblem
+from .base import BenchmarkTask
 
-__all__ = ["GMMTask", "generate_gmm", "clustering_accuracy"]
-
-
-def generate_gmm(n_points: int, n_components: int, dim: int, sigma_0: float, sigma_y: float, seed: int):
-    """Draw ``(y [N, d], z [N], means [K, d])`` from the generative model with uniform weights."""
-    gen = torch.Generator().manual_seed(seed)
-    means = sigma_0 * torch.randn(n_components, dim, generator=gen)
-    z = torch.randint(n_components, (n_points,), generator=gen)
-    y = means[z] + sigma_y * torch.randn(n_points, dim, generator=gen)
-    return y, z, means
+__all__ = ["GMMTask", "clustering_accuracy"]
 
 
 def clustering_accuracy(pred: Tensor, target: Tensor, n_components: int) -> float:
@@ -60,14 +52,12 @@ class GMMTask(BenchmarkTask):
     ``train/nelbo_window_mean`` / ``train/nelbo_window_std`` (mean and std of ``train/nelbo`` over the
     last ``window`` steps, the paper's Table 1 statistic, at each epoch end), ``val/nelbo`` (the exact
     ``F`` in closed form), ``val/accuracy`` (argmax assignments against the true ones, best label
-    permutation) and ``val/oracle_accuracy`` (the same for the Bayes assignment under the true means,
-    an upper reference). The ``*_nc`` variants drop the additive constants
+    permutation; when the data module knows them) and ``val/oracle_accuracy`` (the same for the Bayes
+    assignment under the true means, an upper reference; for generated data). The ``*_nc`` variants drop the additive constants
     (``N (d/2) log 2πσ_y² + N log K + K (d/2) log 2πσ₀²``), which do not change the optimization.
 
     Args:
         estimator: the gradient estimator (instance or registry name).
-        n_points, n_components, dim, sigma_0, sigma_y: ``N, K, d, σ₀, σ_y`` of the generative model.
-        data_seed: seed of the generated data set (kept fixed across run seeds).
         lr: Adam learning rate (paper: 0.01).
         samples_per_step: samples of the assignments per step (averaged).
         init_logit_std: θ starts at ``init_logit_std · N(0, 1)``; the means ``m̂`` at ``N(0, σ₀² I)``
@@ -79,43 +69,38 @@ class GMMTask(BenchmarkTask):
     train_tag = "train/nelbo"
     hparams_metrics = ("train/nelbo_epoch", "train/nelbo_window_mean", "val/nelbo", "val/accuracy")
 
+    problem_type = GMMProblem
+
     def __init__(
         self,
         estimator: EstimatorSpec = "redge_cov",
-        n_points: int = 500,
-        n_components: int = 20,
-        dim: int = 2,
-        sigma_0: float = 15.0,
-        sigma_y: float = 2.0,
-        data_seed: int = 0,
         lr: float = 0.01,
         samples_per_step: int = 1,
         init_logit_std: float = 1.0,
         window: int = 100,
     ) -> None:
         super().__init__(estimator)
-        for name, value, low in (("n_points", n_points, 1), ("n_components", n_components, 2), ("dim", dim, 1),
-                                 ("samples_per_step", samples_per_step, 1), ("window", window, 1)):
-            check_int(name, value, low)
-        for name, value in (("sigma_0", sigma_0), ("sigma_y", sigma_y), ("lr", lr)):
-            check_positive(name, value)
+        check_int("samples_per_step", samples_per_step, 1)
+        check_int("window", window, 1)
+        check_positive("lr", lr)
         check_nonnegative("init_logit_std", init_logit_std)
         self.save_task_hyperparameters()
-        self.N, self.K, self.d = n_points, n_components, dim
-        self.sigma_0, self.sigma_y = float(sigma_0), float(sigma_y)
-        self.experiment = f"gmm_k{n_components}_n{n_points}"
-        y, z, means = generate_gmm(n_points, n_components, dim, sigma_0, sigma_y, data_seed)
-        self.register_buffer("y", y)
-        self.register_buffer("z_true", z)
-        self.register_buffer("means_true", means)
-        self.theta = nn.Parameter(init_logit_std * torch.randn(n_points, n_components))
-        self.means = nn.Parameter(self.sigma_0 * torch.randn(n_components, dim))
+        self.declare("theta", "means")
         self.register_buffer("_window", torch.zeros(window))
         self.register_buffer("_window_count", torch.zeros((), dtype=torch.long))
+
+    def _attach(self, problem: GMMProblem) -> None:
+        (self.N, self.d), self.K = problem.y.shape, problem.n_components
+        self.sigma_0, self.sigma_y = problem.sigma_0, problem.sigma_y
+        self.register_buffer("y", problem.y, persistent=False)
+        self.register_buffer("z_true", problem.z, persistent=False)
+        self.register_buffer("means_true", problem.means, persistent=False)
+        self.create("theta", self.hparams.init_logit_std * torch.randn(self.N, self.K))
+        self.create("means", self.sigma_0 * torch.randn(self.K, self.d))
         self.constant = (
-            n_points * dim / 2 * math.log(2 * math.pi * self.sigma_y**2)
-            + n_points * math.log(n_components)
-            + n_components * dim / 2 * math.log(2 * math.pi * self.sigma_0**2)
+            self.N * self.d / 2 * math.log(2 * math.pi * self.sigma_y**2)
+            + self.N * math.log(self.K)
+            + self.K * self.d / 2 * math.log(2 * math.pi * self.sigma_0**2)
         )
 
     # -- the objective --------------------------------------------------------------------------------
@@ -183,5 +168,7 @@ class GMMTask(BenchmarkTask):
             value = self.objective()
         self.log(f"{stage}/nelbo", value, prog_bar=stage == "val", batch_size=1)
         self.log(f"{stage}/nelbo_nc", value - self.constant, batch_size=1)
-        self.log(f"{stage}/accuracy", self.accuracy(), prog_bar=stage == "val", batch_size=1)
-        self.log(f"{stage}/oracle_accuracy", self.oracle_accuracy(), batch_size=1)
+        if self.z_true is not None:
+            self.log(f"{stage}/accuracy", self.accuracy(), prog_bar=stage == "val", batch_size=1)
+            if self.means_true is not None:
+                self.log(f"{stage}/oracle_accuracy", self.oracle_accuracy(), batch_size=1)

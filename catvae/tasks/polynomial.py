@@ -19,12 +19,13 @@ from __future__ import annotations
 import math
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
 from estimators.base import ConfigError, check_int, check_nonnegative, check_positive, is_real
 
 from ..core import EstimatorSpec
-from .steps import BenchmarkTask
+from ..data.polynomial import PolynomialProblem
+from .base import BenchmarkTask
 
 __all__ = ["PolynomialTask"]
 
@@ -32,7 +33,8 @@ RELAXATIONS = ("none", "linear")
 
 
 class PolynomialTask(BenchmarkTask):
-    r"""Minimize eq. (16) over ``θ ∈ R^{L×2}`` with a gradient estimator (paper §4.1).
+    r"""Minimize eq. (16) over ``θ ∈ R^{L×2}`` with a gradient estimator (paper §4.1); ``L`` and ``c`` come
+    from :class:`~catvae.data.PolynomialDataModule`.
 
     Each training step draws ``samples_per_step`` samples ``X ~ π_θ`` through the estimator and
     minimizes the Monte-Carlo mean of the objective.
@@ -44,8 +46,6 @@ class PolynomialTask(BenchmarkTask):
     Args:
         estimator: the gradient estimator (instance or registry name).
         p: the exponent ``p >= 1`` (paper: 1.5, 2, 3).
-        c: the target ``c`` in ``(0, 1/2)`` (paper: 0.45).
-        length: ``L``, the number of binary variables (paper: 128).
         samples_per_step: samples of ``X`` per step (paper: a batch of 256).
         lr: Adam learning rate (paper: 0.05).
         relaxation: ``"none"`` (eq. 16) or ``"linear"`` (the linear extension of §4.1 (2)).
@@ -54,13 +54,12 @@ class PolynomialTask(BenchmarkTask):
 
     monitor = "val/objective"
     hparams_metrics = ("train/loss_epoch", "val/objective", "val/gap")
+    problem_type = PolynomialProblem
 
     def __init__(
         self,
         estimator: EstimatorSpec = "redge",
         p: float = 2.0,
-        c: float = 0.45,
-        length: int = 128,
         samples_per_step: int = 256,
         lr: float = 0.05,
         relaxation: str = "none",
@@ -69,18 +68,22 @@ class PolynomialTask(BenchmarkTask):
         super().__init__(estimator)
         if not is_real(p) or not math.isfinite(p) or p < 1:
             raise ConfigError(f"p must be a finite number >= 1, got {p!r}")
-        if not is_real(c) or not 0 < c < 0.5:
-            raise ConfigError(f"c must be in (0, 0.5) (the optimum is then all mass on e_1), got {c!r}")
-        check_int("length", length, 1)
         check_int("samples_per_step", samples_per_step, 1)
         check_positive("lr", lr)
         if relaxation not in RELAXATIONS:
             raise ConfigError(f"relaxation must be one of {RELAXATIONS}, got {relaxation!r}")
         check_nonnegative("init_std", init_std)
         self.save_task_hyperparameters()
-        self.p, self.c, self.L = float(p), float(c), length
-        self.experiment = f"polynomial_p{p:g}" + ("_linear" if relaxation == "linear" else "")
-        self.theta = nn.Parameter(init_std * torch.randn(length, 2))
+        self.p = float(p)
+        self.declare("theta")
+
+    @property
+    def run_name(self) -> str:
+        return f"p{self.p:g}" + ("_linear" if self.hparams.relaxation == "linear" else "")
+
+    def _attach(self, problem: PolynomialProblem) -> None:
+        self.c, self.L = problem.c, problem.length
+        self.create("theta", self.hparams.init_std * torch.randn(problem.length, 2))
 
     # -- the problem --------------------------------------------------------------------------------
     @property

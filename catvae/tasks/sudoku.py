@@ -10,270 +10,23 @@ With ``q_i = softmax(θ_i)`` (one-hot at clues) and independent cells the expect
 ``E‖s_g − 1‖² = Σ_k [Σ_{i∈g} q_ik(1 − q_ik) + (Σ_{i∈g} q_ik − 1)²]``.
 
 All ``P`` puzzles are one tensor ``θ ∈ R^{P×81×9}`` (independent parameters per puzzle, one batched
-estimator call per step). Puzzles come from a seeded generator of puzzles with a unique solution and
-a chosen number of clues (default), from text files in the 81-character format (``0`` or ``.`` for
-blanks; e.g. ``easy50.txt``, ``top95.txt``), or from CSV files with a ``puzzle`` (or ``quizzes``) column
-such as the Ritvik19/Sudoku-Dataset used by the paper.
+estimator call per step). The puzzles come from :class:`~catvae.data.SudokuDataModule`.
 """
 
 from __future__ import annotations
 
-import csv
-import os
-import random
-from pathlib import Path
-
 import torch
 from torch import Tensor, nn
 
-from estimators.base import ConfigError, check_int, check_nonnegative, check_positive, is_int
+from estimators.base import check_int, check_nonnegative, check_positive
 
 from ..core import EstimatorSpec
-from .steps import BenchmarkTask
+from ..data.sudoku import SudokuProblem, membership, violations
+from .base import BenchmarkTask
 
-__all__ = [
-    "SudokuTask",
-    "GROUPS",
-    "parse_puzzle",
-    "load_puzzles",
-    "resolve_puzzle_file",
-    "count_solutions",
-    "generate_puzzles",
-    "violations",
-]
-
-ROW = [i // 9 for i in range(81)]
-COL = [i % 9 for i in range(81)]
-BOX = [(i // 27) * 3 + (i % 9) // 3 for i in range(81)]
-#: the 27 groups as lists of cell indexes: rows 0-8, columns 9-17, blocks 18-26.
-GROUPS: list[list[int]] = (
-    [[r * 9 + c for c in range(9)] for r in range(9)]
-    + [[r * 9 + c for r in range(9)] for c in range(9)]
-    + [[i for i in range(81) if BOX[i] == b] for b in range(9)]
-)
-GROUP_NAMES = [f"row {k + 1}" for k in range(9)] + [f"column {k + 1}" for k in range(9)] + [
-    f"block {k + 1}" for k in range(9)
-]
-ALL = (1 << 9) - 1
-POPCOUNT = [bin(m).count("1") for m in range(1 << 9)]
+__all__ = ["SudokuTask"]
 
 
-def membership() -> Tensor:
-    """The ``[27, 81]`` 0/1 matrix ``G`` with ``s(X) = G X`` (digit counts per group)."""
-    g = torch.zeros(27, 81)
-    for k, cells in enumerate(GROUPS):
-        g[k, cells] = 1.0
-    return g
-
-
-# -- parsing ----------------------------------------------------------------------------------------
-def _contradiction(cells: list[int]) -> str | None:
-    for name, group in zip(GROUP_NAMES, GROUPS):
-        seen: set[int] = set()
-        for i in group:
-            v = cells[i]
-            if v and v in seen:
-                return f"contradictory clues: digit {v} appears twice in {name}"
-            seen.add(v)
-    return None
-
-
-def parse_puzzle(text: str, where: str = "puzzle") -> list[int]:
-    """81 digits (0 = blank) from an 81-character string with ``1-9`` clues and ``0``/``.`` blanks.
-
-    Raises ``ConfigError`` prefixed by ``where`` (e.g. ``"file.txt line 3"``) for a wrong length, a bad
-    character or contradictory clues (a digit twice in a row, column or block).
-    """
-    s = text.strip()
-    if len(s) != 81:
-        raise ConfigError(f"{where}: a puzzle has 81 characters, got {len(s)}")
-    cells = []
-    for pos, ch in enumerate(s):
-        if ch in ".0":
-            cells.append(0)
-        elif "1" <= ch <= "9":
-            cells.append(ord(ch) - 48)
-        else:
-            raise ConfigError(f"{where}: bad character {ch!r} at position {pos + 1}; use 1-9 for clues, 0 or . for blanks")
-    problem = _contradiction(cells)
-    if problem:
-        raise ConfigError(f"{where}: {problem}")
-    return cells
-
-
-def resolve_puzzle_file(source: str | os.PathLike) -> Path:
-    """``source`` as given (absolute, or relative to the working directory), else under
-    ``$CATVAE_DATA_DIR/sudoku/`` or ``$CATVAE_DATA_DIR/`` (``./data`` when the variable is unset)."""
-    path = Path(source).expanduser()
-    candidates = [path]
-    if not path.is_absolute():
-        root = Path(os.environ.get("CATVAE_DATA_DIR") or "data").expanduser()
-        candidates += [root / "sudoku" / path, root / path]
-    for candidate in candidates:
-        if candidate.is_file():
-            return candidate
-    raise ConfigError(
-        f"sudoku puzzle file {str(source)!r} not found (looked at: {', '.join(str(c) for c in candidates)}); "
-        "pass an existing file or set CATVAE_DATA_DIR to the folder holding sudoku/"
-    )
-
-
-def load_puzzles(source: str | os.PathLike, limit: int | None = None, offset: int = 0) -> list[list[int]]:
-    """Puzzles from a text file (one 81-character puzzle a line; blank lines and ``#`` comments are
-    skipped) or a ``.csv`` file with a ``puzzle`` or ``quizzes`` column; ``limit`` puzzles from the
-    ``offset``-th. Invalid puzzles raise ``ConfigError`` naming the file and line number."""
-    path = resolve_puzzle_file(source)
-    puzzles: list[list[int]] = []
-    wanted = None if limit is None else offset + limit
-    index = 0
-    with open(path, newline="") as handle:
-        if path.suffix.lower() == ".csv":
-            reader = csv.reader(handle)
-            header = next(reader, None) or []
-            names = [h.strip().lower() for h in header]
-            column = next((names.index(n) for n in ("puzzle", "quizzes", "quiz") if n in names), None)
-            if column is None:
-                raise ConfigError(f"{path} line 1: no 'puzzle' column in the CSV header {header}")
-            for row in reader:
-                if wanted is not None and index >= wanted:
-                    break
-                if not row:
-                    continue
-                if index >= offset:
-                    where = f"{path} line {reader.line_num}"
-                    if column >= len(row):
-                        raise ConfigError(f"{where}: the row has no 'puzzle' field")
-                    puzzles.append(parse_puzzle(row[column], where))
-                index += 1
-        else:
-            for lineno, line in enumerate(handle, start=1):
-                if wanted is not None and index >= wanted:
-                    break
-                if not line.strip() or line.lstrip().startswith("#"):
-                    continue
-                if index >= offset:
-                    puzzles.append(parse_puzzle(line, f"{path} line {lineno}"))
-                index += 1
-    if not puzzles:
-        raise ConfigError(f"{path}: no puzzles (offset {offset}, {index} puzzles in the file)")
-    return puzzles
-
-
-# -- exact solving and generation -------------------------------------------------------------------
-def count_solutions(cells: list[int], limit: int = 2, rng: random.Random | None = None) -> tuple[int, list[int] | None]:
-    """``(number of solutions, up to limit; the first solution found)`` by backtracking with bitmasks
-    and the fewest-candidates heuristic. ``rng`` shuffles the digit order (random complete grids)."""
-    rows, cols, boxes = [0] * 9, [0] * 9, [0] * 9
-    grid = list(cells)
-    for i, v in enumerate(grid):
-        if v:
-            bit = 1 << (v - 1)
-            if (rows[ROW[i]] | cols[COL[i]] | boxes[BOX[i]]) & bit:
-                return 0, None
-            rows[ROW[i]] |= bit
-            cols[COL[i]] |= bit
-            boxes[BOX[i]] |= bit
-    empties = [i for i, v in enumerate(grid) if not v]
-    found: list = [0, None]
-
-    def search(n_left: int) -> bool:
-        if n_left == 0:
-            found[0] += 1
-            if found[1] is None:
-                found[1] = list(grid)
-            return found[0] >= limit
-        best, best_mask, best_n = -1, 0, 10
-        for i in empties:
-            if grid[i]:
-                continue
-            mask = ALL & ~(rows[ROW[i]] | cols[COL[i]] | boxes[BOX[i]])
-            n = POPCOUNT[mask]
-            if n < best_n:
-                best, best_mask, best_n = i, mask, n
-                if n <= 1:
-                    break
-        if best_n == 0:
-            return False
-        digits = [d for d in range(9) if best_mask >> d & 1]
-        if rng is not None:
-            rng.shuffle(digits)
-        r, c, b = ROW[best], COL[best], BOX[best]
-        for d in digits:
-            bit = 1 << d
-            grid[best] = d + 1
-            rows[r] |= bit
-            cols[c] |= bit
-            boxes[b] |= bit
-            stop = search(n_left - 1)
-            rows[r] &= ~bit
-            cols[c] &= ~bit
-            boxes[b] &= ~bit
-            grid[best] = 0
-            if stop:
-                return True
-        return False
-
-    search(len(empties))
-    return found[0], found[1]
-
-
-def _unique_without(puzzle: list[int], cell: int) -> bool:
-    """Whether ``puzzle`` with ``cell`` blanked still has only the solution it has now: no other
-    digit at ``cell`` leads to a solution."""
-    value = puzzle[cell]
-    trial = list(puzzle)
-    for d in range(1, 10):
-        if d == value:
-            continue
-        trial[cell] = d
-        if count_solutions(trial, limit=1)[0]:
-            return False
-    return True
-
-
-def generate_puzzles(n: int, n_clues: int = 30, seed: int = 0, max_tries: int = 50) -> tuple[list[list[int]], list[list[int]]]:
-    """``n`` puzzles with exactly ``n_clues`` clues and a unique solution, and their solutions.
-
-    A random complete grid (randomized backtracking), then clues are removed in random order as long
-    as the solution stays unique, until ``n_clues`` remain. Deterministic given ``seed``.
-    Greedy removal reliably reaches about 25 clues; fewer may need many tries (``ConfigError`` after
-    ``max_tries`` grids per puzzle).
-    """
-    if not is_int(n_clues) or not 17 <= n_clues <= 81:
-        raise ConfigError(f"n_clues must be an integer in [17, 81] (no unique puzzle has fewer than 17), got {n_clues!r}")
-    check_int("the number of puzzles", n, 1)
-    rng = random.Random(seed)
-    puzzles, solutions = [], []
-    for k in range(n):
-        for _ in range(max_tries):
-            _, solution = count_solutions([0] * 81, limit=1, rng=rng)
-            puzzle = list(solution)
-            clues = 81
-            order = list(range(81))
-            rng.shuffle(order)
-            for cell in order:
-                if clues == n_clues:
-                    break
-                if _unique_without(puzzle, cell):
-                    puzzle[cell] = 0
-                    clues -= 1
-            if clues == n_clues:
-                puzzles.append(puzzle)
-                solutions.append(solution)
-                break
-        else:
-            raise ConfigError(f"could not generate puzzle {k} with {n_clues} clues in {max_tries} tries; use more clues")
-    return puzzles, solutions
-
-
-def violations(grid: Tensor) -> Tensor:
-    """``Σ_g ‖s_g − 1‖²`` of digit grids ``[..., 81]`` with values 1-9 (0 for a blank counts as no digit)."""
-    one_hot = nn.functional.one_hot(grid.long(), 10)[..., 1:].to(torch.float32)
-    counts = torch.einsum("gi,...ik->...gk", membership().to(grid.device), one_hot)
-    return (counts - 1.0).pow(2).sum(dim=(-1, -2))
-
-
-# -- the task -----------------------------------------------------------------------------------------
 class SudokuTask(BenchmarkTask):
     r"""Minimize the Sudoku penalty ``F(θ)`` of §4.3 for ``P`` puzzles at once (one θ per puzzle).
 
@@ -289,13 +42,6 @@ class SudokuTask(BenchmarkTask):
 
     Args:
         estimator: the gradient estimator (instance or registry name).
-        source: ``None`` (default) for generated puzzles; else a puzzle file (``.txt``: one
-            81-character puzzle a line, ``0`` or ``.`` for blanks; ``.csv``: a ``puzzle`` column),
-            resolved as given, then under ``$CATVAE_DATA_DIR/sudoku/``.
-        n_puzzles: number of puzzles (generated, or read from the file; ``None``: the whole file).
-        offset: skip that many puzzles of the file.
-        n_clues: clues per generated puzzle (17-81; below ~25 generation gets slow).
-        generator_seed: seed of the puzzle generator (independent of the run's seed).
         lr: Adam learning rate (paper: 0.05).
         samples_per_step: sampled grids per puzzle and step.
         init_std: θ starts at ``init_std · N(0, 1)`` (0: uniform over the digits).
@@ -304,39 +50,30 @@ class SudokuTask(BenchmarkTask):
     monitor = "val/objective"
     hparams_metrics = ("train/loss_epoch", "val/objective", "val/solved")
 
+    problem_type = SudokuProblem
+
     def __init__(
         self,
         estimator: EstimatorSpec = "redge",
-        source: str | None = None,
-        n_puzzles: int | None = 100,
-        offset: int = 0,
-        n_clues: int = 30,
-        generator_seed: int = 0,
         lr: float = 0.05,
         samples_per_step: int = 1,
         init_std: float = 0.0,
     ) -> None:
         super().__init__(estimator)
-        if n_puzzles is not None and (not is_int(n_puzzles) or n_puzzles < 1):
-            raise ConfigError(f"n_puzzles must be an integer >= 1 or null, got {n_puzzles!r}")
-        check_int("offset", offset, 0)
         check_int("samples_per_step", samples_per_step, 1)
         check_positive("lr", lr)
         check_nonnegative("init_std", init_std)
         self.save_task_hyperparameters()
-        if source is None:
-            puzzles, _ = generate_puzzles(n_puzzles or 100, n_clues, generator_seed)
-            self.experiment = f"sudoku_gen{n_clues}"
-        else:
-            puzzles = load_puzzles(source, n_puzzles, offset)
-            self.experiment = f"sudoku_{Path(source).stem}"
-        clues = torch.tensor(puzzles, dtype=torch.long)  # [P, 81], 0 = blank
-        self.P = len(puzzles)
-        self.register_buffer("clues", clues)
-        self.register_buffer("clue_mask", clues > 0)
-        self.register_buffer("clue_one_hot", nn.functional.one_hot(clues, 10)[..., 1:].float())
         self.register_buffer("groups", membership(), persistent=False)
-        self.theta = nn.Parameter(init_std * torch.randn(self.P, 81, 9))
+        self.declare("theta")
+
+    def _attach(self, problem: SudokuProblem) -> None:
+        clues = problem.clues  # [P, 81], 0 = blank
+        self.P = len(clues)
+        self.register_buffer("clues", clues, persistent=False)
+        self.register_buffer("clue_mask", clues > 0, persistent=False)
+        self.register_buffer("clue_one_hot", nn.functional.one_hot(clues, 10)[..., 1:].float(), persistent=False)
+        self.create("theta", self.hparams.init_std * torch.randn(self.P, 81, 9))
 
     # -- the problem --------------------------------------------------------------------------------
     def clamp(self, x: Tensor) -> Tensor:

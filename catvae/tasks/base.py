@@ -1,0 +1,115 @@
+"""What the optimization benchmarks share: a problem from the DataModule, θ sized by it, the exact objective."""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+import torch
+from torch import Tensor, nn
+
+from estimators.base import ConfigError
+
+from ..core import EstimatorSpec, EstimatorTask
+from ..data.steps import StepsDataModule
+from ..metrics import StepMean
+
+__all__ = ["BenchmarkTask"]
+
+
+class BenchmarkTask(EstimatorTask):
+    """A benchmark task: θ, the objective and the metrics; the problem instance comes from the DataModule.
+
+    * In ``setup`` the task takes the DataModule's problem (:meth:`attach`): the problem's tensors become
+      non-persistent buffers (moved to the device with the task, not saved), and the parameters, declared
+      in ``__init__`` without a size (``declare``), are created for the problem's size. A checkpoint (also
+      through ``load_from_checkpoint``, without a DataModule) creates them with its own sizes.
+    * Validation and test evaluate the exact objective once (``evaluate``).
+    * The training objective is logged with :meth:`log_train_objective`: ``<tag>_step`` every step and
+      ``<tag>_epoch``, the mean over the epoch, accumulated in a metric whose state travels in the
+      checkpoint (a resumed epoch reports the same mean as an uninterrupted one).
+    """
+
+    #: the tag of the training objective (``<tag>_step``, ``<tag>_epoch``).
+    train_tag: str = "train/loss"
+    #: the type of problem the task solves (what its DataModule's ``problem()`` returns).
+    problem_type: ClassVar[type] = object
+
+    def __init__(self, estimator: EstimatorSpec) -> None:
+        super().__init__(estimator)
+        self.train_objective = StepMean()
+        self.problem = None
+
+    # -- the problem and the parameters ---------------------------------------------------------------
+    def declare(self, *names: str) -> None:
+        """Parameters whose size the problem decides: created by :meth:`attach` or by a loaded state dict."""
+        for name in names:
+            self.register_parameter(name, None)
+
+    def create(self, name: str, value: Tensor) -> None:
+        """Create the declared parameter ``name`` with initial ``value``, or check that one loaded before
+        has the same size (a checkpoint written for another problem size is refused)."""
+        current = getattr(self, name)
+        if current is None:
+            self.register_parameter(name, nn.Parameter(value))
+        elif current.shape != value.shape:
+            raise ConfigError(f"the checkpoint's {name} has shape {tuple(current.shape)}, but the problem of the "
+                              f"data module needs {tuple(value.shape)}: pass the data config it was trained with")
+
+    def attach(self, problem) -> BenchmarkTask:
+        """Take ``problem`` (a :attr:`problem_type`): its tensors and the parameters it sizes."""
+        if not isinstance(problem, self.problem_type):
+            raise ConfigError(f"{type(self).__name__} solves a {self.problem_type.__name__}, got "
+                              f"{type(problem).__name__}; pass the matching --data")
+        self.problem = problem
+        self._attach(problem)
+        return self
+
+    def _attach(self, problem) -> None:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def setup(self, stage: str) -> None:
+        if self.problem is None:
+            self.attach(_problem_of(self.trainer.datamodule, self))
+
+    def check_checkpoint(self, checkpoint: dict, datamodule=None) -> None:
+        if self.problem is None and datamodule is not None:
+            self.attach(_problem_of(datamodule, self))  # sizes the parameters, so that a mismatch is seen now
+        self._create_from(checkpoint.get("state_dict") or {})
+        super().check_checkpoint(checkpoint, datamodule)
+
+    def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False):
+        self._create_from(state_dict)
+        return super().load_state_dict(state_dict, strict=strict, assign=assign)
+
+    def _create_from(self, state_dict: dict) -> None:
+        """Declared parameters not created yet take their size from ``state_dict``."""
+        for name, param in list(self._parameters.items()):
+            if param is None and name in state_dict:
+                self.register_parameter(name, nn.Parameter(torch.empty_like(state_dict[name])))
+
+    # -- logging --------------------------------------------------------------------------------------
+    def log_train_objective(self, value: Tensor) -> None:
+        value = value.detach()
+        self.train_objective.update(value)
+        self.log(f"{self.train_tag}_step", value, on_step=True, on_epoch=False, batch_size=1)
+
+    def on_train_epoch_end(self) -> None:
+        if self.train_objective.update_called:
+            self.log(f"{self.train_tag}_epoch", self.train_objective, prog_bar=True)
+
+    def evaluate(self, stage: str, batch_idx: int) -> None:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def validation_step(self, batch: Tensor, batch_idx: int) -> None:
+        self.evaluate("val", batch_idx)
+
+    def test_step(self, batch: Tensor, batch_idx: int) -> None:
+        self.evaluate("test", batch_idx)
+
+
+def _problem_of(datamodule, task: BenchmarkTask):
+    if not isinstance(datamodule, StepsDataModule):
+        raise ConfigError(f"{type(task).__name__} takes its problem from a benchmark data module (--data, e.g. "
+                          f"{task.problem_type.__name__.replace('Problem', 'DataModule')}), got "
+                          f"{type(datamodule).__name__}")
+    return datamodule.problem()
