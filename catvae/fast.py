@@ -76,37 +76,25 @@ class StepRunner:
 class ReplayOptimizer(torch.optim.Optimizer):
     """The optimizer Lightning sees when the update happens inside :class:`StepRunner`'s step.
 
-    ``step(closure)`` only calls the closure (which runs the whole step, update included); the
-    parameter groups and state are the inner optimizer's, so learning-rate monitors, schedulers and
-    checkpoints see and restore the real optimizer.
+    ``step(closure)`` only calls the closure (which runs the whole step, update included), so that
+    Lightning's manual optimization counts the step. It is built with ``Optimizer``'s public constructor on
+    the inner optimizer's parameter groups, which ``add_param_group`` keeps as the same dict objects: learning
+    rates set through it (schedulers, ``LearningRateMonitor``) are the inner optimizer's. Its state, state
+    dict and loaded state are the inner optimizer's. Wrap a freshly built optimizer.
     """
 
     def __init__(self, inner: torch.optim.Optimizer) -> None:
-        # Optimizer.__init__ would rebuild param_groups; share the inner optimizer's instead.
         self.inner = inner
-        self.defaults = inner.defaults
-        self._optimizer_step_pre_hooks = {}
-        self._optimizer_step_post_hooks = {}
-        self._optimizer_state_dict_pre_hooks = {}
-        self._optimizer_state_dict_post_hooks = {}
-        self._optimizer_load_state_dict_pre_hooks = {}
-        self._optimizer_load_state_dict_post_hooks = {}
-
-    @property
-    def param_groups(self):
-        return self.inner.param_groups
-
-    @param_groups.setter
-    def param_groups(self, value):  # pragma: no cover - set by nobody but Optimizer.__init__
-        self.inner.param_groups = value
+        super().__init__(inner.param_groups, inner.defaults)
 
     @property
     def state(self):
         return self.inner.state
 
     @state.setter
-    def state(self, value):  # pragma: no cover
-        self.inner.state = value
+    def state(self, value) -> None:  # Optimizer.__init__ assigns a fresh empty state: keep the inner one
+        if value or not self.inner.state:
+            self.inner.state = value
 
     def step(self, closure=None):
         return closure() if closure is not None else None
