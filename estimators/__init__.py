@@ -5,7 +5,7 @@ returns a sample ``[..., K]`` — exactly one-hot when hard — whose gradient w
 logits is the estimator's. Build one by registry name::
 
     import estimators
-    est = estimators.build("redge_cov", n_steps=3, t_1=0.5)
+    est = estimators.build("redge_cov", n_steps=3)   # t_1: the paper's uniform grid, 1/(n_steps - 1)
     z = est(logits)          # one-hot, ReDGE-Cov gradient
 
 or by class (``estimators.ReDGECov(n_steps=3)``, also usable as a LightningCLI ``class_path``).

@@ -150,7 +150,7 @@ def get(name: str) -> type[CategoricalEstimator]:
 
 
 def build(name: str, **kwargs) -> CategoricalEstimator:
-    """Instantiate an estimator by registry name, e.g. ``build("redge_cov", n_steps=3, t_1=0.5)``."""
+    """Instantiate an estimator by registry name, e.g. ``build("redge_cov", n_steps=3)``."""
     cls = get(name)
     try:
         return cls(**kwargs)

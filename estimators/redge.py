@@ -49,7 +49,7 @@ from .functional import (
     to_k_major,
 )
 
-__all__ = ["DiffusionSchedule", "DDIMEstimator", "ReDGE", "ReDGEMax", "ReDGECov", "ReDGEMaxCov"]
+__all__ = ["DiffusionSchedule", "DDIMEstimator", "ReDGE", "ReDGEMax", "ReDGECov", "ReDGEMaxCov", "uniform_t_1"]
 
 ALPHA_END = 1e-4  #: α at t_{n−1} in the authors' schedule (σ ≈ 1).
 
@@ -65,19 +65,27 @@ class _Step:
     b: float  # σ_s / σ_t  (eq. 11)
 
 
+def uniform_t_1(n_steps: int) -> float:
+    """``t₁`` of the paper's uniform grid ``t_k = k/(n−1)`` (§4): ``1/(n_steps − 1)``."""
+    return 1.0 / (n_steps - 1)
+
+
 class DiffusionSchedule:
     """The linear α/σ grid of the authors' code, and the per-step constants of eq. (10)-(11).
 
+    ``t_1=None`` (the default) is the paper's uniform grid of §4, ``t_k = k/(n−1)``: ``t₁ = 1/(n − 1)``
+    (with the α grid above, α then falls linearly in steps of ``1/(n−1)``); Table 5 gives ``t₁`` only for
+    ReDGE-Max, and ``n`` for the others (``../shared/paper/reference-notes.md``, t₁ section).
     ``steps`` is ordered as the sampler runs: from ``t_{n−1}`` (pure noise) down to ``t₁``.
     """
 
-    def __init__(self, n_steps: int, t_1: float) -> None:
+    def __init__(self, n_steps: int, t_1: float | None = None) -> None:
         if not is_int(n_steps) or n_steps < 2:
             raise ConfigError(
                 f"n_steps must be an integer >= 2 (the chain makes n_steps−1 denoiser calls), got {n_steps!r}"
             )
         self.n_steps = n_steps
-        self.t_1 = check_unit("t_1", t_1)
+        self.t_1 = uniform_t_1(n_steps) if t_1 is None else check_unit("t_1", t_1)
         tail = torch.linspace(1.0 - self.t_1, ALPHA_END, n_steps - 1, dtype=torch.float64)
         self.alphas = [1.0] + tail.tolist()
         self.sigmas = [1.0 - a for a in self.alphas]
@@ -123,7 +131,8 @@ class DDIMEstimator(CategoricalEstimator):
 
     Args:
         n_steps: grid points ``n >= 2``; the chain makes ``n − 1`` denoiser calls.
-        t_1: the last (smallest) positive time, in ``(0, 1]``; ``α_{t₁} = 1 − t₁``. Smaller is closer
+        t_1: the last (smallest) positive time, in ``(0, 1]``; ``α_{t₁} = 1 − t₁``; ``None`` (default): the
+            paper's uniform grid, ``1/(n_steps − 1)``. Smaller is closer
             to an exact sample but gives vanishing gradients (Prop. 3.1).
         base: ``"standard"`` (§3.2) or ``"fitted"`` (§3.4, App. C.2).
         last_step: ``"st"`` (eq. 15) or ``"reinmax"`` (§3.3, ReDGE-Max).
@@ -138,7 +147,7 @@ class DDIMEstimator(CategoricalEstimator):
     def __init__(
         self,
         n_steps: int = 4,
-        t_1: float = 0.5,
+        t_1: float | None = None,
         base: str = "standard",
         last_step: str = "st",
         var_floor: float = 0.1,
@@ -339,10 +348,11 @@ class _FusedDDIM(torch.autograd.Function):
 class ReDGE(DDIMEstimator):
     """ReDGE (Alg. 1, §3.2-3.3): standard Gaussian base, Straight-Through at the last step.
 
-    Table 5 (VAE, GMM, Sudoku): ``n_steps=4``; polynomial programming: ``n_steps=7``; ``t_1=0.5``.
+    Defaults: Table 5 (VAE, GMM, Sudoku), ``n_steps=4`` on the uniform grid (``t_1 = 1/3``); polynomial
+    programming: ``n_steps=7`` (``configs/polynomial/estimators/redge.yaml``).
     """
 
-    def __init__(self, n_steps: int = 4, t_1: float = 0.5, hard: bool = True, fused: bool = True) -> None:
+    def __init__(self, n_steps: int = 4, t_1: float | None = None, hard: bool = True, fused: bool = True) -> None:
         super().__init__(n_steps=n_steps, t_1=t_1, base="standard", last_step="st", hard=hard, fused=fused)
 
 
@@ -350,7 +360,7 @@ class ReDGE(DDIMEstimator):
 class ReDGEMax(DDIMEstimator):
     """ReDGE-Max (§3.3): standard Gaussian base, ReinMax on the direct path of the last step.
 
-    Table 5: ``n_steps=10, t_1=0.5`` (polynomial programming: ``t_1=0.7``).
+    Defaults: Table 5 (VAE, GMM, Sudoku), ``n_steps=10, t_1=0.5``; polynomial programming: ``t_1=0.7``.
     """
 
     def __init__(self, n_steps: int = 10, t_1: float = 0.5, hard: bool = True, fused: bool = True) -> None:
@@ -361,11 +371,12 @@ class ReDGEMax(DDIMEstimator):
 class ReDGECov(DDIMEstimator):
     """ReDGE-Cov (§3.4, App. C.2): moment-matched Gaussian base ``N(π, Diag(max(π(1−π), 0.1)))``.
 
-    Table 5: ``n_steps=3`` (polynomial programming: 5); ``t_1=0.5``.
+    Defaults: Table 5 (VAE, GMM, Sudoku), ``n_steps=3`` on the uniform grid (``t_1 = 1/2``); polynomial
+    programming: ``n_steps=5`` (``t_1 = 1/4``).
     """
 
     def __init__(
-        self, n_steps: int = 3, t_1: float = 0.5, var_floor: float = 0.1, hard: bool = True, fused: bool = True
+        self, n_steps: int = 3, t_1: float | None = None, var_floor: float = 0.1, hard: bool = True, fused: bool = True
     ) -> None:
         super().__init__(
             n_steps=n_steps, t_1=t_1, base="fitted", last_step="st", var_floor=var_floor, hard=hard, fused=fused
@@ -377,11 +388,11 @@ class ReDGEMaxCov(DDIMEstimator):
     """ReDGE-Max-Cov: the fitted base of ReDGE-Cov with the ReinMax last step of ReDGE-Max.
 
     Not in the paper nor in the authors' code; the two options compose because they act on
-    different parts of the chain (the start and the last step).
+    different parts of the chain (the start and the last step). Defaults: those of ReDGE-Cov.
     """
 
     def __init__(
-        self, n_steps: int = 3, t_1: float = 0.5, var_floor: float = 0.1, hard: bool = True, fused: bool = True
+        self, n_steps: int = 3, t_1: float | None = None, var_floor: float = 0.1, hard: bool = True, fused: bool = True
     ) -> None:
         super().__init__(
             n_steps=n_steps, t_1=t_1, base="fitted", last_step="reinmax", var_floor=var_floor, hard=hard, fused=fused

@@ -17,12 +17,24 @@ def test_specs_expand_to_runs():
     runs = load_spec(SPEC / "table3.yaml")
     assert len(runs) == 7 * 3 * 3 and {r.steps for r in runs} == {60000}
     assert {r.setting for r in runs} == {"l48_k2", "l30_k10", "l32_k64"}
-    cov = next(r for r in runs if r.label == "redge_cov")
-    assert cov.estimator_args() == ["--model.estimator=estimators.ReDGECov", "--model.estimator.init_args.n_steps=3",
-                                    "--model.estimator.init_args.t_1=0.5"]
+    cov = next(r for r in runs if r.label == "redge_cov")  # an estimator config file of the spec
+    assert cov.name == "redge_cov" and cov.estimator_args() == ["--config", str(ROOT / "configs/estimators/redge_cov.yaml")]
     quick = load_spec(SPEC / "quick.yaml", quick=True)
     assert len(quick) == 6 and quick[0].steps < 100 and "--data.train_subset=1000" in quick[0].args
     assert quick[0].key() != load_spec(SPEC / "quick.yaml")[0].key()
+
+
+def test_spec_estimators_by_config_file_or_by_name_with_variants(tmp_path):
+    spec = tmp_path / "spec.yaml"
+    spec.write_text("steps: 10\nsettings: [configs/mnist/l48_k2.yaml]\nestimators:\n"
+                    f"  - {ROOT / 'configs/polynomial/estimators/redge_max.yaml'}\n"
+                    "  - {config: configs/estimators/redge_max.yaml, label: redge_max_vae}\n"
+                    "  - {name: redge, init_args: {t_1: 0.3}, label: redge_t0.3}\n")
+    runs = load_spec(spec)
+    assert [(r.label, r.name) for r in runs] == [("redge_max", "redge_max"), ("redge_max_vae", "redge_max"),
+                                                 ("redge_t0.3", "redge")]
+    assert runs[2].estimator_args() == ["--model.estimator=redge", "--model.estimator.init_args.t_1=0.3"]
+    assert len({r.key() for r in runs}) == 3
 
 
 def test_bad_spec_is_one_line(tmp_path, capsys):

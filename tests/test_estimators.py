@@ -42,6 +42,20 @@ def test_registry_lists_the_seven_estimators():
     assert E.get("reinmax") is E.ReinMax
 
 
+@pytest.mark.parametrize("name", ["redge", "redge_cov", "redge_max_cov"])
+@pytest.mark.parametrize("n_steps", [2, 3, 4, 5, 7, 10])
+def test_default_t_1_is_the_uniform_grid_of_section_4(name, n_steps):
+    """§4: t_k = k/(n−1), k ∈ [0 : n−1]. With the authors' α grid (1, then linearly 1 − t₁ … 1e-4), the
+    default t₁ = 1/(n−1) gives α_k = 1 − t_k up to the 1e-4 floor at the end; hparams record the value."""
+    est = E.build(name, n_steps=n_steps)
+    assert est.t_1 == 1.0 / (n_steps - 1) and est.hparams()["t_1"] == est.t_1
+    grid = [k / (n_steps - 1) for k in range(n_steps)]
+    assert est.schedule.alphas == pytest.approx([1.0 - t for t in grid], abs=1.01e-4)
+    if n_steps > 2:  # (with n = 2, t₁ = 1: one step, α_{t₁} = 0, the exact sampler)
+        assert est.schedule.alphas[-1] == pytest.approx(1e-4)
+    assert E.ReDGEMax().t_1 == 0.5  # Table 5 gives ReDGE-Max's t₁ explicitly
+
+
 @pytest.mark.parametrize(
     "name, kwargs, word",
     [

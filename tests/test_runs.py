@@ -607,7 +607,7 @@ def test_every_task_writes_checkpoints_the_safe_loader_opens(tmp_path, monkeypat
         bench = config.split("/")[0]
         runs = tmp_path / bench
         assert main(["fit", "--config", str(CONFIGS / config),
-                     "--config", str(CONFIGS / bench / "estimators" / "redge.yaml"), "--runs_dir", str(runs),
+                     "--config", str(CONFIGS / "estimators" / "redge.yaml"), "--runs_dir", str(runs),
                      "--trainer.max_steps=4", "--data.init_args.steps_per_epoch=3",
                      "--trainer.enable_progress_bar=false", *extra]) == 0
         for path in runs.rglob("*.ckpt"):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import importlib
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,6 +28,9 @@ COMMON_ARGS = ["--trainer.enable_progress_bar=false", "--trainer.enable_model_su
 
 @dataclass
 class Run:
+    """One run of a sweep: a setting (its config files), an estimator (a config file, or a registry name with
+    hyperparameters), a seed and a step budget."""
+
     setting: str
     configs: list[str]
     label: str
@@ -35,6 +39,7 @@ class Run:
     seed: int
     steps: int
     args: list[str] = field(default_factory=list)
+    estimator_config: str | None = None
 
     @property
     def experiment(self) -> str:
@@ -44,12 +49,10 @@ class Run:
         return out / "runs" / self.setting / self.label / f"seed{self.seed}"
 
     def estimator_args(self) -> list[str]:
-        if not self.init_args:
-            return [f"--model.estimator={self.name}"]
-        cls = estimators.get(self.name)  # registry names don't take init_args on the CLI: use the class path
-        path = f"estimators.{cls.__name__}" if getattr(estimators, cls.__name__, None) is cls \
-            else f"{cls.__module__}.{cls.__qualname__}"
-        return [f"--model.estimator={path}",
+        if self.estimator_config:
+            return ["--config", self.estimator_config]
+        # a registry name starts from the estimator's defaults; init_args then apply
+        return [f"--model.estimator={self.name}",
                 *(f"--model.estimator.init_args.{k}={json.dumps(v)}" for k, v in self.init_args.items())]
 
     def cli_args(self, out: Path) -> list[str]:
@@ -58,7 +61,10 @@ class Run:
                 "--seed_everything", str(self.seed), *COMMON_ARGS, *self.args]
 
     def key(self) -> str:
-        blob = json.dumps([self.configs, self.name, self.init_args, self.seed, self.steps, self.args], sort_keys=True)
+        """What the run's result depends on: a changed spec, budget or estimator config file is another run."""
+        estimator_file = Path(self.estimator_config).read_text() if self.estimator_config else None
+        blob = json.dumps([self.configs, self.name, self.init_args, estimator_file, self.seed, self.steps, self.args],
+                          sort_keys=True)
         return hashlib.sha1(blob.encode()).hexdigest()[:16]
 
     def params(self) -> str:
@@ -109,31 +115,53 @@ def load_spec(path: Path, quick: bool = False, steps: int | None = None, seeds: 
         settings = {Path(p).stem: p for p in settings}
     if not isinstance(settings, dict) or not settings:
         raise ConfigError(f"spec {path}: settings must be a non-empty mapping name: config file(s), or a list of files")
+    spec_dir = path.resolve().parent
     ests = spec.get("estimators")
     if not isinstance(ests, list) or not ests:
-        raise ConfigError(f"spec {path}: estimators must be a non-empty list of {{name, init_args}}")
-    parsed = []
-    for e in ests:
-        e = {"name": e} if isinstance(e, str) else e
-        if not isinstance(e, dict) or "name" not in e:
-            raise ConfigError(f"spec {path}: each estimator needs a registry name, got {e!r}")
-        try:
-            estimators.build(e["name"], **(e.get("init_args") or {}))  # fail now, not in run 17
-        except ValueError as err:
-            raise ConfigError(f"spec {path}: {err}") from None
-        parsed.append((e.get("label", e["name"]), e["name"], dict(e.get("init_args") or {})))
+        raise ConfigError(f"spec {path}: estimators must be a non-empty list of config files or {{name, init_args}}")
+    parsed = [_estimator(e, path, spec_dir) for e in ests]
     labels = [p[0] for p in parsed]
     if len(set(labels)) != len(labels):
         raise ConfigError(f"spec {path}: estimator labels must be unique (add label: to variants), got {labels}")
 
-    spec_dir = path.resolve().parent
     runs = []
     for setting, configs in settings.items():
         configs = [configs] if isinstance(configs, str) else list(configs)
         configs = [_resolve_config(c, spec_dir) for c in configs]
-        for label, name, init_args in parsed:
+        for label, name, init_args, estimator_config in parsed:
             for seed in run_seeds:
-                runs.append(Run(str(setting), configs, label, name, init_args, seed, run_steps, extra))
+                runs.append(Run(str(setting), configs, label, name, init_args, seed, run_steps, extra, estimator_config))
     return runs
+
+
+def _estimator(entry, path: Path, spec_dir: Path) -> tuple[str, str, dict, str | None]:
+    """``(label, registry name, init_args, config file)`` of one entry of a spec's estimator list: a config
+    file (``configs/estimators/redge_max.yaml``, or ``{config: ..., label: ...}``: the estimator's class and
+    hyperparameters as the config holds them; the label defaults to the file's stem), or a registry name with
+    hyperparameters (``{name: redge, init_args: {t_1: 0.3}, label: redge_t0.3}``, for variants). Built once
+    here, so that a bad entry fails before run 17."""
+    if isinstance(entry, str):
+        entry = {"config": entry} if entry.endswith((".yaml", ".yml")) else {"name": entry}
+    if not isinstance(entry, dict) or ("name" in entry) == ("config" in entry):
+        raise ConfigError(f"spec {path}: each estimator is a config file or {{name, init_args}}, got {entry!r}")
+    try:
+        if "config" in entry:
+            config = _resolve_config(entry["config"], spec_dir)
+            spec = (((yaml.safe_load(Path(config).read_text()) or {}).get("model") or {}).get("init_args") or {}).get(
+                "estimator")
+            if not isinstance(spec, dict) or "class_path" not in spec:
+                raise ConfigError(f"{config} sets no model.init_args.estimator.class_path")
+            module, _, cls_name = spec["class_path"].rpartition(".")
+            cls = getattr(importlib.import_module(module), cls_name, None)
+            if not (isinstance(cls, type) and issubclass(cls, estimators.CategoricalEstimator)):
+                raise ConfigError(f"{config}: {spec['class_path']} is not an estimator class")
+            init_args = dict(spec.get("init_args") or {})
+            cls(**init_args)
+            return entry.get("label", Path(config).stem), cls.name, init_args, config
+        init_args = dict(entry.get("init_args") or {})
+        estimators.build(entry["name"], **init_args)
+        return entry.get("label", entry["name"]), entry["name"], init_args, None
+    except (ValueError, TypeError, ImportError) as err:
+        raise ConfigError(f"spec {path}: {' '.join(str(err).split())}") from None
 
 
