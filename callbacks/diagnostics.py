@@ -28,6 +28,7 @@ import torch
 from torch import Tensor, nn
 
 from estimators import exact
+from estimators.constraints import ConfigError, integer, validate
 from estimators.functional import sample_one_hot
 
 __all__ = ["GradientDiagnostics", "gradient_diagnostics", "reference_gradient", "vae_objective"]
@@ -74,9 +75,9 @@ def reference_gradient(logits: Tensor, f: Objective, inputs: Sequence[Tensor], m
             total = [t + g for t, g in zip(total, _grads(part, inputs))]
         return total, "exact"
     if method != "rloo":
-        raise ValueError(f"method must be auto, exact or rloo, got {method!r}")
+        raise ConfigError(f"method must be auto, exact or rloo, got {method!r}")
     if samples < 2:
-        raise ValueError("the leave-one-out baseline needs samples >= 2")
+        raise ConfigError(f"the leave-one-out baseline needs samples >= 2, got {samples!r}")
     probs = log_q.detach().exp()
     z_all = sample_one_hot(probs.expand(samples, B, Ld, K).contiguous())
     with torch.no_grad():
@@ -101,7 +102,7 @@ def gradient_diagnostics(estimator: nn.Module, logits: Tensor, f: Objective,
     ``({group: {rel_bias, rel_std, noise_floor, cos, cos_mean}}, reference kind)``.
     """
     if n_draws < 2:
-        raise ValueError(f"n_draws must be >= 2, got {n_draws}")
+        raise ConfigError(f"n_draws must be an integer >= 2, got {n_draws!r}")
     groups = {k: [p for p in v if p.requires_grad] for k, v in (groups or {}).items()}
     groups = {k: v for k, v in groups.items() if v}
     if include_logits:
@@ -161,11 +162,13 @@ class GradientDiagnostics(L.Callback):
     (``[(step, {name: value})]``).
     """
 
+    arg_constraints = {"every_n_steps": integer(1), "n_draws": integer(2), "batch_size": integer(1),
+                       "max_configs": integer(1), "reference_samples": integer(2), "seed": integer(0)}
+
     def __init__(self, every_n_steps: int = 500, n_draws: int = 32, batch_size: int = 16,
                  groups: dict[str, list[str]] | None = None, max_configs: int = 65536,
                  reference_samples: int = 1000, seed: int = 0) -> None:
-        if every_n_steps < 1 or n_draws < 2 or batch_size < 1 or reference_samples < 2:
-            raise ValueError("need every_n_steps >= 1, n_draws >= 2, batch_size >= 1, reference_samples >= 2")
+        validate(self.arg_constraints, locals())
         self.every_n_steps, self.n_draws, self.batch_size = every_n_steps, n_draws, batch_size
         self.groups, self.max_configs, self.reference_samples, self.seed = groups, max_configs, reference_samples, seed
         self._batch = None

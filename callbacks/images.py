@@ -5,6 +5,8 @@ from __future__ import annotations
 import lightning as L
 import torch
 
+from estimators.constraints import integer, validate
+
 
 class ImageLogger(L.Callback):
     """Every ``every_n_epochs`` validation epochs (and after the final one), log reconstructions of a fixed validation batch
@@ -15,8 +17,7 @@ class ImageLogger(L.Callback):
     """
 
     def __init__(self, every_n_epochs: int = 10, n_images: int = 32, image_shape: tuple[int, int] = (28, 28)) -> None:
-        if every_n_epochs < 1 or n_images < 1:
-            raise ValueError("every_n_epochs and n_images must be >= 1")
+        validate({"every_n_epochs": integer(1), "n_images": integer(1)}, locals())
         self.every_n_epochs, self.n_images, self.image_shape = every_n_epochs, n_images, image_shape
         self._batch: torch.Tensor | None = None
 

@@ -15,6 +15,7 @@ from torchmetrics.utilities.data import dim_zero_cat, dim_zero_sum
 import estimators
 from estimators import CategoricalEstimator
 from estimators.base import ConfigError
+from estimators.constraints import validate
 
 from .errors import TrainingDiverged
 from .metrics import StepMean
@@ -68,6 +69,9 @@ class EstimatorTask(L.LightningModule):
     monitor: str | None = "val/nelbo"
     #: the metrics shown next to the hyperparameters in TensorBoard's HPARAMS tab.
     hparams_metrics: tuple[str, ...] = ()
+    #: what each constructor argument accepts (:mod:`estimators.constraints`), checked when the task saves
+    #: its hyperparameters.
+    arg_constraints: dict = {}
     #: the seed of the evaluation RNG (validation / test sampling).
     eval_seed: int = 1234
 
@@ -95,9 +99,12 @@ class EstimatorTask(L.LightningModule):
         return optimizer
 
     def save_task_hyperparameters(self) -> None:
-        """``save_hyperparameters`` of the calling ``__init__``, with the estimator recorded by name and
-        hyperparameters (TensorBoard's hparams, ``hparams.yaml``) instead of as a module."""
-        self.save_hyperparameters(ignore=["estimator"], frame=inspect.currentframe().f_back)
+        """Check the calling ``__init__``'s arguments against the class's :attr:`arg_constraints` (a
+        :class:`ConfigError` naming the first bad one), then ``save_hyperparameters`` them, with the estimator
+        recorded by name and hyperparameters (TensorBoard's hparams, ``hparams.yaml``) instead of as a module."""
+        frame = inspect.currentframe().f_back
+        validate(type(self).arg_constraints, frame.f_locals)
+        self.save_hyperparameters(ignore=["estimator"], frame=frame)
         # a second call, so that hparams_initial (what the loggers write) has it too
         self.save_hyperparameters({"estimator": {"name": self.estimator.name, **self.estimator.hparams()}})
 

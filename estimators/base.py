@@ -8,24 +8,12 @@ from typing import ClassVar
 import torch
 from torch import Tensor, nn
 
+from .constraints import ConfigError, boolean, validate
 from .functional import LOW_PRECISION
 
-__all__ = [
-    "CategoricalEstimator", "ConfigError", "NonFiniteLogitsError", "register", "build", "get", "available", "check_int",
-    "check_nonnegative", "check_positive", "check_unit", "is_int", "is_real",
-]
+__all__ = ["CategoricalEstimator", "ConfigError", "NonFiniteLogitsError", "available", "build", "get", "register"]
 
 _REGISTRY: dict[str, type[CategoricalEstimator]] = {}
-
-
-class ConfigError(ValueError):
-    """A value the user chose (a hyperparameter, a config entry, a flag, a file) is invalid.
-
-    The message names the value and how to fix it. This is the one error type that the ``catvae``
-    command reports as a single ``catvae: error: ...`` line with exit status 2; any other exception is
-    a bug and keeps its traceback. It lives here, at the bottom of the import graph, so that every
-    layer (estimators, tasks, data, CLI) raises the same type.
-    """
 
 
 class NonFiniteLogitsError(ValueError):
@@ -57,6 +45,8 @@ class CategoricalEstimator(nn.Module):
 
     #: registry name, set by :func:`register`.
     name: ClassVar[str] = ""
+    #: what each constructor argument accepts (:mod:`estimators.constraints`), checked by ``validate``.
+    arg_constraints: ClassVar[dict] = {"hard": boolean}
     #: ``None``: validate CPU logits only (no device sync); ``True``/``False``: always/never.
     _default_validate_args: ClassVar[bool | None] = None
     #: per-instance override of the class default (``None``: use the default).
@@ -72,9 +62,7 @@ class CategoricalEstimator(nn.Module):
 
     def __init__(self, hard: bool = True) -> None:
         super().__init__()
-        if not isinstance(hard, bool):
-            raise ConfigError(f"hard must be True or False, got {hard!r}")
-        self.hard = hard
+        self.hard = validate(CategoricalEstimator.arg_constraints, {"hard": hard})["hard"]
 
     def forward(self, logits: Tensor, hard: bool | None = None) -> Tensor:
         if not isinstance(logits, Tensor) or not logits.is_floating_point():
@@ -159,41 +147,3 @@ def build(name: str, **kwargs) -> CategoricalEstimator:
 
         params = [p for p in inspect.signature(cls.__init__).parameters if p != "self"]
         raise ConfigError(f"estimator {name!r}: {err}; its parameters are: {', '.join(params)}") from None
-
-
-def is_int(value) -> bool:
-    """An ``int`` that is not a ``bool`` (configs must not pass ``true`` for a count)."""
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
-def is_real(value) -> bool:
-    """An ``int`` or ``float`` that is not a ``bool``."""
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
-
-
-def check_int(name: str, value: int, low: int) -> int:
-    """Validate an integer (not a bool) ``>= low``."""
-    if not is_int(value) or value < low:
-        raise ConfigError(f"{name} must be an integer >= {low}, got {value!r}")
-    return value
-
-
-def check_positive(name: str, value: float) -> float:
-    """Validate a strictly positive finite float (e.g. a temperature)."""
-    if not is_real(value) or not math.isfinite(value) or value <= 0:
-        raise ConfigError(f"{name} must be a finite number > 0, got {value!r}")
-    return float(value)
-
-
-def check_nonnegative(name: str, value: float) -> float:
-    """Validate a finite float ``>= 0`` (e.g. an initialization scale)."""
-    if not is_real(value) or not math.isfinite(value) or value < 0:
-        raise ConfigError(f"{name} must be a finite number >= 0, got {value!r}")
-    return float(value)
-
-
-def check_unit(name: str, value: float) -> float:
-    """Validate a float in the half-open interval (0, 1]."""
-    if not is_real(value) or not (0.0 < value <= 1.0):
-        raise ConfigError(f"{name} must be in (0, 1], got {value!r}")
-    return float(value)

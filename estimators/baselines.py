@@ -5,7 +5,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from .base import CategoricalEstimator, check_positive, register
+from .base import CategoricalEstimator, register
+from .constraints import positive, validate
 from .functional import gumbel_noise, reinmax_grad, sample_one_hot, softmax, straight_through
 
 __all__ = ["StraightThrough", "GumbelSoftmax", "ReinMax"]
@@ -24,9 +25,11 @@ class StraightThrough(CategoricalEstimator):
         hard: return one-hot samples (default) or the relaxed ``softmax(φ/τ)``.
     """
 
+    arg_constraints = {**CategoricalEstimator.arg_constraints, "tau": positive}
+
     def __init__(self, tau: float = 1.0, hard: bool = True) -> None:
         super().__init__(hard=hard)
-        self.tau = check_positive("tau", tau)
+        self.tau = validate(self.arg_constraints, {"tau": tau})["tau"]
 
     def _sample(self, logits: Tensor, hard: bool) -> Tensor:
         soft = softmax(logits / self.tau if self.tau != 1.0 else logits)
@@ -58,9 +61,11 @@ class GumbelSoftmax(CategoricalEstimator):
         hard: Straight-Through Gumbel (default) or the soft Concrete sample.
     """
 
+    arg_constraints = {**CategoricalEstimator.arg_constraints, "tau": positive}
+
     def __init__(self, tau: float = 0.5, hard: bool = True) -> None:
         super().__init__(hard=hard)
-        self.tau = check_positive("tau", tau)
+        self.tau = validate(self.arg_constraints, {"tau": tau})["tau"]
 
     def _sample(self, logits: Tensor, hard: bool) -> Tensor:
         perturbed = logits + gumbel_noise(logits)
@@ -112,9 +117,11 @@ class ReinMax(CategoricalEstimator):
         hard: one-hot samples with the ReinMax gradient (default), or ``softmax(φ/τ)``.
     """
 
+    arg_constraints = {**CategoricalEstimator.arg_constraints, "tau": positive}
+
     def __init__(self, tau: float = 1.0, hard: bool = True) -> None:
         super().__init__(hard=hard)
-        self.tau = check_positive("tau", tau)
+        self.tau = validate(self.arg_constraints, {"tau": tau})["tau"]
 
     def _sample(self, logits: Tensor, hard: bool) -> Tensor:
         if not hard:

@@ -37,7 +37,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from .base import CategoricalEstimator, ConfigError, check_unit, is_int, is_real, register
+from .base import CategoricalEstimator, register
+from .constraints import boolean, integer, interval, one_of, optional, unit_interval, validate
 from .functional import (
     cov_matvec,
     from_k_major,
@@ -79,13 +80,12 @@ class DiffusionSchedule:
     ``steps`` is ordered as the sampler runs: from ``t_{n−1}`` (pure noise) down to ``t₁``.
     """
 
+    arg_constraints = {"n_steps": integer(2), "t_1": optional(unit_interval)}
+
     def __init__(self, n_steps: int, t_1: float | None = None) -> None:
-        if not is_int(n_steps) or n_steps < 2:
-            raise ConfigError(
-                f"n_steps must be an integer >= 2 (the chain makes n_steps−1 denoiser calls), got {n_steps!r}"
-            )
+        args = validate(self.arg_constraints, {"n_steps": n_steps, "t_1": t_1})
         self.n_steps = n_steps
-        self.t_1 = uniform_t_1(n_steps) if t_1 is None else check_unit("t_1", t_1)
+        self.t_1 = uniform_t_1(n_steps) if t_1 is None else args["t_1"]
         tail = torch.linspace(1.0 - self.t_1, ALPHA_END, n_steps - 1, dtype=torch.float64)
         self.alphas = [1.0] + tail.tolist()
         self.sigmas = [1.0 - a for a in self.alphas]
@@ -143,6 +143,10 @@ class DDIMEstimator(CategoricalEstimator):
 
     BASES = ("standard", "fitted")
     LAST_STEPS = ("st", "reinmax")
+    arg_constraints = {
+        **CategoricalEstimator.arg_constraints, **DiffusionSchedule.arg_constraints, "base": one_of(*BASES),
+        "last_step": one_of(*LAST_STEPS), "var_floor": interval(0.0, 0.25, low_open=True), "fused": boolean,
+    }
 
     def __init__(
         self,
@@ -155,15 +159,9 @@ class DDIMEstimator(CategoricalEstimator):
         fused: bool = True,
     ) -> None:
         super().__init__(hard=hard)
+        # var_floor ≤ 1/4: π(1−π) never exceeds 1/4
+        validate(self.arg_constraints, {"base": base, "last_step": last_step, "var_floor": var_floor, "fused": fused})
         self.schedule = DiffusionSchedule(n_steps, t_1)
-        if base not in self.BASES:
-            raise ConfigError(f"base must be one of {self.BASES}, got {base!r}")
-        if last_step not in self.LAST_STEPS:
-            raise ConfigError(f"last_step must be one of {self.LAST_STEPS}, got {last_step!r}")
-        if not is_real(var_floor) or not 0 < var_floor <= 0.25:
-            raise ConfigError(f"var_floor must be in (0, 0.25] (π(1−π) never exceeds 1/4), got {var_floor!r}")
-        if not isinstance(fused, bool):
-            raise ConfigError(f"fused must be True or False, got {fused!r}")
         self.n_steps, self.t_1 = self.schedule.n_steps, self.schedule.t_1
         self.base, self.last_step, self.var_floor, self.fused = base, last_step, float(var_floor), fused
 

@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from estimators.base import ConfigError, check_int, check_positive
+from estimators.constraints import ConfigError, integer, optional, positive, text, validate
 
 from .paths import resolve_file
 from .steps import StepsDataModule
@@ -74,15 +74,14 @@ class GMMDataModule(StepsDataModule):
         steps_per_epoch: optimizer steps between two evaluations of the exact objective.
     """
 
+    arg_constraints = {"n_points": integer(1), "n_components": integer(2), "dim": integer(1), "sigma_0": positive,
+                       "sigma_y": positive, "data_seed": integer(0), "source": optional(text)}
+
     def __init__(self, n_points: int = 500, n_components: int = 20, dim: int = 2, sigma_0: float = 15.0,
                  sigma_y: float = 2.0, data_seed: int = 0, source: str | None = None,
                  steps_per_epoch: int = 100) -> None:
         super().__init__(steps_per_epoch)
-        for name, value, low in (("n_points", n_points, 1), ("n_components", n_components, 2), ("dim", dim, 1),
-                                 ("data_seed", data_seed, 0)):
-            check_int(name, value, low)
-        check_positive("sigma_0", sigma_0)
-        check_positive("sigma_y", sigma_y)
+        validate(self.arg_constraints, locals())
         self.save_hyperparameters()
 
     @property

@@ -7,6 +7,8 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
+from estimators.constraints import integer, validate
+
 __all__ = ["TensorBatches"]
 
 
@@ -34,8 +36,7 @@ class TensorBatches:
         epoch_fn: Callable[[], int] | None = None,
         transform: Callable[[Tensor, torch.Generator], Tensor] | None = None,
     ) -> None:
-        if batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        validate({"batch_size": integer(1)}, {"batch_size": batch_size})
         self.data, self.batch_size, self.shuffle, self.seed = data, batch_size, shuffle, seed
         self.drop_last, self.rank, self.world_size = drop_last, rank, world_size
         self.epoch_fn = epoch_fn or (lambda: 0)

@@ -9,7 +9,7 @@ import lightning as L
 import torch
 from torch import Tensor
 
-from estimators.base import ConfigError, check_int, is_int
+from estimators.constraints import ConfigError, boolean, integer, one_of, optional, text, validate
 
 from .loader import TensorBatches
 from .paths import resolve_data_dir
@@ -72,6 +72,9 @@ class MNISTDataModule(L.LightningDataModule):
 
     #: the data's part of the run directory's experiment name (:func:`catvae.runs.experiment_name`).
     run_name = "mnist"
+    arg_constraints = {"data_dir": optional(text), "batch_size": integer(1), "eval_batch_size": integer(1),
+                       "binarize": one_of("threshold", "dynamic", "none"), "val_size": integer(0, SIZES[True] - 1),
+                       "download": boolean, "seed": integer(0)}
 
     def __init__(
         self,
@@ -85,21 +88,11 @@ class MNISTDataModule(L.LightningDataModule):
         seed: int = 0,
     ) -> None:
         super().__init__()
-        if binarize not in ("threshold", "dynamic", "none"):
-            raise ConfigError(f"binarize must be 'threshold', 'dynamic' or 'none', got {binarize!r}")
-        check_int("batch_size", batch_size, 1)
-        check_int("eval_batch_size", eval_batch_size, 1)
-        if not is_int(val_size) or not 0 <= val_size < SIZES[True]:
-            raise ConfigError(f"val_size must be an integer in [0, {SIZES[True]}), got {val_size!r}")
-        if train_subset is not None and (not is_int(train_subset) or not 1 <= train_subset <= SIZES[True] - val_size):
-            raise ConfigError(f"train_subset must be an integer in [1, {SIZES[True] - val_size}] or null, "
-                              f"got {train_subset!r}")
+        validate(self.arg_constraints, locals())
+        validate({"train_subset": optional(integer(1, SIZES[True] - val_size))}, {"train_subset": train_subset})
         if train_subset is not None and train_subset < batch_size:
             raise ConfigError(f"train_subset ({train_subset}) is smaller than batch_size ({batch_size}): not one full "
                               "training batch (the last partial batch is dropped); raise train_subset or lower batch_size")
-        if not isinstance(download, bool):
-            raise ConfigError(f"download must be true or false, got {download!r}")
-        check_int("seed", seed, 0)
         self.save_hyperparameters()
         self.root = resolve_data_dir(data_dir)
         self.batch_size, self.eval_batch_size = batch_size, eval_batch_size

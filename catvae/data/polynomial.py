@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from estimators.base import ConfigError, check_int, is_real
+from estimators.constraints import integer, interval, validate
 
 from .steps import StepsDataModule
 
@@ -29,12 +29,12 @@ class PolynomialDataModule(StepsDataModule):
     """
 
     run_name = "polynomial"
+    # c < 1/2: the optimum is then all mass on e_1
+    arg_constraints = {"length": integer(1), "c": interval(0.0, 0.5, low_open=True, high_open=True)}
 
     def __init__(self, length: int = 128, c: float = 0.45, steps_per_epoch: int = 100) -> None:
         super().__init__(steps_per_epoch)
-        check_int("length", length, 1)
-        if not is_real(c) or not 0 < c < 0.5:
-            raise ConfigError(f"c must be in (0, 0.5) (the optimum is then all mass on e_1), got {c!r}")
+        validate(self.arg_constraints, locals())
         self.save_hyperparameters()
         self.length, self.c = length, float(c)
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import lightning as L
 import torch
 
-from estimators.base import check_int
+from estimators.constraints import integer, validate
 
 from .loader import TensorBatches
 
@@ -31,10 +31,12 @@ class StepsDataModule(L.LightningDataModule):
 
     #: a short name of the problem, the first part of the run directory's experiment name.
     run_name: str = "steps"
+    #: what each constructor argument accepts (:mod:`estimators.constraints`).
+    arg_constraints: dict = {"steps_per_epoch": integer(1)}
 
     def __init__(self, steps_per_epoch: int = 100) -> None:
         super().__init__()
-        check_int("steps_per_epoch", steps_per_epoch, 1)
+        validate(StepsDataModule.arg_constraints, {"steps_per_epoch": steps_per_epoch})
         self.steps_per_epoch = steps_per_epoch
         self._problem = None
 

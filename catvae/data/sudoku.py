@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
-from estimators.base import ConfigError, check_int, is_int
+from estimators.constraints import ConfigError, integer, optional, text, validate
 
 from .paths import resolve_file
 from .steps import StepsDataModule
@@ -47,6 +47,8 @@ GROUP_NAMES = [f"row {k + 1}" for k in range(9)] + [f"column {k + 1}" for k in r
     f"block {k + 1}" for k in range(9)
 ]
 ALL = (1 << 9) - 1
+#: clues of a generated puzzle: no puzzle with a unique solution has fewer than 17
+CLUES = integer(17, 81)
 POPCOUNT = [bin(m).count("1") for m in range(1 << 9)]
 
 
@@ -214,9 +216,7 @@ def generate_puzzles(n: int, n_clues: int = 30, seed: int = 0, max_tries: int = 
     Greedy removal reliably reaches about 25 clues; fewer may need many tries (``ConfigError`` after
     ``max_tries`` grids per puzzle).
     """
-    if not is_int(n_clues) or not 17 <= n_clues <= 81:
-        raise ConfigError(f"n_clues must be an integer in [17, 81] (no unique puzzle has fewer than 17), got {n_clues!r}")
-    check_int("the number of puzzles", n, 1)
+    validate({"n": integer(1), "n_clues": CLUES}, {"n": n, "n_clues": n_clues})
     rng = random.Random(seed)
     puzzles, solutions = [], []
     for k in range(n):
@@ -269,16 +269,13 @@ class SudokuDataModule(StepsDataModule):
         steps_per_epoch: optimizer steps between two evaluations.
     """
 
+    arg_constraints = {"source": optional(text), "n_puzzles": optional(integer(1)), "offset": integer(0),
+                       "n_clues": CLUES, "generator_seed": integer(0)}
+
     def __init__(self, source: str | None = None, n_puzzles: int | None = 100, offset: int = 0, n_clues: int = 30,
                  generator_seed: int = 0, steps_per_epoch: int = 100) -> None:
         super().__init__(steps_per_epoch)
-        if n_puzzles is not None and (not is_int(n_puzzles) or n_puzzles < 1):
-            raise ConfigError(f"n_puzzles must be an integer >= 1 or null, got {n_puzzles!r}")
-        check_int("offset", offset, 0)
-        check_int("generator_seed", generator_seed, 0)
-        if source is None and (not is_int(n_clues) or not 17 <= n_clues <= 81):
-            raise ConfigError(f"n_clues must be an integer in [17, 81] (no unique puzzle has fewer than 17), "
-                              f"got {n_clues!r}")
+        validate(self.arg_constraints, locals())
         self.save_hyperparameters()
 
     @property

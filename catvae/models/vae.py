@@ -10,7 +10,8 @@ from torch import Tensor, nn
 from torchmetrics import MeanMetric, SumMetric
 
 from callbacks import ImageLogger
-from estimators.base import ConfigError, check_int, check_positive
+from estimators.base import ConfigError
+from estimators.constraints import boolean, integer, one_of, positive, sizes
 from estimators.functional import LOW_PRECISION, log_softmax, sample_one_hot, softmax
 
 from ..core import EstimatorSpec, EstimatorTask
@@ -20,10 +21,6 @@ from ..metrics import StepMean
 __all__ = ["CategoricalVAE", "bernoulli_nll", "mlp"]
 
 ACTIVATIONS = {"leaky_relu": nn.LeakyReLU, "relu": nn.ReLU, "elu": nn.ELU, "tanh": nn.Tanh, "gelu": nn.GELU}
-
-
-def _is_size(value) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool) and value >= 1
 
 
 def mlp(sizes: Sequence[int], activation: str) -> nn.Sequential:
@@ -108,6 +105,12 @@ class CategoricalVAE(EstimatorTask):
     """
 
     hparams_metrics = ("train/loss_epoch", "train/nelbo_exact", "val/nelbo", "test/nelbo", "test/log_likelihood")
+    arg_constraints = {
+        "latent_dim": integer(1), "n_categories": integer(2), "encoder_hidden": sizes, "decoder_hidden": sizes,
+        "activation": one_of(*sorted(ACTIVATIONS)), "lr": positive, "exact_nelbo_every_n_steps": integer(0),
+        "n_importance_samples": integer(1), "importance_chunk": integer(1), "image_size": integer(1),
+        "fast_step": boolean,
+    }
 
     @property
     def run_name(self) -> str:
@@ -129,21 +132,7 @@ class CategoricalVAE(EstimatorTask):
         fast_step: bool = False,
     ) -> None:
         super().__init__(estimator)
-        check_int("latent_dim (L)", latent_dim, 1)
-        check_int("n_categories (K)", n_categories, 2)
-        for name, sizes in (("encoder_hidden", encoder_hidden), ("decoder_hidden", decoder_hidden)):
-            if isinstance(sizes, (str, bytes)) or not all(_is_size(h) for h in sizes):
-                raise ConfigError(f"{name} must be a list of layer sizes >= 1 (e.g. [512, 256]), got {sizes!r}")
-        if activation not in ACTIVATIONS:
-            raise ConfigError(f"activation must be one of {sorted(ACTIVATIONS)}, got {activation!r}")
-        check_positive("lr", lr)
-        check_int("exact_nelbo_every_n_steps (0: off)", exact_nelbo_every_n_steps, 0)
-        check_int("n_importance_samples", n_importance_samples, 1)
-        check_int("importance_chunk", importance_chunk, 1)
-        check_int("image_size", image_size, 1)
-        if not isinstance(fast_step, bool):
-            raise ConfigError(f"fast_step must be true or false, got {fast_step!r}")
-        self.save_task_hyperparameters()
+        self.save_task_hyperparameters()  # checks arg_constraints
         self.L, self.K = latent_dim, n_categories
         self.encoder = mlp([image_size, *encoder_hidden, latent_dim * n_categories], activation)
         self.decoder = mlp([latent_dim * n_categories, *decoder_hidden, image_size], activation)

@@ -24,7 +24,7 @@ import math
 import torch
 from torch import Tensor
 
-from estimators.base import check_int, check_nonnegative, check_positive
+from estimators.constraints import integer, nonnegative, positive
 
 from ..core import EstimatorSpec
 from ..data.gmm import GMMProblem
@@ -70,6 +70,8 @@ class GMMTask(BenchmarkTask):
     hparams_metrics = ("train/nelbo_epoch", "train/nelbo_window_mean", "val/nelbo", "val/accuracy")
 
     problem_type = GMMProblem
+    arg_constraints = {"lr": positive, "samples_per_step": integer(1), "init_logit_std": nonnegative,
+                       "window": integer(1)}
 
     def __init__(
         self,
@@ -80,11 +82,7 @@ class GMMTask(BenchmarkTask):
         window: int = 100,
     ) -> None:
         super().__init__(estimator)
-        check_int("samples_per_step", samples_per_step, 1)
-        check_int("window", window, 1)
-        check_positive("lr", lr)
-        check_nonnegative("init_logit_std", init_logit_std)
-        self.save_task_hyperparameters()
+        self.save_task_hyperparameters()  # checks arg_constraints
         self.declare("theta", "means")
         self.register_buffer("_window", torch.zeros(window))
         self.register_buffer("_window_count", torch.zeros((), dtype=torch.long))

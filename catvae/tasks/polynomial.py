@@ -16,12 +16,10 @@ the optimum are the same but the estimators see another landscape (paper App. D.
 
 from __future__ import annotations
 
-import math
-
 import torch
 from torch import Tensor
 
-from estimators.base import ConfigError, check_int, check_nonnegative, check_positive, is_real
+from estimators.constraints import integer, nonnegative, one_of, positive, real
 
 from ..core import EstimatorSpec
 from ..data.polynomial import PolynomialProblem
@@ -55,6 +53,8 @@ class PolynomialTask(BenchmarkTask):
     monitor = "val/objective"
     hparams_metrics = ("train/loss_epoch", "val/objective", "val/gap")
     problem_type = PolynomialProblem
+    arg_constraints = {"p": real(1.0), "samples_per_step": integer(1), "lr": positive,
+                       "relaxation": one_of(*RELAXATIONS), "init_std": nonnegative}
 
     def __init__(
         self,
@@ -66,14 +66,7 @@ class PolynomialTask(BenchmarkTask):
         init_std: float = 0.0,
     ) -> None:
         super().__init__(estimator)
-        if not is_real(p) or not math.isfinite(p) or p < 1:
-            raise ConfigError(f"p must be a finite number >= 1, got {p!r}")
-        check_int("samples_per_step", samples_per_step, 1)
-        check_positive("lr", lr)
-        if relaxation not in RELAXATIONS:
-            raise ConfigError(f"relaxation must be one of {RELAXATIONS}, got {relaxation!r}")
-        check_nonnegative("init_std", init_std)
-        self.save_task_hyperparameters()
+        self.save_task_hyperparameters()  # checks arg_constraints
         self.p = float(p)
         self.declare("theta")
 

@@ -18,7 +18,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from estimators.base import check_int, check_nonnegative, check_positive
+from estimators.constraints import integer, nonnegative, positive
 
 from ..core import EstimatorSpec
 from ..data.sudoku import SudokuProblem, membership, violations
@@ -51,6 +51,7 @@ class SudokuTask(BenchmarkTask):
     hparams_metrics = ("train/loss_epoch", "val/objective", "val/solved")
 
     problem_type = SudokuProblem
+    arg_constraints = {"lr": positive, "samples_per_step": integer(1), "init_std": nonnegative}
 
     def __init__(
         self,
@@ -60,10 +61,7 @@ class SudokuTask(BenchmarkTask):
         init_std: float = 0.0,
     ) -> None:
         super().__init__(estimator)
-        check_int("samples_per_step", samples_per_step, 1)
-        check_positive("lr", lr)
-        check_nonnegative("init_std", init_std)
-        self.save_task_hyperparameters()
+        self.save_task_hyperparameters()  # checks arg_constraints
         self.register_buffer("groups", membership(), persistent=False)
         self.declare("theta")
 
