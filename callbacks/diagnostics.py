@@ -30,6 +30,7 @@ from torch import Tensor, nn
 from estimators import exact
 from estimators.constraints import ConfigError, integer, validate
 from estimators.functional import sample_one_hot
+from estimators.rng import seeded
 
 __all__ = ["GradientDiagnostics", "gradient_diagnostics", "reference_gradient", "vae_objective"]
 
@@ -122,25 +123,23 @@ def gradient_diagnostics(estimator: nn.Module, logits: Tensor, f: Objective,
 
     ref, kind = reference_gradient(logits, f, inputs, reference, max_configs, reference_samples)
     ref = flat(ref)
-    draws = [[] for _ in names]
+    moments = [exact.Moments() for _ in names]
+    cosines = [0.0 for _ in names]
     for _ in range(n_draws):
         z = estimator(logits)
-        for d, g in zip(draws, flat(_grads(f(z[None]).mean(), inputs))):
-            d.append(g)
+        for i, (g, ref_g) in enumerate(zip(flat(_grads(f(z[None]).mean(), inputs)), ref)):
+            moments[i].add(g[None])
+            cosines[i] += nn.functional.cosine_similarity(g, ref_g, dim=0, eps=1e-30).item() / n_draws
     stats = {}
-    for name, g, d in zip(names, ref, draws):
-        d = torch.stack(d)  # [M, P]
-        mean = d.mean(0)
+    for name, g, m, cos in zip(names, ref, moments, cosines):
         norm = g.norm().clamp_min(1e-30)
-        var = d.var(0, unbiased=True).sum() if n_draws > 1 else torch.zeros(())
-        rel_std = (var.sqrt() / norm).item()
-        cos = nn.functional.cosine_similarity(d, g.expand_as(d), dim=-1, eps=1e-30)
+        rel_std = (m.var().sum().sqrt() / norm).item()
         stats[name] = {
-            "rel_bias": ((mean - g).norm() / norm).item(),
+            "rel_bias": ((m.mean - g).norm() / norm).item(),
             "rel_std": rel_std,
             "noise_floor": rel_std / math.sqrt(n_draws),
-            "cos": cos.mean().item(),
-            "cos_mean": nn.functional.cosine_similarity(mean, g, dim=0, eps=1e-30).item(),
+            "cos": cos,
+            "cos_mean": nn.functional.cosine_similarity(m.mean, g, dim=0, eps=1e-30).item(),
         }
     return stats, kind
 
@@ -190,9 +189,7 @@ class GradientDiagnostics(L.Callback):
         raise TypeError(f"{type(module).__name__} has no diagnostic_objective(batch) -> (logits, f)")
 
     def diagnose(self, module: nn.Module, batch) -> dict[str, float]:
-        devices = [module.device] if getattr(module, "device", torch.device("cpu")).type == "cuda" else []
-        with torch.random.fork_rng(devices=devices), torch.enable_grad():
-            torch.manual_seed(self.seed)
+        with seeded(self.seed, getattr(module, "device", None)), torch.enable_grad():
             logits, f = self._objective(module, batch)
             stats, kind = gradient_diagnostics(module.estimator, logits, f, self._groups(module), self.n_draws,
                                                "auto", self.max_configs, self.reference_samples)

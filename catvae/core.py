@@ -16,6 +16,7 @@ import estimators
 from estimators import CategoricalEstimator
 from estimators.base import ConfigError
 from estimators.constraints import validate
+from estimators.rng import seeded
 
 from .errors import TrainingDiverged
 from .metrics import StepMean
@@ -112,9 +113,7 @@ class EstimatorTask(L.LightningModule):
     @contextlib.contextmanager
     def eval_rng(self, offset: int = 0):
         """Fork the global RNG (CPU, and this module's CUDA device) and seed it for evaluation."""
-        devices = [self.device] if self.device.type == "cuda" else []
-        with torch.random.fork_rng(devices=devices):
-            torch.manual_seed(self.eval_seed + offset)
+        with seeded(self.eval_seed + offset, self.device):
             yield
 
     @classmethod

@@ -12,8 +12,26 @@ from .functional import gumbel_noise, reinmax_grad, sample_one_hot, softmax, str
 __all__ = ["StraightThrough", "GumbelSoftmax", "ReinMax"]
 
 
+class _ExactWithTemperature(CategoricalEstimator):
+    """What the three baselines share: a temperature ``tau > 0`` and, when hard, an exact draw from
+    ``softmax(φ)`` as the value (``exact_draws``)."""
+
+    arg_constraints = {**CategoricalEstimator.arg_constraints, "tau": positive}
+
+    def __init__(self, tau: float, hard: bool = True) -> None:
+        super().__init__(hard=hard)
+        self.tau = validate(self.arg_constraints, {"tau": tau})["tau"]
+
+    @property
+    def exact_draws(self) -> bool:
+        return self.hard
+
+    def hparams(self) -> dict:
+        return {"tau": self.tau, **super().hparams()}
+
+
 @register("st")
-class StraightThrough(CategoricalEstimator):
+class StraightThrough(_ExactWithTemperature):
     r"""Hard Straight-Through (paper eq. 4).
 
     Value: ``X ~ Categorical(softmax(φ))`` (exact draw). Gradient: that of ``softmax(φ/τ)``, i.e.
@@ -25,11 +43,8 @@ class StraightThrough(CategoricalEstimator):
         hard: return one-hot samples (default) or the relaxed ``softmax(φ/τ)``.
     """
 
-    arg_constraints = {**CategoricalEstimator.arg_constraints, "tau": positive}
-
     def __init__(self, tau: float = 1.0, hard: bool = True) -> None:
-        super().__init__(hard=hard)
-        self.tau = validate(self.arg_constraints, {"tau": tau})["tau"]
+        super().__init__(tau=tau, hard=hard)
 
     def _sample(self, logits: Tensor, hard: bool) -> Tensor:
         soft = softmax(logits / self.tau if self.tau != 1.0 else logits)
@@ -39,16 +54,10 @@ class StraightThrough(CategoricalEstimator):
             sample = sample_one_hot(soft if self.tau == 1.0 else softmax(logits))
         return straight_through(sample, soft)
 
-    @property
-    def exact_draws(self) -> bool:
-        return self.hard
-
-    def hparams(self) -> dict:
-        return {"tau": self.tau, **super().hparams()}
 
 
 @register("gumbel")
-class GumbelSoftmax(CategoricalEstimator):
+class GumbelSoftmax(_ExactWithTemperature):
     r"""Gumbel-Softmax / Concrete relaxation (§2), with Straight-Through when hard.
 
     ``Y = softmax((φ + G)/τ)`` with i.i.d. ``G ~ Gumbel(0, 1)``. ``hard=False`` returns ``Y`` (the
@@ -61,11 +70,8 @@ class GumbelSoftmax(CategoricalEstimator):
         hard: Straight-Through Gumbel (default) or the soft Concrete sample.
     """
 
-    arg_constraints = {**CategoricalEstimator.arg_constraints, "tau": positive}
-
     def __init__(self, tau: float = 0.5, hard: bool = True) -> None:
-        super().__init__(hard=hard)
-        self.tau = validate(self.arg_constraints, {"tau": tau})["tau"]
+        super().__init__(tau=tau, hard=hard)
 
     def _sample(self, logits: Tensor, hard: bool) -> Tensor:
         perturbed = logits + gumbel_noise(logits)
@@ -76,12 +82,6 @@ class GumbelSoftmax(CategoricalEstimator):
         sample = torch.zeros_like(logits).scatter_(-1, index, 1.0)
         return straight_through(sample, soft)
 
-    @property
-    def exact_draws(self) -> bool:
-        return self.hard
-
-    def hparams(self) -> dict:
-        return {"tau": self.tau, **super().hparams()}
 
 
 class _ReinMaxFunction(torch.autograd.Function):
@@ -102,7 +102,7 @@ class _ReinMaxFunction(torch.autograd.Function):
 
 
 @register("reinmax")
-class ReinMax(CategoricalEstimator):
+class ReinMax(_ExactWithTemperature):
     r"""ReinMax (Liu et al., 2023), paper eq. (5) and App. B.
 
     Value: ``X ~ Categorical(softmax(φ))`` (``τ`` does not change the sample). Gradient, with
@@ -117,20 +117,11 @@ class ReinMax(CategoricalEstimator):
         hard: one-hot samples with the ReinMax gradient (default), or ``softmax(φ/τ)``.
     """
 
-    arg_constraints = {**CategoricalEstimator.arg_constraints, "tau": positive}
-
     def __init__(self, tau: float = 1.0, hard: bool = True) -> None:
-        super().__init__(hard=hard)
-        self.tau = validate(self.arg_constraints, {"tau": tau})["tau"]
+        super().__init__(tau=tau, hard=hard)
 
     def _sample(self, logits: Tensor, hard: bool) -> Tensor:
         if not hard:
             return softmax(logits / self.tau)
         return _ReinMaxFunction.apply(logits, self.tau)
 
-    @property
-    def exact_draws(self) -> bool:
-        return self.hard
-
-    def hparams(self) -> dict:
-        return {"tau": self.tau, **super().hparams()}

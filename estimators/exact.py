@@ -11,7 +11,8 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
-__all__ = ["MAX_CONFIGS", "configurations", "log_prob", "expectation", "gradient", "estimator_mean_gradient"]
+__all__ = ["MAX_CONFIGS", "Moments", "configurations", "estimator_mean_gradient", "expectation", "gradient",
+           "log_prob"]
 
 #: largest ``K^L`` these helpers accept (memory: MAX_CONFIGS × L × K values).
 MAX_CONFIGS = 2**20
@@ -50,24 +51,40 @@ def gradient(f: Callable[[Tensor], Tensor], logits: Tensor) -> Tensor:
     return grad
 
 
+class Moments:
+    """Running mean and variance of Monte-Carlo draws of a tensor (sums of values and of squares, in the
+    draws' dtype): ``add`` a batch of draws ``[m, ...]``, read ``mean`` and ``var`` (``ddof=1``: unbiased)."""
+
+    def __init__(self) -> None:
+        self.n, self.total, self.total_sq = 0, None, None
+
+    def add(self, draws: Tensor) -> None:
+        total, total_sq = draws.sum(0), (draws * draws).sum(0)
+        self.total = total if self.total is None else self.total + total
+        self.total_sq = total_sq if self.total_sq is None else self.total_sq + total_sq
+        self.n += len(draws)
+
+    @property
+    def mean(self) -> Tensor:
+        return self.total / self.n
+
+    def var(self, ddof: int = 1) -> Tensor:
+        """``(Σx² − n·mean²)/(n − ddof)``, clamped at 0 against rounding."""
+        return ((self.total_sq - self.n * self.mean**2) / max(self.n - ddof, 1)).clamp_min(0)
+
+
 def estimator_mean_gradient(estimator, f: Callable[[Tensor], Tensor], logits: Tensor, n_samples: int,
                             chunk: int = 65536) -> tuple[Tensor, Tensor]:
     """Monte-Carlo mean and per-draw standard deviation of an estimator's gradient.
 
     Draws ``n_samples`` independent estimates ``∇_φ f(estimator(φ))`` (batched in chunks) and returns
-    ``(mean [L, K], std [L, K])``.
+    ``(mean [L, K], std [L, K])`` (the population standard deviation of the draws).
     """
     L, K = logits.shape
-    total = torch.zeros_like(logits)
-    total_sq = torch.zeros_like(logits)
-    done = 0
-    while done < n_samples:
-        m = min(chunk, n_samples - done)
+    moments = Moments()
+    while moments.n < n_samples:
+        m = min(chunk, n_samples - moments.n)
         phi = logits.detach().expand(m, L, K).clone().requires_grad_(True)
         (g,) = torch.autograd.grad(f(estimator(phi)).sum(), phi)
-        total += g.sum(0)
-        total_sq += (g * g).sum(0)
-        done += m
-    mean = total / n_samples
-    var = (total_sq / n_samples - mean * mean).clamp_min(0)
-    return mean, var.sqrt()
+        moments.add(g)
+    return moments.mean, moments.var(ddof=0).sqrt()

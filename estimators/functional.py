@@ -125,15 +125,20 @@ def cov_matvec(probs: Tensor, g: Tensor, dim: int = -1, out: Tensor | None = Non
     return out.addcmul_(probs, rowsum(out, dim), value=-1.0)
 
 
-def reinmax_grad(g: Tensor, probs: Tensor, sample: Tensor, probs_tau: Tensor | None = None) -> Tensor:
+def reinmax_grad(g: Tensor, probs: Tensor, sample: Tensor, probs_tau: Tensor | None = None, dim: int = -1,
+                 cov_g: Tensor | None = None, center: bool = True) -> Tensor:
     """ReinMax gradient with respect to the logits, given the upstream gradient ``g`` at ``sample``.
 
     With ``m = ½(π_τ + X)`` (the mixture ``π(·|X)`` of App. B.1, eq. 36, with ``π`` tempered),
-    ``∇φ = 2 Cov_m g − ½ Cov_π g`` minus its row mean, as in the authors' ``reinmax`` package.
-    At ``τ = 1`` (``probs_tau`` is ``None`` or ``probs``), Lemma B.3 turns this into paper eq. (5)/(37):
-    ``½ {Cov_π(X) + (X − π)(X − π)ᵀ} g``.
+    ``∇φ = 2 Cov_m g − ½ Cov_π g``, as in the authors' ``reinmax`` package; ``2 Cov_m g`` is computed as
+    ``(π_τ + X) ⊙ (g − ½⟨π_τ + X, g⟩)``. At ``τ = 1`` (``probs_tau`` is ``None`` or ``probs``), Lemma B.3
+    turns this into paper eq. (5)/(37): ``½ {Cov_π(X) + (X − π)(X − π)ᵀ} g``.
+
+    ``dim`` is the category dimension; ``cov_g`` is ``Cov_π g`` when the caller has it already (the fused
+    ReDGE-Max backward, whose path through ``x`` needs it too); ``center`` removes the row mean: both
+    terms sum to zero over ``K``, and centering keeps that exact in floating point.
     """
-    mixture = 0.5 * ((probs if probs_tau is None else probs_tau) + sample)
-    grad = 2.0 * cov_matvec(mixture, g) - 0.5 * cov_matvec(probs, g)
-    # Both terms already sum to zero over K; removing the mean keeps that exact in floating point.
-    return grad - grad.mean(dim=-1, keepdim=True)
+    mix = (probs if probs_tau is None else probs_tau) + sample  # 2m
+    grad = torch.sub(g, rowsum(mix * g, dim), alpha=0.5).mul_(mix)  # 2 Cov_m g
+    grad.sub_(cov_matvec(probs, g, dim) if cov_g is None else cov_g, alpha=0.5)
+    return grad - grad.mean(dim=dim, keepdim=True) if center else grad

@@ -43,7 +43,7 @@ from .functional import (
     cov_matvec,
     from_k_major,
     k_major,
-    rowsum,
+    reinmax_grad,
     sample_one_hot,
     softmax,
     straight_through,
@@ -285,14 +285,8 @@ class _FusedDDIM(torch.autograd.Function):
         # Last step (t₁): the path through x (Cov_π g, eq. 15) and the direct path to φ.
         x0 = probs[-1]
         u = cov_matvec(x0, grad, dim)  # Cov_π g
-        if reinmax:  # eq. (36): 2 Cov_m g − ½ Cov_π g, m = ½(π + X), written with p + X = 2m
-            mix = x0 + saved[-1]
-            dz_phi = rowsum(mix * grad, dim)
-            dz_phi = torch.sub(grad, dz_phi, alpha=0.5)
-            dz_phi.mul_(mix)
-            dz_phi.sub_(u, alpha=0.5)
-        else:
-            dz_phi = u
+        # the direct path to φ: ReinMax (eq. 36) for ReDGE-Max, else the path's own Cov_π g
+        dz_phi = reinmax_grad(grad, x0, saved[-1], dim=dim, cov_g=u, center=False) if reinmax else u
         # Gradients are accumulated for the logits z_i of each denoiser call. The gradient with
         # respect to the state x_i is kept as scale · D (a running scalar times a tensor), so that
         # the DDIM move x_{i+1} = a_i q_i + b_i x_i costs one fused update per step.

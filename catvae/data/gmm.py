@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from estimators.constraints import ConfigError, integer, optional, positive, text, validate
+from estimators.constraints import ConfigError, integer, optional, positive, text
 
 from .paths import resolve_file
 from .steps import StepsDataModule
@@ -81,13 +81,11 @@ class GMMDataModule(StepsDataModule):
                  sigma_y: float = 2.0, data_seed: int = 0, source: str | None = None,
                  steps_per_epoch: int = 100) -> None:
         super().__init__(steps_per_epoch)
-        validate(self.arg_constraints, locals())
-        self.save_hyperparameters()
+        self.save_arguments()
 
     @property
     def run_name(self) -> str:
-        hp = self.hparams
-        return f"gmm_{Path(hp.source).stem}" if hp.source else f"gmm_k{hp.n_components}_n{hp.n_points}"
+        return self.source_name("gmm", f"k{self.hparams.n_components}_n{self.hparams.n_points}")
 
     def make_problem(self) -> GMMProblem:
         hp = self.hparams

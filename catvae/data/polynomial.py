@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from estimators.constraints import integer, interval, validate
+from estimators.constraints import integer, interval
 
 from .steps import StepsDataModule
 
@@ -34,8 +34,7 @@ class PolynomialDataModule(StepsDataModule):
 
     def __init__(self, length: int = 128, c: float = 0.45, steps_per_epoch: int = 100) -> None:
         super().__init__(steps_per_epoch)
-        validate(self.arg_constraints, locals())
-        self.save_hyperparameters()
+        self.save_arguments()
         self.length, self.c = length, float(c)
 
     def make_problem(self) -> PolynomialProblem:

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import inspect
+from pathlib import Path
+
 import lightning as L
 import torch
 
@@ -39,6 +42,18 @@ class StepsDataModule(L.LightningDataModule):
         validate(StepsDataModule.arg_constraints, {"steps_per_epoch": steps_per_epoch})
         self.steps_per_epoch = steps_per_epoch
         self._problem = None
+
+    def save_arguments(self) -> None:
+        """Check the calling ``__init__``'s arguments against :attr:`arg_constraints`, then save them as the
+        hyperparameters (what the run's ``hparams.yaml`` records)."""
+        frame = inspect.currentframe().f_back
+        validate(type(self).arg_constraints, frame.f_locals)
+        self.save_hyperparameters(frame=frame)
+
+    def source_name(self, prefix: str, generated: str) -> str:
+        """``<prefix>_<file stem>`` for a problem read from ``hparams.source``, else ``<prefix>_<generated>``."""
+        source = self.hparams.get("source")
+        return f"{prefix}_{Path(source).stem}" if source else f"{prefix}_{generated}"
 
     def make_problem(self):
         """The problem instance (built once); none for the base class."""

@@ -12,7 +12,6 @@ import csv
 import os
 import random
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 from torch import Tensor, nn
@@ -275,13 +274,11 @@ class SudokuDataModule(StepsDataModule):
     def __init__(self, source: str | None = None, n_puzzles: int | None = 100, offset: int = 0, n_clues: int = 30,
                  generator_seed: int = 0, steps_per_epoch: int = 100) -> None:
         super().__init__(steps_per_epoch)
-        validate(self.arg_constraints, locals())
-        self.save_hyperparameters()
+        self.save_arguments()
 
     @property
     def run_name(self) -> str:
-        hp = self.hparams
-        return f"sudoku_{Path(hp.source).stem}" if hp.source else f"sudoku_gen{hp.n_clues}"
+        return self.source_name("sudoku", f"gen{self.hparams.n_clues}")
 
     def make_problem(self) -> SudokuProblem:
         hp = self.hparams
