@@ -11,6 +11,7 @@ import statistics
 import sys
 import time
 
+import lightning as L
 import torch
 
 import estimators
@@ -36,12 +37,12 @@ def _setting(est) -> str:
 def _shape(text: str) -> tuple[int, int]:
     """``"48x2"`` -> ``(48, 2)``."""
     try:
-        L, K = (int(v) for v in text.lower().split("x"))
+        latent_dim, n_categories = (int(v) for v in text.lower().split("x"))
     except ValueError:
         raise ConfigError(f"latent shape {text!r} is not LxK (e.g. 48x2)") from None
-    if L < 1 or K < 2:
+    if latent_dim < 1 or n_categories < 2:
         raise ConfigError(f"latent shape {text!r}: need L >= 1 and K >= 2")
-    return L, K
+    return latent_dim, n_categories
 
 
 def _interleaved(calls: dict[str, object], rounds: int, inner: int, device: torch.device) -> dict[str, list[float]]:
@@ -104,9 +105,9 @@ def bench_estimators(args: argparse.Namespace) -> None:
         if args.unfused and "fused" in est.hparams():  # the ReDGE family: also its plain-autograd transcription
             ests[name + " unfused"] = (_setting(est), estimators.build(name, fused=False))
     cells: dict[str, list[str]] = {label: [] for label in ests}
-    for L, K in shapes:
-        logits = torch.randn(args.batch, L, K, device=device, requires_grad=True)
-        weight = torch.randn(args.batch, L, K, device=device)
+    for latent_dim, n_categories in shapes:
+        logits = torch.randn(args.batch, latent_dim, n_categories, device=device, requires_grad=True)
+        weight = torch.randn(args.batch, latent_dim, n_categories, device=device)
 
         calls = {label: functools.partial(_forward_backward, est, logits, weight) for label, (_, est) in ests.items()}
         _interleaved(calls, 1, max(3, args.inner // 4), device)  # warm-up
@@ -114,7 +115,7 @@ def bench_estimators(args: argparse.Namespace) -> None:
         for label in ests:
             t = statistics.median(times[label])
             cells[label].append(f"{t * 1e6:9.0f} us ({_paired_ratio(times[label], times['gumbel']):4.2f}x)")
-    header = f"{'estimator':<22}{'settings':<22}" + "".join(f"{f'L={L},K={K}':>24}" for L, K in shapes)
+    header = f"{'estimator':<22}{'settings':<22}" + "".join(f"{f'L={lat},K={cat}':>24}" for lat, cat in shapes)
     print(header)
     print("-" * len(header))
     for label, (setting, _) in ests.items():
@@ -172,7 +173,7 @@ class _StepTimer:
         return (window[-1] - window[0]) / (len(window) - 1)
 
 
-def reference_loop(estimator, L: int, K: int, steps: int, warmup: int, device: torch.device, root) -> float:
+def reference_loop(estimator, latent_dim: int, n_categories: int, steps: int, warmup: int, device: torch.device, root) -> float:
     """The authors' style of loop: torchvision MNIST with per-item transforms through a DataLoader,
     a plain Python optimization loop. Returns the median seconds per steady-state step."""
     from torchvision import transforms
@@ -181,8 +182,8 @@ def reference_loop(estimator, L: int, K: int, steps: int, warmup: int, device: t
     transform = transforms.Compose([transforms.ToTensor(), transforms.Lambda(lambda x: (x > 0.5).float().view(-1))])
     loader = torch.utils.data.DataLoader(MNIST(str(root), train=True, transform=transform), batch_size=200,
                                          shuffle=True, drop_last=True)
-    enc = mlp([784, 512, 256, L * K], "leaky_relu").to(device)
-    dec = mlp([L * K, 256, 512, 784], "leaky_relu").to(device)
+    enc = mlp([784, 512, 256, latent_dim * n_categories], "leaky_relu").to(device)
+    dec = mlp([latent_dim * n_categories, 256, 512, 784], "leaky_relu").to(device)
     opt = torch.optim.Adam([*enc.parameters(), *dec.parameters()], lr=5e-4)
     timer = _StepTimer(device, warmup, steps)
     for i, (x, _) in enumerate(loader):
@@ -190,10 +191,10 @@ def reference_loop(estimator, L: int, K: int, steps: int, warmup: int, device: t
         if i == steps + warmup:
             break
         x = x.to(device)
-        logits = enc(x).view(-1, L, K)
+        logits = enc(x).view(-1, latent_dim, n_categories)
         z = estimator(logits)
         log_q = torch.log_softmax(logits, -1)
-        kl = (log_q.exp() * (log_q + math.log(K))).sum((-1, -2))
+        kl = (log_q.exp() * (log_q + math.log(n_categories))).sum((-1, -2))
         rec = torch.nn.functional.binary_cross_entropy_with_logits(dec(z.flatten(-2)), x, reduction="none").sum(-1)
         loss = (rec + kl).mean()
         opt.zero_grad()
@@ -203,20 +204,19 @@ def reference_loop(estimator, L: int, K: int, steps: int, warmup: int, device: t
     return timer.per_step()
 
 
-def catvae_loop(estimator, L: int, K: int, steps: int, warmup: int, device: torch.device, root, logdir,
+def catvae_loop(estimator, latent_dim: int, n_categories: int, steps: int, warmup: int, device: torch.device, root, logdir,
                 fast_step: bool = False, exact_every: int = 1, null_step: bool = False,
                 precision: str = "32-true", pipelined: bool = True) -> tuple[_StepTimer, bool]:
     """``catvae fit``'s training step: Lightning Trainer, CategoricalVAE, MNISTDataModule, TensorBoard logging,
     metrics and fit's callbacks included (validation off: it is not part of a step). ``null_step``: the
     fast path's whole step (forward, backward, Adam) is replaced by a no-op, leaving only the host work
     around it, with the progress bar on (drawn to /dev/null)."""
-    import lightning as L_
     from lightning.pytorch.callbacks import TQDMProgressBar
     from lightning.pytorch.loggers import TensorBoardLogger
 
     timer = _StepTimer(device, warmup, steps, pipelined)
 
-    class Tick(L_.Callback):
+    class Tick(L.Callback):
         def on_train_batch_start(self, *args) -> None:
             timer.tick()
 
@@ -224,13 +224,14 @@ def catvae_loop(estimator, L: int, K: int, steps: int, warmup: int, device: torc
             timer.tick()
 
     model = (_NullStepVAE if null_step else CategoricalVAE)(
-        estimator, latent_dim=L, n_categories=K, fast_step=fast_step or null_step, exact_nelbo_every_n_steps=exact_every)
+        estimator, latent_dim=latent_dim, n_categories=n_categories, fast_step=fast_step or null_step,
+        exact_nelbo_every_n_steps=exact_every)
     data = MNISTDataModule(str(root), download=False)
     # catvae fit's own callbacks (checkpoints every 1000 steps and at epoch ends: none inside the timed window)
     callbacks = [Tick(), *fit_callbacks(model.monitor)]
     if null_step:
         callbacks.append(TQDMProgressBar(refresh_rate=10))
-    trainer = L_.Trainer(max_steps=steps + warmup, accelerator=device.type, devices=1, limit_val_batches=0,
+    trainer = L.Trainer(max_steps=steps + warmup, accelerator=device.type, devices=1, limit_val_batches=0,
                          precision=precision,
                          logger=TensorBoardLogger(logdir), default_root_dir=logdir, enable_progress_bar=null_step,
                          enable_model_summary=False, callbacks=callbacks, log_every_n_steps=50)
@@ -258,11 +259,12 @@ def bench_overhead(args: argparse.Namespace) -> None:
     import tempfile
 
     device, root = _training_setup(args)
-    L, K = _shape(args.setting)
+    latent_dim, n_categories = _shape(args.setting)
     timings = []
     for _ in range(args.rounds):
         with tempfile.TemporaryDirectory() as logdir:
-            timings.append(catvae_loop("gumbel", L, K, args.steps, args.warmup, device, root, logdir, null_step=True)[0])
+            timings.append(catvae_loop("gumbel", latent_dim, n_categories, args.steps, args.warmup, device, root, logdir,
+                                       null_step=True)[0])
     median = min(t.per_step(median=True) for t in timings)
     mean = min(t.per_step(median=False) for t in timings)
     print(f"host time per training step around a no-op step (catvae fit's loop, data, metrics, logging, callbacks, "
@@ -284,28 +286,31 @@ def bench_train(args: argparse.Namespace) -> None:
     # best (minimum) over rounds of each loop's time: robust to other load on a shared machine
     best: dict[tuple, list[float]] = {}
     for r in range(args.rounds):
-        for L, K in settings:
+        for latent_dim, n_categories in settings:
             for name in names:
                 torch.manual_seed(0)
                 est = estimators.build(name)
-                ref = reference_loop(est, L, K, args.steps, args.warmup, device, root) * 300
+                ref = reference_loop(est, latent_dim, n_categories, args.steps, args.warmup, device, root) * 300
                 times = []
                 for pipelined in (True, False) if serialized_pass else (True,):
                     with tempfile.TemporaryDirectory() as logdir:
-                        timer, captured = catvae_loop(est, L, K, args.steps, args.warmup, device, root, logdir,
+                        timer, captured = catvae_loop(est, latent_dim, n_categories, args.steps, args.warmup, device,
+                                                      root, logdir,
                                                       args.fast_step, args.exact_nelbo_every_n_steps,
                                                       precision=args.precision, pipelined=pipelined)
                     if args.fast_step and device.type == "cuda" and not captured:
-                        raise RuntimeError(f"{name} L={L},K={K}: the fast step was not captured in a CUDA graph")
+                        raise RuntimeError(f"{name} L={latent_dim},K={n_categories}: the fast step was not captured "
+                                           "in a CUDA graph")
                     times.append(timer.per_step() * 300)
                     if not serialized_pass:  # CPU: the same pass gives the median step
                         times.append(timer.per_step(median=True) * 300)
                 ours, serial = times[0], times[-1]
                 if args.rounds > 1:
-                    print(f"round {r + 1}/{args.rounds} {name} L={L},K={K}: reference {ref:.2f}s, catvae {ours:.2f}s",
+                    print(f"round {r + 1}/{args.rounds} {name} L={latent_dim},K={n_categories}: reference {ref:.2f}s, "
+                          f"catvae {ours:.2f}s",
                           file=sys.stderr, flush=True)
-                old = best.get((L, K, name), [ref, ours, serial])
-                best[(L, K, name)] = [min(old[0], ref), min(old[1], ours), min(old[2], serial)]
+                old = best.get((latent_dim, n_categories, name), [ref, ours, serial])
+                best[(latent_dim, n_categories, name)] = [min(old[0], ref), min(old[1], ours), min(old[2], serial)]
     print(f"seconds per epoch (300 steps of batch 200; {args.steps} steady-state steps, best of {args.rounds} "
           f"round(s)), device {_device_name(device)}, torch {torch.__version__}, threads {torch.get_num_threads()}, "
           f"fast_step {args.fast_step}, exact_nelbo_every_n_steps {args.exact_nelbo_every_n_steps}, "
@@ -314,11 +319,12 @@ def bench_train(args: argparse.Namespace) -> None:
           "serialized: waiting at every step (median step; the same as pipelined on CPU)")
     print(f"{'estimator':<15}{'setting':<12}{'reference loop':>16}{'catvae fit':>12}{'speedup':>9}{'vs gumbel':>11}"
           f"{'serialized':>12}")
-    for L, K in settings:
-        base = best[(L, K, "gumbel" if "gumbel" in names else names[0])][1]
+    for latent_dim, n_categories in settings:
+        base = best[(latent_dim, n_categories, "gumbel" if "gumbel" in names else names[0])][1]
         for name in names:
-            ref, ours, serial = best[(L, K, name)]
-            print(f"{name:<15}{f'L={L},K={K}':<12}{ref:>15.2f}s{ours:>11.2f}s{ref / ours:>8.2f}x{ours / base:>10.2f}x"
+            ref, ours, serial = best[(latent_dim, n_categories, name)]
+            shape = f"L={latent_dim},K={n_categories}"
+            print(f"{name:<15}{shape:<12}{ref:>15.2f}s{ours:>11.2f}s{ref / ours:>8.2f}x{ours / base:>10.2f}x"
                   f"{serial:>11.2f}s")
 
 
@@ -341,12 +347,12 @@ def bench_step(args: argparse.Namespace) -> None:
           f"{torch.__version__}, threads {torch.get_num_threads()}, exact_nelbo_every_n_steps "
           f"{args.exact_nelbo_every_n_steps}; median of {args.rounds} interleaved rounds of {args.inner} steps")
     print(f"{'estimator':<15}{'setting':<12}{'ms/step':>9}{'s/epoch':>9}{'vs gumbel':>11}")
-    for L, K in (_shape(s) for s in args.settings):
+    for latent_dim, n_categories in (_shape(s) for s in args.settings):
         torch.manual_seed(0)
         x = (torch.rand(200, 784, device=device) < 0.13).float()  # MNIST's share of lit pixels
         steps = {}
         for name in names:
-            model = CategoricalVAE(estimators.build(name), latent_dim=L, n_categories=K,
+            model = CategoricalVAE(estimators.build(name), latent_dim=latent_dim, n_categories=n_categories,
                                    exact_nelbo_every_n_steps=args.exact_nelbo_every_n_steps)
             steps[name] = _vae_step(model.to(device), x)
         _interleaved(steps, 1, args.warmup, device)
@@ -354,7 +360,7 @@ def bench_step(args: argparse.Namespace) -> None:
         for name in names:
             t = statistics.median(times[name])
             ratio = _paired_ratio(times[name], times["gumbel"])
-            print(f"{name:<15}{f'L={L},K={K}':<12}{t * 1e3:>9.2f}{t * 300:>9.2f}{ratio:>10.2f}x")
+            print(f"{name:<15}{f'L={latent_dim},K={n_categories}':<12}{t * 1e3:>9.2f}{t * 300:>9.2f}{ratio:>10.2f}x")
 
 
 def _vae_step(model, x: torch.Tensor):

@@ -87,8 +87,8 @@ class EstimatorTask(L.LightningModule):
 
     def adam(self, capturable: bool = False) -> torch.optim.Adam:
         """``Adam(lr)`` over all parameters, with PyTorch's fused kernel on CPU and CUDA (one pass over
-        every parameter instead of a dozen ops per tensor: 4× faster than the default on CPU at the VAE's
-        size). ``capturable=True`` (CUDA-graph capture) keeps the default multi-tensor kernel.
+        every parameter instead of a dozen ops per tensor; measured: docs/performance.md, "Fused Adam").
+        ``capturable=True`` (CUDA-graph capture) keeps the default multi-tensor kernel.
 
         A saved optimizer state carries the kernel flags it was written with (``capturable``, ``fused``,
         ``foreach``), and ``Optimizer.load_state_dict`` would restore them: a CPU or default-path checkpoint

@@ -38,9 +38,9 @@ def k_major(x: Tensor) -> bool:
 
     ATen's CPU softmax and its reductions vectorize along the reduced dimension when it is the last
     one: at ``K < 16`` (fewer floats than an AVX-512 vector) they fall back to slow scalar loops, and
-    broadcasting a per-row value ``[..., 1]`` over a short last dimension is slow as well (measured at
-    ``[200, 48, 2]``: softmax 240 us last-dim vs 11 us K-major). Laid out as ``[K, N]`` every op
-    is a contiguous pass over length-``N`` rows. CUDA kernels do not need this.
+    broadcasting a per-row value ``[..., 1]`` over a short last dimension is slow as well. Laid out as
+    ``[K, N]`` every op is a contiguous pass over length-``N`` rows (measured: docs/performance.md,
+    "K-major layout"). CUDA kernels do not need this.
     """
     return not x.is_cuda and x.dim() >= 2 and x.shape[-1] < SMALL_K
 
@@ -58,8 +58,8 @@ def from_k_major(x: Tensor, shape: torch.Size) -> Tensor:
 def rowsum(x: Tensor, dim: int = -1) -> Tensor:
     """``x.sum(dim, keepdim=True)``: the sum over the categories (``dim=0`` for K-major tensors).
 
-    On CPU with a last dimension ``K <= 4`` it is a product with a ones vector, which torch runs
-    2-5× faster than its reduction kernel there (76 vs 16 us at [200, 48, 2]).
+    On CPU with a last dimension ``K <= 4`` it is a product with a ones vector, which torch runs faster
+    than its reduction kernel there (docs/performance.md, "Layout-free reductions").
     """
     K = x.shape[dim]
     if dim not in (-1, x.dim() - 1) or x.is_cuda or K > 4 or x.dim() < 2:  # measured: a gain at K=2, a loss at K=10
@@ -70,8 +70,8 @@ def rowsum(x: Tensor, dim: int = -1) -> Tensor:
 def softmax(logits: Tensor) -> Tensor:
     """``softmax`` over the last dimension; equal to :func:`torch.softmax` up to rounding.
 
-    Where :func:`k_major` holds, computed in that layout (at ``[200, 48, 2]``: 27 us with the two
-    transposes, against 240 us for ATen's last-dim kernel). Autograd differentiates either form.
+    Where :func:`k_major` holds, computed in that layout (faster there, transposes included:
+    docs/performance.md). Autograd differentiates either form.
     """
     if not k_major(logits):
         return torch.softmax(logits, dim=-1)

@@ -525,7 +525,7 @@ def test_load_from_checkpoint_rebuilds_the_task_with_the_safe_loader(trained, tm
     from catvae import CategoricalVAE
 
     model = CategoricalVAE.load_from_checkpoint(last(trained))  # written by the CLI (LightningCLI's hparams)
-    assert model.estimator.name == "redge_cov" and model.estimator.var_floor == 0.1 and model.L == 48
+    assert model.estimator.name == "redge_cov" and model.estimator.var_floor == 0.1 and model.latent_dim == 48
     evil = load(last(trained))
     evil["payload"] = _Marker(tmp_path / "pwned")
     torch.save(evil, tmp_path / "evil.ckpt")

@@ -65,7 +65,7 @@ def test_polynomial_exact_objective_matches_monte_carlo(p, relaxation):
         mc = torch.stack([task.sample_loss(2000) for _ in range(5)]).mean().item()
     assert abs(mc - exact) < 0.01 * exact
     # the optimum c^p is attained by all mass on e_1; the worst value (1 - c)^p by all mass on e_2
-    sure = torch.tensor([[30.0, -30.0]]).expand(task.L, 2)
+    sure = torch.tensor([[30.0, -30.0]]).expand(task.length, 2)
     assert task.objective(sure).item() == pytest.approx(task.optimum, rel=1e-6)
     assert task.objective(-sure).item() == pytest.approx((1 - task.c) ** p, rel=1e-6)
     assert task.optimum == pytest.approx(0.45**p)
@@ -254,7 +254,7 @@ def test_puzzle_files_text_csv_and_errors(tmp_path, monkeypatch):
     monkeypatch.setenv("CATVAE_DATA_DIR", str(tmp_path / "data"))
     monkeypatch.chdir(tmp_path)
     task, data = sudoku("st", {"source": "mine.txt", "n_puzzles": None})
-    assert task.P == 1 and data.run_name == "sudoku_mine"
+    assert task.n_puzzles == 1 and data.run_name == "sudoku_mine"
     with pytest.raises(ConfigError, match="nothere.txt"):
         load_puzzles("nothere.txt")
 

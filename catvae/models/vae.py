@@ -38,8 +38,8 @@ class _BernoulliNLL(torch.autograd.Function):
     ``σ(η) − x`` written directly (the decoder's Bernoulli likelihood on logits ``η``).
 
     The same function as ``binary_cross_entropy_with_logits(η, x).sum(-1)``, which on CPU goes through
-    ``log_sigmoid``, a kernel ATen does not vectorize there (0.88 ms forward at [200, 784] on a 2-core
-    AVX-512 CPU, against 0.32 ms here). The two agree to ~1e-7 per pixel: where ``e^{−|η|}`` is below
+    ``log_sigmoid``, a kernel ATen does not vectorize there (the measured gain: docs/performance.md,
+    "Bernoulli likelihood"). The two agree to ~1e-7 per pixel: where ``e^{−|η|}`` is below
     float32's resolution around 1, ``log(1 + e^{−|η|})`` rounds to 0 instead of ``e^{−|η|}``.
     """
 
@@ -92,7 +92,7 @@ class CategoricalVAE(EstimatorTask):
         lr: Adam learning rate (paper: 5e-4).
         exact_nelbo_every_n_steps: compute ``train/nelbo_exact`` every N steps. It is free for estimators
             whose sample is an exact draw from ``q`` (``estimator.exact_draws``) and costs one extra decoder
-            pass for ReDGE (3-4 ms, a quarter of a CPU step at L=48, K=2). With N > 1 its epoch mean covers other batches than
+            pass for ReDGE (its cost: docs/performance.md). With N > 1 its epoch mean covers other batches than
             ``train/loss`` does, which offsets the two by ~1 nat (batch composition): keep N = 1 to compare them.
             ``0`` turns it off (fastest ReDGE training; `catvae compare` then has no exact training column).
         n_importance_samples: ``S`` of ``test/log_likelihood``.
@@ -114,7 +114,7 @@ class CategoricalVAE(EstimatorTask):
 
     @property
     def run_name(self) -> str:
-        return f"l{self.L}_k{self.K}"
+        return f"l{self.latent_dim}_k{self.n_categories}"
 
     def __init__(
         self,
@@ -133,7 +133,7 @@ class CategoricalVAE(EstimatorTask):
     ) -> None:
         super().__init__(estimator)
         self.save_task_hyperparameters()  # checks arg_constraints
-        self.L, self.K = latent_dim, n_categories
+        self.latent_dim, self.n_categories = latent_dim, n_categories
         self.encoder = mlp([image_size, *encoder_hidden, latent_dim * n_categories], activation)
         self.decoder = mlp([latent_dim * n_categories, *decoder_hidden, image_size], activation)
         self.train_loss = StepMean()
@@ -154,7 +154,7 @@ class CategoricalVAE(EstimatorTask):
         logits = self.encoder(x)
         if logits.dtype in LOW_PRECISION:
             logits = logits.float()
-        return logits.view(-1, self.L, self.K)
+        return logits.view(-1, self.latent_dim, self.n_categories)
 
     def decode(self, z: Tensor) -> Tensor:
         """Pixel logits ``η(z)`` for latents ``[..., L, K]``."""
@@ -163,7 +163,7 @@ class CategoricalVAE(EstimatorTask):
     def kl(self, logits: Tensor) -> Tensor:
         """``Σ_l KL(q_l ‖ Uniform(K))`` per example."""
         log_q = log_softmax(logits)
-        return (log_q.exp() * (log_q + math.log(self.K))).sum(dim=(-1, -2))
+        return (log_q.exp() * (log_q + math.log(self.n_categories))).sum(dim=(-1, -2))
 
     def reconstruction(self, x: Tensor, z: Tensor) -> Tensor:
         """``−log p(x|z)`` per example: BCE with logits summed over pixels."""
@@ -184,8 +184,8 @@ class CategoricalVAE(EstimatorTask):
     @torch.no_grad()
     def generate(self, n: int) -> Tensor:
         """``n`` images (pixel probabilities) decoded from the uniform prior."""
-        index = torch.randint(self.K, (n, self.L), device=self.device)
-        z = nn.functional.one_hot(index, self.K).float()
+        index = torch.randint(self.n_categories, (n, self.latent_dim), device=self.device)
+        z = nn.functional.one_hot(index, self.n_categories).float()
         return torch.sigmoid(self.decode(z))
 
     @torch.no_grad()
@@ -195,7 +195,7 @@ class CategoricalVAE(EstimatorTask):
         logits = self.encode(x)
         log_q = log_softmax(logits)
         probs = log_q.exp()
-        log_prior = -self.L * math.log(self.K)
+        log_prior = -self.latent_dim * math.log(self.n_categories)
         weights = []
         for start in range(0, n_samples, self.hparams.importance_chunk):
             s = min(self.hparams.importance_chunk, n_samples - start)

@@ -88,30 +88,30 @@ class GMMTask(BenchmarkTask):
         self.register_buffer("_window_count", torch.zeros((), dtype=torch.long))
 
     def _attach(self, problem: GMMProblem) -> None:
-        (self.N, self.d), self.K = problem.y.shape, problem.n_components
+        (self.n_points, self.dim), self.n_components = problem.y.shape, problem.n_components
         self.sigma_0, self.sigma_y = problem.sigma_0, problem.sigma_y
         self.register_buffer("y", problem.y, persistent=False)
         self.register_buffer("z_true", problem.z, persistent=False)
         self.register_buffer("means_true", problem.means, persistent=False)
-        self.create("theta", self.hparams.init_logit_std * torch.randn(self.N, self.K))
-        self.create("means", self.sigma_0 * torch.randn(self.K, self.d))
+        self.create("theta", self.hparams.init_logit_std * torch.randn(self.n_points, self.n_components))
+        self.create("means", self.sigma_0 * torch.randn(self.n_components, self.dim))
         self.constant = (
-            self.N * self.d / 2 * math.log(2 * math.pi * self.sigma_y**2)
-            + self.N * math.log(self.K)
-            + self.K * self.d / 2 * math.log(2 * math.pi * self.sigma_0**2)
+            self.n_points * self.dim / 2 * math.log(2 * math.pi * self.sigma_y**2)
+            + self.n_points * math.log(self.n_components)
+            + self.n_components * self.dim / 2 * math.log(2 * math.pi * self.sigma_0**2)
         )
 
     # -- the objective --------------------------------------------------------------------------------
     def _exact_terms(self) -> Tensor:
         """``Σ_i E[log π_θ^i(Z_i) − log p_z(Z_i)] − Σ_k log p_m(m̂_k)`` (everything but the likelihood)."""
         log_q = torch.log_softmax(self.theta, dim=-1)
-        entropy = (log_q.exp() * log_q).sum() + self.N * math.log(self.K)
-        prior = self.means.pow(2).sum() / (2 * self.sigma_0**2) + self.K * self.d / 2 * math.log(
+        entropy = (log_q.exp() * log_q).sum() + self.n_points * math.log(self.n_components)
+        prior = self.means.pow(2).sum() / (2 * self.sigma_0**2) + self.n_components * self.dim / 2 * math.log(
             2 * math.pi * self.sigma_0**2)
         return entropy + prior
 
     def _nll_const(self) -> float:
-        return self.N * self.d / 2 * math.log(2 * math.pi * self.sigma_y**2)
+        return self.n_points * self.dim / 2 * math.log(2 * math.pi * self.sigma_y**2)
 
     def sample_objective(self, x: Tensor) -> Tensor:
         """``F`` with the likelihood evaluated at assignments ``x [..., N, K]`` (one-hot or relaxed), ``[...]``."""
@@ -127,16 +127,16 @@ class GMMTask(BenchmarkTask):
         return nll + self._exact_terms()
 
     def accuracy(self) -> float:
-        return clustering_accuracy(self.theta.argmax(-1), self.z_true, self.K)
+        return clustering_accuracy(self.theta.argmax(-1), self.z_true, self.n_components)
 
     def oracle_accuracy(self) -> float:
         """Accuracy of the Bayes assignment ``argmin_k ‖y_i − M_k‖`` under the true means."""
-        return clustering_accuracy(torch.cdist(self.y, self.means_true).argmin(-1), self.z_true, self.K)
+        return clustering_accuracy(torch.cdist(self.y, self.means_true).argmin(-1), self.z_true, self.n_components)
 
     # -- Lightning ------------------------------------------------------------------------------------
     def training_step(self, batch: Tensor, batch_idx: int) -> Tensor:
         s = self.hparams.samples_per_step
-        x = self.estimator(self.theta.expand(s, self.N, self.K))
+        x = self.estimator(self.theta.expand(s, self.n_points, self.n_components))
         loss = self.sample_objective(x).mean()
         value = loss.detach()
         with torch.no_grad():

@@ -75,7 +75,7 @@ class PolynomialTask(BenchmarkTask):
         return f"p{self.p:g}" + ("_linear" if self.hparams.relaxation == "linear" else "")
 
     def _attach(self, problem: PolynomialProblem) -> None:
-        self.c, self.L = problem.c, problem.length
+        self.c, self.length = problem.c, problem.length
         self.create("theta", self.hparams.init_std * torch.randn(problem.length, 2))
 
     # -- the problem --------------------------------------------------------------------------------

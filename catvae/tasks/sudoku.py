@@ -67,11 +67,11 @@ class SudokuTask(BenchmarkTask):
 
     def _attach(self, problem: SudokuProblem) -> None:
         clues = problem.clues  # [P, 81], 0 = blank
-        self.P = len(clues)
+        self.n_puzzles = len(clues)
         self.register_buffer("clues", clues, persistent=False)
         self.register_buffer("clue_mask", clues > 0, persistent=False)
         self.register_buffer("clue_one_hot", nn.functional.one_hot(clues, 10)[..., 1:].float(), persistent=False)
-        self.create("theta", self.hparams.init_std * torch.randn(self.P, 81, 9))
+        self.create("theta", self.hparams.init_std * torch.randn(self.n_puzzles, 81, 9))
 
     # -- the problem --------------------------------------------------------------------------------
     def clamp(self, x: Tensor) -> Tensor:
