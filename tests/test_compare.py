@@ -56,6 +56,16 @@ def test_markdown_bolds_the_best_mean_over_seeds(tmp_path):
     assert "| a | 101.00 ± 1.41 |" in text
 
 
+def test_markdown_lists_the_hyperparameters_the_runs_recorded(tmp_path):
+    runs = [Run(s, [], "redge", "redge", {}, 0, 10) for s in ("s1", "s2")] + [Run("s1", [], "st", "st", {"tau": 2.0}, 0, 10)]
+    res = [{"estimator": "redge", "setting": "s1", "seed": 0, "params": {"n_steps": 4, "t_1": 1 / 3}},
+           {"estimator": "redge", "setting": "s2", "seed": 0, "params": {"n_steps": 20, "t_1": 1 / 19}}]
+    write_markdown(res, runs, tmp_path / "r.md", "t", "cmd")
+    text = (tmp_path / "r.md").read_text()
+    assert "| redge | redge | s1: n_steps=4 t_1=0.3333; s2: n_steps=20 t_1=0.05263 |" in text  # resolved, per setting
+    assert "| st | st | tau=2.0 |" in text  # no finished run: the spec's overrides
+
+
 @needs_mnist
 def test_quick_sweep_end_to_end_and_resume(tmp_path, capsys):
     out = tmp_path / "cmp"
@@ -71,6 +81,8 @@ def test_quick_sweep_end_to_end_and_resume(tmp_path, capsys):
     assert (out / "runs" / "l48_k2" / "redge_cov" / "seed0" / "redge_cov" / "version_0").is_dir()
     md = (out / "results.md").read_text()
     assert "| redge_cov |" in md and "**" in md and "Runtime" in md
+    line = next(x for x in md.splitlines() if x.startswith("| redge_cov | redge_cov |"))
+    assert "n_steps=3" in line and "t_1=0.5" in line and "var_floor=0.1" in line  # as the runs recorded them
     assert (out / "curves_train_loss_epoch.png").stat().st_size > 1000
     result = json.loads((out / "runs" / "l48_k2" / "st" / "seed0" / "result.json").read_text())
     assert len(result["curves"]["train/loss_epoch"]) == 3  # 30 steps, 10 per epoch

@@ -15,6 +15,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import yaml
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from .. import runner
@@ -23,7 +24,7 @@ from ..runs import load_checkpoint
 from .report import CURVES, METRICS, fmt
 from .spec import Run
 
-__all__ = ["Interrupted", "collect", "execute", "run_all", "run_child"]
+__all__ = ["Interrupted", "collect", "estimator_hparams", "execute", "run_all", "run_child"]
 
 _PACKAGE_ROOT = str(Path(__file__).resolve().parents[2])  # the folder holding the catvae package
 
@@ -112,10 +113,20 @@ def execute(run: Run, out: Path, threads: int, children: _Children | None = None
         raise RuntimeError(f"not finished: trained {trained} of {run.steps} steps"
                            + ("" if trained != run.steps else ", no test metrics"))
     result = {"key": key, "setting": run.setting, "estimator": run.label, "name": run.name,
-              "params": run.init_args, "seed": run.seed, "steps": run.steps, "wall_s": time.perf_counter() - t0,
+              "params": estimator_hparams(versions[-1]) or run.init_args, "seed": run.seed, "steps": run.steps, "wall_s": time.perf_counter() - t0,
               "run_dir": str(versions[-1].relative_to(out)), "fit": fit, "test": test, **metrics}
     (folder / "result.json").write_text(json.dumps(result, indent=1))
     return result
+
+
+def estimator_hparams(version: Path) -> dict:
+    """The hyperparameters the run's estimator was built with, as its task recorded them in ``hparams.yaml``
+    (defaults resolved, e.g. ReDGE's ``t_1``): what the results tables show. Empty when not recorded."""
+    path = version / "hparams.yaml"
+    if not path.is_file():
+        return {}
+    recorded = (yaml.safe_load(path.read_text()) or {}).get("estimator")
+    return {k: v for k, v in recorded.items() if k != "name"} if isinstance(recorded, dict) else {}
 
 
 def collect(version: Path) -> dict:

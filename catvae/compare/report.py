@@ -70,7 +70,7 @@ def _table(rows, cols, cells, lower):
 def write_markdown(results: list[dict], runs: list[Run], path: Path, title: str, command: str) -> None:
     settings = list(dict.fromkeys(r.setting for r in runs))
     labels = list(dict.fromkeys(r.label for r in runs))
-    params = {r.label: (r.name, r.params()) for r in runs}
+    params = {r.label: (r.name, _hparams(r.label, results, runs)) for r in runs}
     seeds = sorted({r.seed for r in runs})
     steps = runs[0].steps if runs else 0
     group = {}
@@ -107,6 +107,21 @@ def write_markdown(results: list[dict], runs: list[Run], path: Path, title: str,
               "Training curves: " + ", ".join(f"`curves_{_slug(t)}.png`" for t, _ in CURVES) +
               "; all runs in TensorBoard: `tensorboard --logdir runs` in this folder.", ""]
     path.write_text("\n".join(lines))
+
+
+def _params_text(params: dict) -> str:
+    return " ".join(f"{k}={float(f'{v:.4g}') if isinstance(v, float) else v}" for k, v in params.items())
+
+
+def _hparams(label: str, results: list[dict], runs: list[Run]) -> str:
+    """The estimator's hyperparameters as its finished runs recorded them (per setting where settings differ,
+    e.g. a benchmark's Table 5 column), else the spec's overrides."""
+    by_setting = {r["setting"]: _params_text(r["params"]) for r in results if r["estimator"] == label and "params" in r}
+    if not by_setting:
+        return next((r.params() for r in runs if r.label == label), "")
+    if len(set(by_setting.values())) == 1:
+        return next(iter(by_setting.values()))
+    return "; ".join(f"{s}: {p}" for s, p in by_setting.items())
 
 
 def _slug(tag: str) -> str:
