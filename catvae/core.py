@@ -4,12 +4,17 @@ checkpoint checks, and a guard against non-finite training."""
 from __future__ import annotations
 
 import contextlib
+import functools
+import importlib
 import inspect
 import io
 import math
+from collections.abc import Callable
 
 import lightning as L
 import torch
+from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable, ReduceLROnPlateau
+from torch.optim.lr_scheduler import LRScheduler
 from torchmetrics.utilities.data import dim_zero_cat, dim_zero_sum
 
 import estimators
@@ -21,7 +26,7 @@ from estimators.rng import seeded
 from .errors import TrainingDiverged
 from .metrics import StepMean
 
-__all__ = ["EstimatorSpec", "EstimatorTask", "resolve_estimator"]
+__all__ = ["EstimatorSpec", "EstimatorTask", "OptimizerSpec", "SchedulerSpec", "resolve_estimator"]
 
 
 #: what a task's ``estimator`` argument takes from a config: an instance (``class_path``) or a registry
@@ -44,6 +49,48 @@ def resolve_estimator(estimator: EstimatorSpec) -> CategoricalEstimator:
             f"estimators.CategoricalEstimator or {{name: ..., <hyperparameters>}}, got {estimator!r}"
         )
     return estimator
+
+
+#: a task's ``optimizer`` argument: ``None`` (Adam with the task's ``lr``, :meth:`EstimatorTask.adam`) or a
+#: callable ``params -> Optimizer``. From a config (LightningCLI's dependency injection):
+#: ``--model.init_args.optimizer torch.optim.AdamW --model.init_args.optimizer.init_args.lr 1e-3``. The task
+#: records it as ``{"class_path": ..., "init_args": ...}``, which it also accepts.
+OptimizerSpec = OptimizerCallable | None
+#: a task's ``lr_scheduler`` argument: ``None`` (a constant learning rate) or a callable
+#: ``optimizer -> LRScheduler``, e.g. ``--model.init_args.lr_scheduler torch.optim.lr_scheduler.CosineAnnealingLR
+#: --model.init_args.lr_scheduler.init_args.T_max 200`` (stepped every epoch, Lightning's default).
+SchedulerSpec = LRSchedulerCallable | None
+
+
+def _factory(spec, base: tuple[type, ...], what: str, noun: str) -> Callable | None:
+    """A callable from an ``optimizer``/``lr_scheduler`` argument: ``None``, a callable, or the recorded
+    ``{"class_path": ..., "init_args": ...}``, whose class must be a ``base`` (a checkpoint's hyperparameters
+    never name other code to run)."""
+    if spec is None or callable(spec):
+        return spec
+    if isinstance(spec, dict) and isinstance(spec.get("class_path"), str) and "." in spec["class_path"]:
+        module, _, name = spec["class_path"].rpartition(".")
+        try:
+            cls = getattr(importlib.import_module(module), name)
+        except (ImportError, AttributeError):
+            raise ConfigError(f"{what}: no class {spec['class_path']!r}") from None
+        if not (isinstance(cls, type) and issubclass(cls, base)):
+            raise ConfigError(f"{what}: {spec['class_path']} is not {noun}")
+        return functools.partial(cls, **dict(spec.get("init_args") or {}))
+    raise ConfigError(f"{what} must be a callable or {{class_path: ..., init_args: ...}}, got {spec!r}")
+
+
+def _describe(spec):
+    """How a task records an ``optimizer``/``lr_scheduler`` argument in its hyperparameters (plain data, so
+    that checkpoints load with ``weights_only=True``): ``None`` and dicts as given, a class or a
+    ``functools.partial`` of one as ``{"class_path", "init_args"}``, anything else as its ``repr``."""
+    if spec is None or isinstance(spec, dict):
+        return spec
+    func, kwargs = (spec.func, dict(spec.keywords)) if isinstance(spec, functools.partial) and not spec.args \
+        else (spec, {})
+    if isinstance(func, type):
+        return {"class_path": f"{func.__module__}.{func.__qualname__}", "init_args": kwargs}
+    return repr(spec)
 
 
 class EstimatorTask(L.LightningModule):
@@ -76,14 +123,47 @@ class EstimatorTask(L.LightningModule):
     #: the seed of the evaluation RNG (validation / test sampling).
     eval_seed: int = 1234
 
-    def __init__(self, estimator: EstimatorSpec) -> None:
+    def __init__(self, estimator: EstimatorSpec, optimizer: OptimizerSpec = None,
+                 lr_scheduler: SchedulerSpec = None) -> None:
         super().__init__()
         self.estimator = resolve_estimator(estimator)
+        self._optimizer = _factory(optimizer, (torch.optim.Optimizer,), "optimizer", "an optimizer")
+        self._lr_scheduler = _factory(lr_scheduler, (LRScheduler, ReduceLROnPlateau), "lr_scheduler",
+                                      "a learning-rate scheduler")
         self._pending_rng: dict | None = None
 
     def configure_optimizers(self):
-        """Adam with the task's ``lr`` hyperparameter (every benchmark of the paper uses Adam, Table 5)."""
-        return self.adam()
+        """The task's optimizer (:meth:`build_optimizer`) and, when configured, its learning-rate scheduler
+        (stepped every epoch; ``ReduceLROnPlateau`` watches :attr:`monitor`)."""
+        return self.with_scheduler(self.build_optimizer())
+
+    def build_optimizer(self, capturable: bool = False) -> torch.optim.Optimizer:
+        """The configured ``optimizer`` over all parameters, or, by default, Adam with the task's ``lr``
+        (every benchmark of the paper uses Adam, Table 5; :meth:`adam`). ``capturable=True``: the step will
+        be captured in a CUDA graph, so an optimizer with a ``capturable`` option must have it on."""
+        if self._optimizer is None:
+            return self.adam(capturable)
+        optimizer = self._optimizer(self.parameters())
+        if not isinstance(optimizer, torch.optim.Optimizer):
+            raise ConfigError(f"optimizer must build a torch.optim.Optimizer, got {type(optimizer).__name__}")
+        if capturable and optimizer.defaults.get("capturable") is False:
+            raise ConfigError("fast_step captures the optimizer step in a CUDA graph: pass "
+                              "--model.init_args.optimizer.init_args.capturable=true")
+        optimizer.register_load_state_dict_pre_hook(_keep_kernel_flags)
+        return optimizer
+
+    def with_scheduler(self, optimizer: torch.optim.Optimizer):
+        """``optimizer`` with the configured ``lr_scheduler`` in Lightning's ``configure_optimizers`` form."""
+        if self._lr_scheduler is None:
+            return optimizer
+        scheduler = self._lr_scheduler(optimizer)
+        config = {"scheduler": scheduler}
+        if isinstance(scheduler, ReduceLROnPlateau):
+            if self.monitor is None:
+                raise ConfigError(f"ReduceLROnPlateau needs a validation metric, and {type(self).__name__} "
+                                  "has none: choose another --model.init_args.lr_scheduler")
+            config["monitor"] = self.monitor
+        return {"optimizer": optimizer, "lr_scheduler": config}
 
     def adam(self, capturable: bool = False) -> torch.optim.Adam:
         """``Adam(lr)`` over all parameters, with PyTorch's fused kernel on CPU and CUDA (one pass over
@@ -102,12 +182,15 @@ class EstimatorTask(L.LightningModule):
     def save_task_hyperparameters(self) -> None:
         """Check the calling ``__init__``'s arguments against the class's :attr:`arg_constraints` (a
         :class:`ConfigError` naming the first bad one), then ``save_hyperparameters`` them, with the estimator
-        recorded by name and hyperparameters (TensorBoard's hparams, ``hparams.yaml``) instead of as a module."""
+        recorded by name and hyperparameters (TensorBoard's hparams, ``hparams.yaml``) instead of as a module, and
+        the optimizer and scheduler as plain data."""
         frame = inspect.currentframe().f_back
         validate(type(self).arg_constraints, frame.f_locals)
         self.save_hyperparameters(ignore=["estimator"], frame=frame)
-        # a second call, so that hparams_initial (what the loggers write) has it too
-        self.save_hyperparameters({"estimator": {"name": self.estimator.name, **self.estimator.hparams()}})
+        # a second call, so that hparams_initial (what the loggers write) has them too; LightningCLI gives the
+        # optimizer and scheduler as their config ({class_path, init_args}), a Python caller as callables
+        self.save_hyperparameters({"estimator": {"name": self.estimator.name, **self.estimator.hparams()},
+                                   **{k: _describe(self.hparams.get(k)) for k in ("optimizer", "lr_scheduler")}})
 
     # -- reproducibility --------------------------------------------------------------------------
     @contextlib.contextmanager

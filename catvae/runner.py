@@ -336,8 +336,9 @@ def parse_error(outer: str, inner: str) -> str:
         text += f", got {got.group(1)!r}" if got else ""
     text = re.sub(r"<class '([\w.]+)'>", r"\1", text)
     text = re.sub(r"^Expected a (.+?)\. Got value: (.*)$", r"expected \1, got \2", text)
-    if classes and "is not accepted" in text:
-        text = f"{text[0].lower()}{text[1:]} by {classes[-1]}"
+    owners = classes + re.findall(r"class_path='([^']+)'", outer)  # the latter: a callable's class (optimizer)
+    if owners and "is not accepted" in text:
+        text = f"{text[0].lower()}{text[1:]} by {owners[-1]}"
     return f"{'--' + path if path else 'arguments'}: {text} (see --help)"
 
 

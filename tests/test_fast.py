@@ -150,7 +150,7 @@ def test_resume_keeps_the_current_optimizer_kernel(tmp_path, saved, fast):
     model, trainer = _fit(fast, "gumbel", steps=6, ckpt_path=path, root=tmp_path)
     assert trainer.global_step == 6
     fresh = model.adam().param_groups[0]
-    for group in (model._adam if fast else trainer.optimizers[0]).param_groups:
+    for group in (model._step_optimizer if fast else trainer.optimizers[0]).param_groups:
         assert {k: group[k] for k in ("capturable", "fused", "foreach")} == \
             {k: fresh[k] for k in ("capturable", "fused", "foreach")}
 
@@ -162,11 +162,11 @@ def test_a_second_fit_steps_its_own_optimizer(tmp_path):
     from callbacks import RunCheckpoint
 
     model, _ = _fit(True, "gumbel", steps=3, root=tmp_path)
-    first, first_runner = model._adam, model._runner
+    first, first_runner = model._step_optimizer, model._runner
     trainer = L.Trainer(max_steps=2, logger=False, enable_progress_bar=False, limit_val_batches=0,
                         enable_model_summary=False, default_root_dir=tmp_path,
                         callbacks=RunCheckpoint.last(2, dirpath=str(tmp_path / "second")))
     trainer.fit(model, MNISTDataModule(str(DATA), train_subset=1000, batch_size=100, download=False))
-    assert model._adam is not first and model._runner is not first_runner
+    assert model._step_optimizer is not first and model._runner is not first_runner
     state = torch.load(tmp_path / "second" / "last.ckpt", weights_only=True)["optimizer_states"][0]["state"]
     assert state and float(state[0]["step"]) == 2  # the new optimizer took both steps

@@ -360,6 +360,13 @@ BAD_FIT = {  # extra arguments, a phrase of the expected one-line message
     "seed not a number": (["--seed_everything=abc"], "--seed_everything: expected bool or int"),
     "fast_step with DDP": (["--model.init_args.fast_step=true", "--trainer.strategy=ddp", "--trainer.devices=2",
                             "--trainer.accelerator=cpu"], "fast_step runs on a single device"),
+    "optimizer not an optimizer": (["--model.init_args.optimizer=torch.nn.Linear"], "--model.init_args.optimizer"),
+    "unknown optimizer argument": (["--model.init_args.optimizer=torch.optim.SGD",
+                                    "--model.init_args.optimizer.init_args.nosuch=1"],
+                                   "'nosuch' is not accepted by torch.optim.SGD"),
+    "scheduler with fast_step": (["--model.init_args.fast_step=true", "--model.init_args.lr_scheduler=torch.optim."
+                                  "lr_scheduler.StepLR", "--model.init_args.lr_scheduler.init_args.step_size=1"],
+                                 "fast_step replays one captured step"),
     "checkpoint period 0": (["--checkpoint_every_n_steps=0"], "--checkpoint_every_n_steps must be an integer >= 1"),
     "runs_dir under a file": (["--runs_dir={tmp}/file/runs"], "cannot create the run directory"),
     "runs_dir unwritable": (["--runs_dir=/proc/catvae-runs"], "cannot create the run directory"),

@@ -348,6 +348,63 @@ def test_cli_polynomial_run_decreases_objective_and_resumes_exactly(tmp_path):
     assert torch.equal(resumed["theta"], state["theta"])
 
 
+SGD_STEP_LR = ["--model.init_args.optimizer", "torch.optim.SGD", "--model.init_args.optimizer.init_args.lr", "0.1",
+               "--model.init_args.optimizer.init_args.momentum", "0.9",
+               "--model.init_args.lr_scheduler", "torch.optim.lr_scheduler.StepLR",
+               "--model.init_args.lr_scheduler.init_args.step_size", "1",
+               "--model.init_args.lr_scheduler.init_args.gamma", "0.5"]
+
+
+def test_optimizer_and_scheduler_come_from_the_config_and_resume_exactly(tmp_path):
+    """LightningCLI's dependency injection: SGD with momentum and a StepLR schedule instead of Adam, recorded
+    in config.yaml and the checkpoint (as data: it opens with weights_only=True); a run that crashes
+    mid-epoch and resumes ends with the straight run's θ, momentum and learning rate."""
+    common = ["--config", str(ROOT / "configs/polynomial/p2.yaml"), "--config", str(ROOT / "configs/estimators/reinmax.yaml"),
+              "--data.init_args.steps_per_epoch", "10", "--model.init_args.samples_per_step", "8",
+              "--trainer.max_epochs", "3", "--checkpoint_every_n_steps", "3", *SGD_STEP_LR]
+    assert _cli(tmp_path, *common, "--experiment_name", "straight") == 0
+    with pytest.raises(RuntimeError, match="injected crash"):
+        _cli(tmp_path, *common, "--experiment_name", "resumed", "--trainer.callbacks+=faults.CrashAt",
+             "--trainer.callbacks.step=14")
+    assert _cli(tmp_path, *common, "--experiment_name", "resumed", "--ckpt_path", "last") == 0
+    runs = tmp_path / "runs"
+    straight, resumed = (torch.load(runs / name / "reinmax/version_0/checkpoints/last.ckpt", weights_only=True)
+                         for name in ("straight", "resumed"))
+    assert straight["hyper_parameters"]["optimizer"]["class_path"] == "torch.optim.SGD"
+    assert straight["hyper_parameters"]["lr_scheduler"]["init_args"]["gamma"] == 0.5
+    config = yaml.safe_load((runs / "straight/reinmax/version_0/config.yaml").read_text())
+    assert config["model"]["init_args"]["optimizer"]["init_args"]["momentum"] == 0.9
+    for ckpt in (straight, resumed):
+        assert ckpt["global_step"] == 30 and ckpt["lr_schedulers"][0]["_last_lr"] == [0.1 * 0.5**3]
+        assert ckpt["optimizer_states"][0]["param_groups"][0]["momentum"] == 0.9
+    assert torch.equal(straight["state_dict"]["theta"], resumed["state_dict"]["theta"])
+    (a,), (b,) = (ckpt["optimizer_states"][0]["state"].values() for ckpt in (straight, resumed))
+    assert torch.equal(a["momentum_buffer"], b["momentum_buffer"])
+    task = PolynomialTask.load_from_checkpoint(runs / "straight/reinmax/version_0/checkpoints/last.ckpt")
+    assert isinstance(task.build_optimizer(), torch.optim.SGD)  # rebuilt from the recorded class and arguments
+
+
+def test_optimizer_arguments_from_python_are_recorded_as_data_and_checked():
+    import functools
+
+    task = PolynomialTask("reinmax", optimizer=functools.partial(torch.optim.SGD, lr=0.3, momentum=0.5),
+                          lr_scheduler=functools.partial(torch.optim.lr_scheduler.ExponentialLR, gamma=0.9))
+    assert task.hparams.optimizer == {"class_path": "torch.optim.sgd.SGD", "init_args": {"lr": 0.3, "momentum": 0.5}}
+    assert task.hparams.lr_scheduler["class_path"].endswith("ExponentialLR")
+    task.attach(PolynomialDataModule(length=4).problem())
+    config = task.configure_optimizers()
+    assert config["optimizer"].defaults["lr"] == 0.3 and config["lr_scheduler"]["scheduler"].gamma == 0.9
+    assert isinstance(PolynomialTask("reinmax").attach(PolynomialDataModule(length=4).problem())
+                      .configure_optimizers(), torch.optim.Adam)  # the default: Adam(lr)
+    # a recorded class path names an optimizer or a scheduler, never other code
+    for spec, message in [({"class_path": "os.system"}, "os.system is not an optimizer"),
+                          ({"class_path": "nope.Opt"}, "no class"), ("torch.optim.SGD", "must be a callable")]:
+        with pytest.raises(ConfigError, match=message):
+            PolynomialTask("reinmax", optimizer=spec)
+    with pytest.raises(ConfigError, match="torch.optim.SGD is not a learning-rate scheduler"):
+        PolynomialTask("reinmax", lr_scheduler={"class_path": "torch.optim.SGD"})
+
+
 @pytest.mark.parametrize("config, extra", [
     ("gmm/k20.yaml", ["--data.init_args.n_points", "100"]),
     ("sudoku/generated.yaml", ["--data.init_args.n_puzzles", "4"]),

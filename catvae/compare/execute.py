@@ -113,7 +113,8 @@ def execute(run: Run, out: Path, threads: int, children: _Children | None = None
         raise RuntimeError(f"not finished: trained {trained} of {run.steps} steps"
                            + ("" if trained != run.steps else ", no test metrics"))
     result = {"key": key, "setting": run.setting, "estimator": run.label, "name": run.name,
-              "params": estimator_hparams(versions[-1]) or run.init_args, "seed": run.seed, "steps": run.steps, "wall_s": time.perf_counter() - t0,
+              "params": estimator_hparams(versions[-1]) or run.init_args, "seed": run.seed, "steps": run.steps,
+              "wall_s": time.perf_counter() - t0,
               "run_dir": str(versions[-1].relative_to(out)), "fit": fit, "test": test, **metrics}
     (folder / "result.json").write_text(json.dumps(result, indent=1))
     return result

@@ -14,7 +14,7 @@ from estimators.base import ConfigError
 from estimators.constraints import boolean, integer, one_of, positive, sizes
 from estimators.functional import LOW_PRECISION, log_softmax, sample_one_hot, softmax
 
-from ..core import EstimatorSpec, EstimatorTask
+from ..core import EstimatorSpec, EstimatorTask, OptimizerSpec, SchedulerSpec
 from ..fast import ReplayOptimizer, StepRunner
 from ..metrics import StepMean
 
@@ -89,7 +89,10 @@ class CategoricalVAE(EstimatorTask):
         encoder_hidden: hidden sizes of the encoder (paper: 512, 256).
         decoder_hidden: hidden sizes of the decoder (paper: 256, 512).
         activation: ``leaky_relu`` (paper), ``relu``, ``elu``, ``tanh`` or ``gelu``.
-        lr: Adam learning rate (paper: 5e-4).
+        lr: learning rate of the default optimizer, Adam (paper: 5e-4); with ``optimizer`` set, that
+            optimizer's own ``lr`` applies instead.
+        optimizer, lr_scheduler: another optimizer / a learning-rate schedule (:data:`catvae.core.OptimizerSpec`,
+            :data:`catvae.core.SchedulerSpec`); default Adam(``lr``) and a constant learning rate.
         exact_nelbo_every_n_steps: compute ``train/nelbo_exact`` every N steps. It is free for estimators
             whose sample is an exact draw from ``q`` (``estimator.exact_draws``) and costs one extra decoder
             pass for ReDGE (its cost: docs/performance.md). With N > 1 its epoch mean covers other batches than
@@ -130,8 +133,10 @@ class CategoricalVAE(EstimatorTask):
         importance_chunk: int = 10,
         image_size: int = 784,
         fast_step: bool = False,
+        optimizer: OptimizerSpec = None,
+        lr_scheduler: SchedulerSpec = None,
     ) -> None:
-        super().__init__(estimator)
+        super().__init__(estimator, optimizer, lr_scheduler)
         self.save_task_hyperparameters()  # checks arg_constraints
         self.latent_dim, self.n_categories = latent_dim, n_categories
         self.encoder = mlp([image_size, *encoder_hidden, latent_dim * n_categories], activation)
@@ -143,6 +148,9 @@ class CategoricalVAE(EstimatorTask):
         self.test_nelbo = MeanMetric()
         self.test_ll = MeanMetric()
         if fast_step:
+            if lr_scheduler is not None:
+                raise ConfigError("fast_step replays one captured step, whose learning rate is fixed: drop "
+                                  "--model.init_args.lr_scheduler, or fast_step")
             self.automatic_optimization = False
             self._runner = None
 
@@ -297,7 +305,7 @@ class CategoricalVAE(EstimatorTask):
 
     def _fast_training_step(self, x: Tensor) -> dict[str, Tensor]:
         if self._runner is None:
-            self._runner = StepRunner(self.make_step(self._adam))
+            self._runner = StepRunner(self.make_step(self._step_optimizer))
         out: dict[str, Tensor] = {}
         self.optimizers().step(closure=lambda: out.update(self._runner(x)))
         return out
@@ -324,9 +332,9 @@ class CategoricalVAE(EstimatorTask):
         if not self.hparams.fast_step:
             return super().configure_optimizers()
         # capturable: Adam's step counters live on the GPU, so its update can be captured in the graph
-        self._adam = self.adam(capturable=self.device.type == "cuda")
+        self._step_optimizer = self.build_optimizer(capturable=self.device.type == "cuda")
         self._runner = None  # a new fit builds a new optimizer: the captured step must use it
-        return ReplayOptimizer(self._adam)
+        return ReplayOptimizer(self._step_optimizer)
 
     def setup(self, stage: str) -> None:
         if stage == "fit":

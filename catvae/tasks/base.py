@@ -9,7 +9,7 @@ from torch import Tensor, nn
 
 from estimators.base import ConfigError
 
-from ..core import EstimatorSpec, EstimatorTask
+from ..core import EstimatorSpec, EstimatorTask, OptimizerSpec, SchedulerSpec
 from ..data.steps import StepsDataModule
 from ..metrics import StepMean
 
@@ -34,8 +34,9 @@ class BenchmarkTask(EstimatorTask):
     #: the type of problem the task solves (what its DataModule's ``problem()`` returns).
     problem_type: ClassVar[type] = object
 
-    def __init__(self, estimator: EstimatorSpec) -> None:
-        super().__init__(estimator)
+    def __init__(self, estimator: EstimatorSpec, optimizer: OptimizerSpec = None,
+                 lr_scheduler: SchedulerSpec = None) -> None:
+        super().__init__(estimator, optimizer, lr_scheduler)
         self.train_objective = StepMean()
         self.problem = None
 

@@ -26,7 +26,7 @@ from torch import Tensor
 
 from estimators.constraints import integer, nonnegative, positive
 
-from ..core import EstimatorSpec
+from ..core import EstimatorSpec, OptimizerSpec, SchedulerSpec
 from ..data.gmm import GMMProblem
 from .base import BenchmarkTask
 
@@ -58,7 +58,10 @@ class GMMTask(BenchmarkTask):
 
     Args:
         estimator: the gradient estimator (instance or registry name).
-        lr: Adam learning rate (paper: 0.01).
+        lr: learning rate of the default optimizer, Adam (paper: 0.01); with ``optimizer`` set, that
+            optimizer's own ``lr`` applies instead.
+        optimizer, lr_scheduler: another optimizer / a learning-rate schedule (:data:`catvae.core.OptimizerSpec`,
+            :data:`catvae.core.SchedulerSpec`); default Adam(``lr``) and a constant learning rate.
         samples_per_step: samples of the assignments per step (averaged).
         init_logit_std: θ starts at ``init_logit_std · N(0, 1)``; the means ``m̂`` at ``N(0, σ₀² I)``
             (random initializations of both, paper App. D).
@@ -80,8 +83,10 @@ class GMMTask(BenchmarkTask):
         samples_per_step: int = 1,
         init_logit_std: float = 1.0,
         window: int = 100,
+        optimizer: OptimizerSpec = None,
+        lr_scheduler: SchedulerSpec = None,
     ) -> None:
-        super().__init__(estimator)
+        super().__init__(estimator, optimizer, lr_scheduler)
         self.save_task_hyperparameters()  # checks arg_constraints
         self.declare("theta", "means")
         self.register_buffer("_window", torch.zeros(window))

@@ -21,7 +21,7 @@ from torch import Tensor
 
 from estimators.constraints import integer, nonnegative, one_of, positive, real
 
-from ..core import EstimatorSpec
+from ..core import EstimatorSpec, OptimizerSpec, SchedulerSpec
 from ..data.polynomial import PolynomialProblem
 from .base import BenchmarkTask
 
@@ -45,7 +45,10 @@ class PolynomialTask(BenchmarkTask):
         estimator: the gradient estimator (instance or registry name).
         p: the exponent ``p >= 1`` (paper: 1.5, 2, 3).
         samples_per_step: samples of ``X`` per step (paper: a batch of 256).
-        lr: Adam learning rate (paper: 0.05).
+        lr: learning rate of the default optimizer, Adam (paper: 0.05); with ``optimizer`` set, that
+            optimizer's own ``lr`` applies instead.
+        optimizer, lr_scheduler: another optimizer / a learning-rate schedule (:data:`catvae.core.OptimizerSpec`,
+            :data:`catvae.core.SchedulerSpec`); default Adam(``lr``) and a constant learning rate.
         relaxation: ``"none"`` (eq. 16) or ``"linear"`` (the linear extension of §4.1 (2)).
         init_std: θ starts at ``init_std · N(0, 1)``; 0 (default) is the uniform ``π_θ``.
     """
@@ -64,8 +67,10 @@ class PolynomialTask(BenchmarkTask):
         lr: float = 0.05,
         relaxation: str = "none",
         init_std: float = 0.0,
+        optimizer: OptimizerSpec = None,
+        lr_scheduler: SchedulerSpec = None,
     ) -> None:
-        super().__init__(estimator)
+        super().__init__(estimator, optimizer, lr_scheduler)
         self.save_task_hyperparameters()  # checks arg_constraints
         self.p = float(p)
         self.declare("theta")

@@ -20,7 +20,7 @@ from torch import Tensor, nn
 
 from estimators.constraints import integer, nonnegative, positive
 
-from ..core import EstimatorSpec
+from ..core import EstimatorSpec, OptimizerSpec, SchedulerSpec
 from ..data.sudoku import SudokuProblem, membership, violations
 from .base import BenchmarkTask
 
@@ -42,7 +42,10 @@ class SudokuTask(BenchmarkTask):
 
     Args:
         estimator: the gradient estimator (instance or registry name).
-        lr: Adam learning rate (paper: 0.05).
+        lr: learning rate of the default optimizer, Adam (paper: 0.05); with ``optimizer`` set, that
+            optimizer's own ``lr`` applies instead.
+        optimizer, lr_scheduler: another optimizer / a learning-rate schedule (:data:`catvae.core.OptimizerSpec`,
+            :data:`catvae.core.SchedulerSpec`); default Adam(``lr``) and a constant learning rate.
         samples_per_step: sampled grids per puzzle and step.
         init_std: θ starts at ``init_std · N(0, 1)`` (0: uniform over the digits).
     """
@@ -59,8 +62,10 @@ class SudokuTask(BenchmarkTask):
         lr: float = 0.05,
         samples_per_step: int = 1,
         init_std: float = 0.0,
+        optimizer: OptimizerSpec = None,
+        lr_scheduler: SchedulerSpec = None,
     ) -> None:
-        super().__init__(estimator)
+        super().__init__(estimator, optimizer, lr_scheduler)
         self.save_task_hyperparameters()  # checks arg_constraints
         self.register_buffer("groups", membership(), persistent=False)
         self.declare("theta")
