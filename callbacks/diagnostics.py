@@ -181,12 +181,23 @@ class GradientDiagnostics(L.Callback):
         return {name: list(child.parameters()) for name, child in module.named_children()
                 if name != "estimator" and any(True for _ in child.parameters())}
 
+    @staticmethod
+    def supports(module) -> bool:
+        """Whether ``module`` follows the protocol of the module docstring."""
+        return hasattr(module, "diagnostic_objective") or all(hasattr(module, a) for a in ("encode", "nelbo"))
+
+    def setup(self, trainer, pl_module, stage: str) -> None:
+        if not self.supports(pl_module):  # before the run trains (and writes) anything
+            raise ConfigError(f"GradientDiagnostics needs a task with diagnostic_objective(batch) -> (logits, f) "
+                              f"or a VAE's encode/nelbo; {type(pl_module).__name__} has neither: remove it from "
+                              "--trainer.callbacks")
+
     def _objective(self, module, batch):
         if hasattr(module, "diagnostic_objective"):
             return module.diagnostic_objective(batch)
-        if all(hasattr(module, a) for a in ("encode", "nelbo")):
+        if self.supports(module):
             return vae_objective(module, batch)
-        raise TypeError(f"{type(module).__name__} has no diagnostic_objective(batch) -> (logits, f)")
+        raise ConfigError(f"{type(module).__name__} has no diagnostic_objective(batch) -> (logits, f)")
 
     def diagnose(self, module: nn.Module, batch) -> dict[str, float]:
         with seeded(self.seed, getattr(module, "device", None)), torch.enable_grad():

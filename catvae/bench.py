@@ -21,7 +21,7 @@ from .data import MNISTDataModule
 from .data.paths import resolve_data_dir
 from .models import CategoricalVAE
 from .models.vae import mlp
-from .runner import fit_callbacks
+from .runner import default_callbacks, fit_callbacks
 
 #: the paper's VAE latent shapes (batch 200). Every estimator is built with its defaults, which are Table 5's
 #: VAE column (``configs/estimators/``).
@@ -211,7 +211,6 @@ def catvae_loop(estimator, latent_dim: int, n_categories: int, steps: int, warmu
     metrics and fit's callbacks included (validation off: it is not part of a step). ``null_step``: the
     fast path's whole step (forward, backward, Adam) is replaced by a no-op, leaving only the host work
     around it, with the progress bar on (drawn to /dev/null)."""
-    from lightning.pytorch.callbacks import TQDMProgressBar
     from lightning.pytorch.loggers import TensorBoardLogger
 
     timer = _StepTimer(device, warmup, steps, pipelined)
@@ -228,9 +227,7 @@ def catvae_loop(estimator, latent_dim: int, n_categories: int, steps: int, warmu
         exact_nelbo_every_n_steps=exact_every)
     data = MNISTDataModule(str(root), download=False)
     # catvae fit's own callbacks (checkpoints every 1000 steps and at epoch ends: none inside the timed window)
-    callbacks = [Tick(), *fit_callbacks(model.monitor)]
-    if null_step:
-        callbacks.append(TQDMProgressBar(refresh_rate=10))
+    callbacks = [Tick(), *fit_callbacks(model.monitor), *default_callbacks(progress_bar=null_step)]
     trainer = L.Trainer(max_steps=steps + warmup, accelerator=device.type, devices=1, limit_val_batches=0,
                          precision=precision,
                          logger=TensorBoardLogger(logdir), default_root_dir=logdir, enable_progress_bar=null_step,

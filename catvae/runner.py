@@ -18,6 +18,8 @@ SIGTERM (both after writing ``last.ckpt``).
 from __future__ import annotations
 
 import argparse
+import copy
+import importlib
 import inspect
 import json
 import logging
@@ -31,14 +33,14 @@ from pathlib import Path
 
 import lightning as L
 from jsonargparse import Namespace
-from lightning.pytorch.callbacks import LearningRateMonitor, ProgressBar, TQDMProgressBar
+from lightning.pytorch.callbacks import LearningRateMonitor, ProgressBar
 from lightning.pytorch.cli import LightningCLI
 from lightning.pytorch.loggers import CSVLogger, Logger, TensorBoardLogger
 from lightning.pytorch.utilities.exceptions import MisconfigurationException, SIGTERMException
 from lightning.pytorch.utilities.rank_zero import rank_zero_only
 
 import estimators
-from callbacks import CheckpointOnInterrupt, HParamsSummary, RunCheckpoint, Throughput
+from callbacks import CheckpointOnInterrupt, RunCheckpoint
 
 from .core import EstimatorTask
 from .errors import ConfigError, NonFiniteLogitsError, NothingToTrain, TrainingDiverged
@@ -52,14 +54,39 @@ EXIT_DIVERGED, EXIT_USAGE = 1, 2
 _QUIET = [r".*litlogger.*", r".*litmodels.*", r".*isinstance\(treespec, LeafSpec\).*"]
 
 
+#: The callbacks a run starts with: the default of ``trainer.callbacks`` (so ``--help``, ``--print_config``
+#: and every run's ``config.yaml`` show them; ``--trainer.callbacks+=X`` adds to them, a config's
+#: ``trainer.callbacks`` list replaces them): a progress bar refreshed every 10 steps (every step costs
+#: ~0.25 ms of Python), the learning rate, throughput, and the HPARAMS table. As ``class_path`` specs, which
+#: jsonargparse records in ``config.yaml`` (instances in a parser default are not).
+DEFAULT_CALLBACKS = [
+    {"class_path": "lightning.pytorch.callbacks.TQDMProgressBar", "init_args": {"refresh_rate": 10}},
+    {"class_path": "lightning.pytorch.callbacks.LearningRateMonitor"},
+    {"class_path": "callbacks.Throughput"},
+    {"class_path": "callbacks.HParamsSummary"},
+]
+
+
+def default_callbacks(progress_bar: bool = True) -> list:
+    """Instances of :data:`DEFAULT_CALLBACKS` (for a Trainer built outside the CLI: ``catvae bench``),
+    without the progress bar unless ``progress_bar``."""
+    out = []
+    for spec in DEFAULT_CALLBACKS:
+        module, _, name = spec["class_path"].rpartition(".")
+        cls = getattr(importlib.import_module(module), name)
+        if progress_bar or not issubclass(cls, ProgressBar):
+            out.append(cls(**spec.get("init_args", {})))
+    return out
+
+
 def fit_callbacks(monitor: str | None, checkpoint_every_n_steps: int = 1000, dirpath: str | None = None,
                   resuming: bool = False) -> list:
-    """The callbacks ``catvae fit`` adds to the user's: best and last checkpoints (in ``dirpath``, where a
-    resumed run's checkpoint lies when ``resuming``), learning rate, throughput, checkpoint on interrupt,
-    the HPARAMS table (``catvae bench train`` times the step with the same set)."""
+    """The callbacks ``catvae fit`` always adds, whatever the config says, because a run's resume and its
+    finished/stopped status depend on them: best and last checkpoints (in ``dirpath``, the run's version
+    directory, known only once it is claimed; where a resumed run's checkpoint lies when ``resuming``), and
+    checkpoint on interrupt. Their settings are top-level options (``--checkpoint_every_n_steps``)."""
     best = [RunCheckpoint.best(monitor, dirpath, resuming)] if monitor else []
-    return [*best, *RunCheckpoint.last(checkpoint_every_n_steps, dirpath, resuming), LearningRateMonitor(),
-            Throughput(), CheckpointOnInterrupt(), HParamsSummary()]
+    return [*best, *RunCheckpoint.last(checkpoint_every_n_steps, dirpath, resuming), CheckpointOnInterrupt()]
 
 
 def estimator_class_paths(argv: list[str]) -> list[str]:
@@ -109,6 +136,8 @@ class CatVAECLI(LightningCLI):
         return super().init_parser(**kwargs)
 
     def add_arguments_to_parser(self, parser) -> None:
+        # configurable defaults (trainer_defaults' callbacks would be fixed: neither shown nor removable)
+        parser.set_defaults({"trainer.callbacks": copy.deepcopy(DEFAULT_CALLBACKS)})
         parser.add_argument("--experiment_name", type=str | None, default=None,
                             help="run directory <runs_dir>/<experiment_name>/<estimator>/; default: the task's")
         parser.add_argument("--runs_dir", type=str, default="runs", help="root of all run directories")
@@ -161,13 +190,15 @@ class CatVAECLI(LightningCLI):
             dirpath = str(run_dir / "checkpoints") if run_dir is not None else None
             resuming = bool(ckpt) and version is not None
             kwargs["callbacks"] = self._fit_callbacks(cfg, every, dirpath, resuming, kwargs.get("callbacks"))
-        elif ckpt:
-            # the checkpoint callbacks of fit, inert outside fitting: Lightning restores every callback state a
-            # checkpoint holds, also to evaluate it, and warns about each one no callback of the trainer owns
-            monitor = getattr(self.model, "monitor", None)
-            dirpath = str(run_dir / "checkpoints") if version is not None else str(path.parent)
-            kwargs["callbacks"] = [*([RunCheckpoint.best(monitor, dirpath)] if monitor else []),
-                                   *RunCheckpoint.last(every, dirpath)]
+        else:
+            kwargs["callbacks"] = self._configured_callbacks(cfg)
+            if ckpt:
+                # the checkpoint callbacks of fit, inert outside fitting: Lightning restores every callback state
+                # a checkpoint holds, also to evaluate it, and warns about each one no callback of the trainer owns
+                monitor = getattr(self.model, "monitor", None)
+                dirpath = str(run_dir / "checkpoints") if version is not None else str(path.parent)
+                kwargs["callbacks"] += [*([RunCheckpoint.best(monitor, dirpath)] if monitor else []),
+                                        *RunCheckpoint.last(every, dirpath)]
         try:
             trainer = super().instantiate_trainer(**kwargs)
         except (MisconfigurationException, ValueError) as err:  # Trainer(...) rejecting a --trainer option
@@ -229,15 +260,19 @@ class CatVAECLI(LightningCLI):
         return loggers
 
     def _fit_callbacks(self, cfg, every: int, dirpath: str | None, resuming: bool, given) -> list:
-        extra = fit_callbacks(getattr(self.model, "monitor", None), every, dirpath, resuming)
+        return self._configured_callbacks(cfg) + list(given or []) + fit_callbacks(
+            getattr(self.model, "monitor", None), every, dirpath, resuming)
+
+    def _configured_callbacks(self, cfg) -> list:
+        """The config's callbacks (default: :data:`DEFAULT_CALLBACKS`), less the progress bar when
+        ``--trainer.enable_progress_bar false`` and the learning-rate monitor when ``--trainer.logger false``
+        (Lightning refuses both combinations; the flag wins)."""
         configured = self._get(self.config_init, "trainer", default={}).get("callbacks") or []
         configured = configured if isinstance(configured, list) else [configured]
-        if (cfg.get("trainer") or {}).get("enable_progress_bar") is not False and not any(
-            isinstance(c, ProgressBar) for c in configured
-        ):
-            # refreshing every step costs ~0.25 ms of Python per step
-            extra.append(TQDMProgressBar(refresh_rate=10))
-        return configured + list(given or []) + extra
+        trainer = cfg.get("trainer") or {}
+        drop = (ProgressBar,) * (trainer.get("enable_progress_bar") is False)
+        drop += (LearningRateMonitor,) * (trainer.get("logger") is False)
+        return [c for c in configured if not isinstance(c, drop)]
 
     def _discard_claimed(self) -> None:
         """Remove the version directory this process created when the run failed on bad input before it

@@ -98,10 +98,9 @@ def test_no_host_sync_per_training_step(tmp_path, monkeypatch, fast):
     import contextlib
     import os
 
-    from lightning.pytorch.callbacks import TQDMProgressBar
     from lightning.pytorch.loggers import TensorBoardLogger
 
-    from catvae.runner import fit_callbacks
+    from catvae.runner import default_callbacks, fit_callbacks
 
     reads: dict[int, int] = {}
     step = {"now": None}
@@ -124,7 +123,7 @@ def test_no_host_sync_per_training_step(tmp_path, monkeypatch, fast):
     model = CategoricalVAE("redge_cov", latent_dim=8, n_categories=4, fast_step=fast)
     data = MNISTDataModule(str(DATA), train_subset=2000, batch_size=100, download=False)  # 20 steps per epoch
     trainer = L.Trainer(max_epochs=2, logger=TensorBoardLogger(tmp_path), log_every_n_steps=5, limit_val_batches=1,
-                        enable_model_summary=False, callbacks=[Window(), TQDMProgressBar(refresh_rate=10),
+                        enable_model_summary=False, callbacks=[Window(), *default_callbacks(),
                                                                *fit_callbacks(model.monitor, 1000, str(tmp_path))])
     with open(os.devnull, "w") as null, contextlib.redirect_stderr(null):
         trainer.fit(model, data)

@@ -282,6 +282,33 @@ def test_readme_registry_name_with_init_args_records_the_class(tmp_path, after):
         "class_path": "estimators.ReDGEMax", "init_args": {"n_steps": 10, "t_1": 0.3, "hard": True, "fused": True}}
 
 
+def test_default_callbacks_are_config_that_the_trainer_flags_and_a_config_override(tmp_path, capsys):
+    """The progress bar, learning-rate monitor, throughput and HPARAMS callbacks are the default of
+    trainer.callbacks: recorded in config.yaml, replaced by a config's list; --trainer.logger false and
+    --trainer.enable_progress_bar false drop what Lightning would refuse; the checkpoints stay."""
+    runs = tmp_path / "runs"
+    poly = ["--config", str(CONFIGS / "polynomial" / "p2.yaml"), "--data.init_args.steps_per_epoch=5",
+            "--trainer.max_steps=3", "--trainer.enable_model_summary=false", "--runs_dir", str(runs)]
+    folder = runs / "polynomial_p2" / "redge"
+    assert main(["fit", *poly]) == 0
+    config = yaml.safe_load((folder / "version_0" / "config.yaml").read_text())
+    assert [c["class_path"] for c in config["trainer"]["callbacks"]] == [
+        "lightning.pytorch.callbacks.TQDMProgressBar", "lightning.pytorch.callbacks.LearningRateMonitor",
+        "callbacks.Throughput", "callbacks.HParamsSummary"]
+    assert "lr-Adam" in scalars(folder / "version_0")
+    (tmp_path / "none.yaml").write_text("trainer:\n  callbacks: []\n")
+    assert main(["fit", *poly, "--config", str(tmp_path / "none.yaml")]) == 0
+    assert "lr-Adam" not in scalars(folder / "version_1") and (folder / "version_1/checkpoints/last.ckpt").is_file()
+    assert main(["fit", *poly, "--trainer.logger=false", "--trainer.enable_progress_bar=false"]) == 0
+    assert (folder / "version_2/checkpoints/last.ckpt").is_file()
+    assert main(["test", *poly, "--trainer.enable_progress_bar=false", "--ckpt_path=last"]) == 0
+    capsys.readouterr()
+    assert main(["fit", *poly, "--trainer.callbacks+=callbacks.GradientDiagnostics"]) == 2  # needs a VAE-like task
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "GradientDiagnostics needs a task" in err[0]
+    assert sorted(p.name for p in folder.iterdir()) == ["version_0", "version_1", "version_2"]
+
+
 # ---------------------------------------------------------------- 4. concurrent runs
 
 
