@@ -1,5 +1,7 @@
 """Lightning callbacks for catvae: checkpoints of a run, interrupts, timing, hyperparameters, images, diagnostics."""
 
+__distribution__ = "catvae"  # checked by catvae.layout: this top-level package is catvae's
+
 from .checkpoint import RunCheckpoint
 from .diagnostics import GradientDiagnostics
 from .hparams import HParamsSummary

@@ -1,5 +1,6 @@
 """catvae: categorical VAEs and gradient-estimator comparisons with PyTorch Lightning."""
 
+from . import layout  # noqa: F401  (first: checks that estimators/, callbacks/ on the path are catvae's)
 from .core import EstimatorTask
 from .data import GMMDataModule, MNISTDataModule, PolynomialDataModule, StepsDataModule, SudokuDataModule, TensorBatches
 from .models import CategoricalVAE

@@ -11,6 +11,8 @@ logits is the estimator's. Build one by registry name::
 or by class (``estimators.ReDGECov(n_steps=3)``, also usable as a LightningCLI ``class_path``).
 """
 
+__distribution__ = "catvae"  # checked by catvae.layout: this top-level package is catvae's
+
 from . import exact, functional
 from .base import CategoricalEstimator, available, build, get, register
 from .baselines import GumbelSoftmax, ReinMax, StraightThrough
