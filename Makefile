@@ -21,7 +21,7 @@ ifneq ($(wildcard ../shared/data),)
 export CATVAE_DATA_DIR ?= $(abspath ../shared/data)
 endif
 
-.PHONY: setup demo test bench lint clean gpu-pack gpu-check
+.PHONY: setup demo test test-fast bench lint clean gpu-pack gpu-check
 
 setup: $(STAMP)
 
@@ -41,6 +41,10 @@ demo: setup
 
 test: setup
 	$(BIN)/python -m pytest -q
+
+# the edit-test loop: all but the end-to-end runs marked slow
+test-fast: setup
+	$(BIN)/python -m pytest -q -m "not slow"
 
 bench: setup
 	$(BIN)/catvae bench estimators

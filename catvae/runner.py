@@ -266,13 +266,15 @@ class CatVAECLI(LightningCLI):
     def _configured_callbacks(self, cfg) -> list:
         """The config's callbacks (default: :data:`DEFAULT_CALLBACKS`), less the progress bar when
         ``--trainer.enable_progress_bar false`` and the learning-rate monitor when ``--trainer.logger false``
-        (Lightning refuses both combinations; the flag wins)."""
+        (Lightning refuses both combinations; the flag wins). Of several progress bars the last one stays
+        (``--trainer.callbacks+=...TQDMProgressBar`` replaces the default's; Lightning allows one)."""
         configured = self._get(self.config_init, "trainer", default={}).get("callbacks") or []
         configured = configured if isinstance(configured, list) else [configured]
         trainer = cfg.get("trainer") or {}
         drop = (ProgressBar,) * (trainer.get("enable_progress_bar") is False)
         drop += (LearningRateMonitor,) * (trainer.get("logger") is False)
-        return [c for c in configured if not isinstance(c, drop)]
+        bars = [c for c in configured if isinstance(c, ProgressBar)]
+        return [c for c in configured if not isinstance(c, drop) and not (c in bars and c is not bars[-1])]
 
     def _discard_claimed(self) -> None:
         """Remove the version directory this process created when the run failed on bad input before it

@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import json
 
+import pytest
 from conftest import ROOT, needs_mnist
 
 from catvae.cli import main
@@ -67,6 +68,7 @@ def test_markdown_lists_the_hyperparameters_the_runs_recorded(tmp_path):
 
 
 @needs_mnist
+@pytest.mark.slow
 def test_quick_sweep_end_to_end_and_resume(tmp_path, capsys):
     out = tmp_path / "cmp"
     # one seed keeps the test near a minute on a 2-core CPU (each run is a fresh `catvae` process)

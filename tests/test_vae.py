@@ -282,6 +282,7 @@ def _spawn(args: list[str]) -> subprocess.Popen:
 
 
 @needs_mnist
+@pytest.mark.slow
 def test_ddp_two_processes_reduce_metrics_and_resume_on_one(tmp_path):
     runs = tmp_path / "runs"
     args = cli_args(runs, "--trainer.accelerator=cpu", "--trainer.devices=2", "--trainer.strategy=ddp",
