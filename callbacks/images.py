@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import lightning as L
 import torch
+from torchvision.utils import make_grid
 
 from estimators.constraints import integer, validate
 
@@ -32,8 +33,6 @@ class ImageLogger(L.Callback):
         final = trainer.max_epochs is not None and trainer.current_epoch + 1 >= trainer.max_epochs
         if trainer.current_epoch % self.every_n_epochs and not final:
             return
-        from torchvision.utils import make_grid
-
         with torch.no_grad(), pl_module.eval_rng(-1):
             recon = pl_module(self._batch)
             samples = pl_module.generate(self.n_images)

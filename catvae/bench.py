@@ -9,10 +9,14 @@ import math
 import os
 import statistics
 import sys
+import tempfile
 import time
 
 import lightning as L
 import torch
+from lightning.pytorch.loggers import TensorBoardLogger
+from torchvision import transforms
+from torchvision.datasets import MNIST
 
 import estimators
 from estimators.base import ConfigError
@@ -176,9 +180,6 @@ class _StepTimer:
 def reference_loop(estimator, latent_dim: int, n_categories: int, steps: int, warmup: int, device: torch.device, root) -> float:
     """The authors' style of loop: torchvision MNIST with per-item transforms through a DataLoader,
     a plain Python optimization loop. Returns the median seconds per steady-state step."""
-    from torchvision import transforms
-    from torchvision.datasets import MNIST
-
     transform = transforms.Compose([transforms.ToTensor(), transforms.Lambda(lambda x: (x > 0.5).float().view(-1))])
     loader = torch.utils.data.DataLoader(MNIST(str(root), train=True, transform=transform), batch_size=200,
                                          shuffle=True, drop_last=True)
@@ -211,8 +212,6 @@ def catvae_loop(estimator, latent_dim: int, n_categories: int, steps: int, warmu
     metrics and fit's callbacks included (validation off: it is not part of a step). ``null_step``: the
     fast path's whole step (forward, backward, Adam) is replaced by a no-op, leaving only the host work
     around it, with the progress bar on (drawn to /dev/null)."""
-    from lightning.pytorch.loggers import TensorBoardLogger
-
     timer = _StepTimer(device, warmup, steps, pipelined)
 
     class Tick(L.Callback):
@@ -253,8 +252,6 @@ def _at_least_one(args: argparse.Namespace, *flags: str) -> None:
 
 
 def bench_overhead(args: argparse.Namespace) -> None:
-    import tempfile
-
     device, root = _training_setup(args)
     latent_dim, n_categories = _shape(args.setting)
     timings = []
@@ -272,8 +269,6 @@ def bench_overhead(args: argparse.Namespace) -> None:
 
 
 def bench_train(args: argparse.Namespace) -> None:
-    import tempfile
-
     device, root = _training_setup(args)
     names = args.estimators or ["gumbel", "redge", "redge_max", "redge_cov"]
     settings = [_shape(s) for s in args.settings]

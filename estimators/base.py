@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import math
 from typing import ClassVar
 
@@ -143,7 +144,5 @@ def build(name: str, **kwargs) -> CategoricalEstimator:
     try:
         return cls(**kwargs)
     except TypeError as err:  # unknown keyword: name the estimator and its parameters
-        import inspect
-
         params = [p for p in inspect.signature(cls.__init__).parameters if p != "self"]
         raise ConfigError(f"estimator {name!r}: {err}; its parameters are: {', '.join(params)}") from None

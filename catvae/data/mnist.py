@@ -8,6 +8,7 @@ from typing import Literal
 import lightning as L
 import torch
 from torch import Tensor
+from torchvision.datasets import MNIST
 
 from estimators.constraints import ConfigError, boolean, integer, one_of, optional, text, validate
 
@@ -23,8 +24,6 @@ FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3
 
 def load_mnist(root: Path, train: bool, download: bool) -> Tensor:
     """MNIST images as a uint8 tensor ``[N, 784]`` from torchvision's files under ``root/MNIST/raw``."""
-    from torchvision.datasets import MNIST
-
     raw = root / "MNIST" / "raw"
     present = all((raw / name).is_file() for name in FILES)
     try:

@@ -22,6 +22,7 @@ from __future__ import annotations
 import math
 
 import torch
+from scipy.optimize import linear_sum_assignment
 from torch import Tensor
 
 from estimators.constraints import integer, nonnegative, positive
@@ -36,8 +37,6 @@ __all__ = ["GMMTask", "clustering_accuracy"]
 def clustering_accuracy(pred: Tensor, target: Tensor, n_components: int) -> float:
     """Fraction of points whose predicted cluster matches the true one under the best relabeling
     (Hungarian matching of the ``K×K`` confusion matrix, ``scipy.optimize.linear_sum_assignment``)."""
-    from scipy.optimize import linear_sum_assignment
-
     confusion = torch.zeros(n_components, n_components, dtype=torch.long)
     confusion.index_put_((pred.cpu().long(), target.cpu().long()), torch.ones(len(pred), dtype=torch.long),
                          accumulate=True)
