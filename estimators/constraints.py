@@ -17,7 +17,7 @@ from typing import Any
 
 __all__ = [
     "ConfigError", "Constraint", "boolean", "integer", "interval", "is_int", "is_real", "nonnegative", "one_of",
-    "optional", "positive", "real", "sizes", "text", "unit_interval", "validate",
+    "one_or_list", "optional", "positive", "real", "sizes", "text", "unit_interval", "validate",
 ]
 
 
@@ -118,6 +118,22 @@ class _Optional(Constraint):
         return None if value is None else self.inner.normalize(value)
 
 
+class _OneOrList(Constraint):
+    def __init__(self, inner: Constraint) -> None:
+        self.inner = inner
+        self.description = f"{inner.description}, or a non-empty list of them"
+
+    def check(self, value) -> bool:
+        if isinstance(value, Sequence) and not isinstance(value, (str, bytes)):
+            return len(value) > 0 and all(self.inner.check(v) for v in value)
+        return self.inner.check(value)
+
+    def normalize(self, value):
+        if isinstance(value, Sequence) and not isinstance(value, (str, bytes)):
+            return [self.inner.normalize(v) for v in value]
+        return self.inner.normalize(value)
+
+
 class _Text(Constraint):
     description = "a non-empty string"
 
@@ -157,6 +173,11 @@ def interval(low: float, high: float, low_open: bool = False, high_open: bool = 
 def one_of(*choices) -> Constraint:
     """One of ``choices`` (of the same type)."""
     return _OneOf(choices)
+
+
+def one_or_list(inner: Constraint) -> Constraint:
+    """A value ``inner`` accepts, or a non-empty list of such values."""
+    return _OneOrList(inner)
 
 
 def optional(inner: Constraint) -> Constraint:

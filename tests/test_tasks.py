@@ -194,6 +194,41 @@ def test_generator_puzzles_have_exactly_one_solution():
     assert count_solutions([5, 5] + [0] * 79)[0] == 0
 
 
+def test_generator_mixes_clue_counts_evenly():
+    puzzles, solutions = generate_puzzles(6, n_clues=[30, 45, 60], seed=2)
+    assert [sum(1 for v in p if v) for p in puzzles] == [30, 45, 60, 30, 45, 60]
+    assert all(count_solutions(p, limit=2) == (1, s) for p, s in zip(puzzles, solutions))
+    data = SudokuDataModule(n_puzzles=6, n_clues=[30, 45, 60], generator_seed=2)
+    assert data.problem().clues.tolist() == puzzles and data.run_name == "sudoku_gen30-60"
+    for bad in ([], [30, 10], [30, True], "30"):
+        with pytest.raises(ConfigError, match="n_clues must be an integer in"):
+            SudokuDataModule(n_clues=bad)
+
+
+@pytest.mark.parametrize("sharpness, by_sample", [(3.0, 0.0), (30.0, 100.0)])
+def test_sudoku_counts_solved_by_the_last_sample_and_by_the_argmax_grid(sharpness, by_sample):
+    """The paper counts a puzzle solved when the estimator's last training sample is a valid grid; the
+    argmax grid is another count. θ peaked at the solution: the argmax grid is always solved, a sample of a
+    mildly peaked θ (p ≈ 0.7 per cell) never is, of a sharp one always; per clue count too."""
+    puzzles, solutions = generate_puzzles(4, n_clues=[30, 60], seed=1)
+    torch.manual_seed(0)
+    task, data = sudoku("st", {"n_puzzles": 4, "n_clues": [30, 60], "generator_seed": 1, "steps_per_epoch": 1},
+                        lr=1e-9)
+    with torch.no_grad():
+        task.theta.copy_(sharpness * torch.nn.functional.one_hot(torch.tensor(solutions) - 1, 9).float())
+    trainer = L.Trainer(max_steps=1, max_epochs=-1, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                        enable_model_summary=False, num_sanity_val_steps=0, accelerator="cpu")
+    trainer.fit(task, datamodule=data)
+    metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
+    assert metrics["val/solved_argmax"] == 100.0 and metrics["val/solved_argmax/30_clues"] == 100.0
+    assert metrics["val/solved_sample"] == by_sample
+    assert metrics["val/solved_sample/30_clues"] == metrics["val/solved_sample/60_clues"] == by_sample
+    # the flags travel in the state dict (a resumed or tested run reports the same count)
+    restored = SudokuTask("st")
+    restored.load_state_dict(task.state_dict())
+    assert torch.equal(restored.last_sample_valid, torch.full((4,), by_sample > 0))
+
+
 def test_sudoku_exact_objective_matches_monte_carlo():
     torch.manual_seed(0)
     task, _ = sudoku("st", {"n_puzzles": 3, "n_clues": 30}, init_std=1.0)

@@ -11,12 +11,13 @@ from __future__ import annotations
 import csv
 import os
 import random
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
 
-from estimators.constraints import ConfigError, integer, optional, text, validate
+from estimators.constraints import ConfigError, integer, one_or_list, optional, text, validate
 
 from .paths import resolve_file
 from .steps import StepsDataModule
@@ -207,18 +208,22 @@ def _unique_without(puzzle: list[int], cell: int) -> bool:
     return True
 
 
-def generate_puzzles(n: int, n_clues: int = 30, seed: int = 0, max_tries: int = 50) -> tuple[list[list[int]], list[list[int]]]:
-    """``n`` puzzles with exactly ``n_clues`` clues and a unique solution, and their solutions.
+def generate_puzzles(n: int, n_clues: int | Sequence[int] = 30, seed: int = 0,
+                     max_tries: int = 50) -> tuple[list[list[int]], list[list[int]]]:
+    """``n`` puzzles with a unique solution, and their solutions; puzzle ``k`` has exactly ``n_clues`` clues,
+    or ``n_clues[k % len(n_clues)]`` for a list (an even mix of clue counts).
 
     A random complete grid (randomized backtracking), then clues are removed in random order as long
-    as the solution stays unique, until ``n_clues`` remain. Deterministic given ``seed``.
+    as the solution stays unique, until the clue count is reached. Deterministic given ``seed``.
     Greedy removal reliably reaches about 25 clues; fewer may need many tries (``ConfigError`` after
     ``max_tries`` grids per puzzle).
     """
-    validate({"n": integer(1), "n_clues": CLUES}, {"n": n, "n_clues": n_clues})
+    counts = validate({"n": integer(1), "n_clues": one_or_list(CLUES)}, {"n": n, "n_clues": n_clues})["n_clues"]
+    counts = counts if isinstance(counts, list) else [counts]
     rng = random.Random(seed)
     puzzles, solutions = [], []
     for k in range(n):
+        target = counts[k % len(counts)]
         for _ in range(max_tries):
             _, solution = count_solutions([0] * 81, limit=1, rng=rng)
             puzzle = list(solution)
@@ -226,17 +231,17 @@ def generate_puzzles(n: int, n_clues: int = 30, seed: int = 0, max_tries: int = 
             order = list(range(81))
             rng.shuffle(order)
             for cell in order:
-                if clues == n_clues:
+                if clues == target:
                     break
                 if _unique_without(puzzle, cell):
                     puzzle[cell] = 0
                     clues -= 1
-            if clues == n_clues:
+            if clues == target:
                 puzzles.append(puzzle)
                 solutions.append(solution)
                 break
         else:
-            raise ConfigError(f"could not generate puzzle {k} with {n_clues} clues in {max_tries} tries; use more clues")
+            raise ConfigError(f"could not generate puzzle {k} with {target} clues in {max_tries} tries; use more clues")
     return puzzles, solutions
 
 
@@ -263,22 +268,26 @@ class SudokuDataModule(StepsDataModule):
             under ``$CATVAE_DATA_DIR/sudoku/``.
         n_puzzles: number of puzzles (generated, or read from the file; ``None``: the whole file).
         offset: skip that many puzzles of the file.
-        n_clues: clues per generated puzzle (17-81; below ~25 generation gets slow).
+        n_clues: clues per generated puzzle (17-81; below ~25 generation gets slow), or a list of clue counts
+            for an even mix (puzzle ``k`` gets ``n_clues[k % len]``; ``configs/sudoku/table2.yaml``).
         generator_seed: seed of the puzzle generator (independent of the run's seed).
         steps_per_epoch: optimizer steps between two evaluations.
     """
 
     arg_constraints = {"source": optional(text), "n_puzzles": optional(integer(1)), "offset": integer(0),
-                       "n_clues": CLUES, "generator_seed": integer(0)}
+                       "n_clues": one_or_list(CLUES), "generator_seed": integer(0)}
 
-    def __init__(self, source: str | None = None, n_puzzles: int | None = 100, offset: int = 0, n_clues: int = 30,
+    def __init__(self, source: str | None = None, n_puzzles: int | None = 100, offset: int = 0,
+                 n_clues: int | list[int] = 30,
                  generator_seed: int = 0, steps_per_epoch: int = 100) -> None:
         super().__init__(steps_per_epoch)
         self.save_arguments()
 
     @property
     def run_name(self) -> str:
-        return self.source_name("sudoku", f"gen{self.hparams.n_clues}")
+        counts = self.hparams.n_clues
+        mix = f"{min(counts)}-{max(counts)}" if isinstance(counts, (list, tuple)) else counts
+        return self.source_name("sudoku", f"gen{mix}")
 
     def make_problem(self) -> SudokuProblem:
         hp = self.hparams

@@ -41,17 +41,23 @@ class BenchmarkTask(EstimatorTask):
         self.problem = None
 
     # -- the problem and the parameters ---------------------------------------------------------------
-    def declare(self, *names: str) -> None:
-        """Parameters whose size the problem decides: created by :meth:`attach` or by a loaded state dict."""
+    def declare(self, *names: str, buffers: tuple[str, ...] = ()) -> None:
+        """Parameters (and checkpointed ``buffers``, e.g. per-problem training state) whose size the problem
+        decides: created by :meth:`attach` or by a loaded state dict."""
         for name in names:
             self.register_parameter(name, None)
+        for name in buffers:
+            self.register_buffer(name, None)
 
     def create(self, name: str, value: Tensor) -> None:
-        """Create the declared parameter ``name`` with initial ``value``, or check that one loaded before
-        has the same size (a checkpoint written for another problem size is refused)."""
+        """Create the declared parameter or buffer ``name`` with initial ``value``, or check that one loaded
+        before has the same size (a checkpoint written for another problem size is refused)."""
         current = getattr(self, name)
         if current is None:
-            self.register_parameter(name, nn.Parameter(value))
+            if name in self._buffers:
+                self.register_buffer(name, value)
+            else:
+                self.register_parameter(name, nn.Parameter(value))
         elif current.shape != value.shape:
             raise ConfigError(f"the checkpoint's {name} has shape {tuple(current.shape)}, but the problem of the "
                               f"data module needs {tuple(value.shape)}: pass the data config it was trained with")
@@ -83,10 +89,13 @@ class BenchmarkTask(EstimatorTask):
         return super().load_state_dict(state_dict, strict=strict, assign=assign)
 
     def _create_from(self, state_dict: dict) -> None:
-        """Declared parameters not created yet take their size from ``state_dict``."""
+        """Declared parameters and buffers not created yet take their size from ``state_dict``."""
         for name, param in list(self._parameters.items()):
             if param is None and name in state_dict:
                 self.register_parameter(name, nn.Parameter(torch.empty_like(state_dict[name])))
+        for name, buffer in list(self._buffers.items()):
+            if buffer is None and name in state_dict:
+                self.register_buffer(name, torch.empty_like(state_dict[name]))
 
     # -- logging --------------------------------------------------------------------------------------
     def log_train_objective(self, value: Tensor) -> None:
