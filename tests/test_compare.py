@@ -10,6 +10,7 @@ from conftest import ROOT, needs_mnist
 
 from catvae.cli import main
 from catvae.compare import Run, load_spec, write_markdown
+from catvae.errors import ConfigError
 
 SPEC = ROOT / "configs" / "compare"
 
@@ -65,6 +66,37 @@ def test_markdown_lists_the_hyperparameters_the_runs_recorded(tmp_path):
     text = (tmp_path / "r.md").read_text()
     assert "| redge | redge | s1: n_steps=4 t_1=0.3333; s2: n_steps=20 t_1=0.05263 |" in text  # resolved, per setting
     assert "| st | st | tau=2.0 |" in text  # no finished run: the spec's overrides
+
+
+def test_a_spec_names_its_columns_figures_and_per_seed_arguments(tmp_path, capsys):
+    """Any task: the benchmark specs declare their metrics (the VAE's are the default), figures and a note;
+    {seed} in args is the run's seed; a GMM sweep runs end to end through fit and test."""
+    spec = tmp_path / "gmm.yaml"
+    spec.write_text(f"steps: 20\nseeds: [3]\nsettings: {{k20: {ROOT / 'configs/gmm/k20.yaml'}}}\n"
+                    f"estimators: [{ROOT / 'configs/estimators/reinmax.yaml'}]\n"
+                    "args: ['--data.init_args.data_seed={seed}', --data.init_args.n_points=60,"
+                    " --data.init_args.steps_per_epoch=10]\n"
+                    "note: a note\nmetrics:\n  - {tag: test/nelbo_nc, header: exact NELBO}\n"
+                    "  - {tag: test/accuracy, header: accuracy, lower: false}\n"
+                    "  - {tag: train/nelbo_window_std, header: spread, rank: false}\n"
+                    "curves: [{tag: val/nelbo_nc, title: exact NELBO}]\n")
+    (run,) = load_spec(spec)
+    assert [m.column for m in run.metrics] == ["test_nelbo_nc", "test_accuracy", "train_nelbo_window_std"]
+    assert "--data.init_args.data_seed=3" in run.cli_args(tmp_path) and run.note == "a note"
+    out = tmp_path / "out"
+    assert main(["compare", str(spec), "--out", str(out)]) == 0
+    assert "exact NELBO" in capsys.readouterr().out  # the progress line shows the spec's first columns
+    row = next(csv.DictReader(open(out / "results.csv")))
+    assert float(row["test_nelbo_nc"]) > 0 and 0 < float(row["test_accuracy"]) <= 1 and row["train_nelbo_window_std"]
+    md = (out / "results.md").read_text()
+    assert "a note" in md and "| k20 exact NELBO | k20 accuracy | k20 spread |" in md
+    row = next(line for line in md.splitlines() if line.startswith("| reinmax |"))
+    assert row.count("**") == 4  # the two ranked columns are bold (one estimator), the spread is not
+    assert (out / "curves_val_nelbo_nc.png").is_file()
+    for bad, message in [("metrics: [{header: x}]", "metrics must be"), ("curves: [1]", "curves must be")]:
+        spec.write_text(f"steps: 2\nsettings: [{ROOT / 'configs/gmm/k20.yaml'}]\nestimators: [st]\n{bad}\n")
+        with pytest.raises(ConfigError, match=message):
+            load_spec(spec)
 
 
 @needs_mnist

@@ -6,11 +6,16 @@ A spec (see ``configs/compare/*.yaml``)::
     seeds: [0, 1, 2]
     settings:                          # name: config file(s) (a path or a list); or a list of paths
       l48_k2: configs/mnist/l48_k2.yaml
-    estimators:                        # registry name + hyperparameters; label defaults to the name
-      - {name: st, init_args: {tau: 1.0}}
-      - {name: redge_cov, init_args: {n_steps: 3, t_1: 0.5}}
-    args: []                           # extra CLI arguments for every fit and test
+    estimators:                        # config files, or registry name + hyperparameters (label: the
+      - configs/estimators/st.yaml     # file's stem or the name)
+      - {name: redge_cov, init_args: {n_steps: 3, t_1: 0.5}, label: redge_cov_half}
+    args: []                           # extra CLI arguments for every fit and test ({seed}: the run's seed,
+                                       # e.g. --data.init_args.data_seed={seed})
     quick: {steps: 50, args: [...]}    # what --quick uses instead (optional; defaults below)
+    metrics:                           # the columns (default: the VAE's train/loss, exact NELBOs, log p(x))
+      - {tag: test/nelbo, header: test NELBO, lower: true}
+    curves: [{tag: val/nelbo, title: val NELBO}]   # the figures (default: the VAE's)
+    note: text under the title of results.md
 
 Every run goes through the ``catvae`` command itself, in its own process (``catvae.cli.main`` with
 ``fit`` then ``test --ckpt_path last``), into ``<out>/runs/<setting>/<label>/seed<seed>/<estimator>/version_N``
@@ -55,7 +60,7 @@ def compare(args: argparse.Namespace) -> int:
     command = "catvae compare " + " ".join([str(spec)] + (["--quick"] if args.quick else []) +
                                            ([f"--steps {args.steps}"] if args.steps else []) +
                                            ([f"--seeds {args.seeds}"] if args.seeds else []))
-    write_csv(results, out / "results.csv")
+    write_csv(results, out / "results.csv", runs[0].metrics)
     write_markdown(results, runs, out / "results.md", f"catvae compare: {spec.stem}", command)
     plots = plot_curves(results, runs, out) if results else []
     print(f"wrote {out / 'results.csv'}, {out / 'results.md'}, {len(plots)} plots; "

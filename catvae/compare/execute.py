@@ -21,7 +21,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from .. import runner
 from ..errors import ConfigError
 from ..runs import load_checkpoint
-from .report import CURVES, METRICS, fmt
+from .report import fmt
 from .spec import Run
 
 __all__ = ["Interrupted", "collect", "estimator_hparams", "execute", "run_all", "run_child"]
@@ -108,7 +108,7 @@ def execute(run: Run, out: Path, threads: int, children: _Children | None = None
     if not versions:
         raise RuntimeError(f"no last.ckpt under {folder}")
     trained = load_checkpoint(versions[-1] / "checkpoints" / "last.ckpt").get("global_step")
-    metrics = collect(versions[-1])
+    metrics = collect(versions[-1], run)
     if trained != run.steps or not metrics.pop("tested"):
         raise RuntimeError(f"not finished: trained {trained} of {run.steps} steps"
                            + ("" if trained != run.steps else ", no test metrics"))
@@ -130,8 +130,9 @@ def estimator_hparams(version: Path) -> dict:
     return {k: v for k, v in recorded.items() if k != "name"} if isinstance(recorded, dict) else {}
 
 
-def collect(version: Path) -> dict:
-    """Final metrics and curves from a run's TensorBoard event files (fit, resumed fits and test)."""
+def collect(version: Path, run: Run) -> dict:
+    """``run``'s metrics (last values) and curves from its TensorBoard event files (fit, resumed fits and test),
+    its seconds per epoch and per step, and whether it was tested."""
     events = EventAccumulator(str(version), size_guidance={"scalars": 0}).Reload()
     tags = set(events.Tags()["scalars"])
 
@@ -143,15 +144,14 @@ def collect(version: Path) -> dict:
             by_step[e.step] = e.value
         return sorted(by_step.items())
 
-    out = {col: (series(tag)[-1][1] if series(tag) else None) for col, tag, _, _ in METRICS}
+    out = {m.column: (series(m.tag)[-1][1] if series(m.tag) else None) for m in run.metrics}
     epochs = series("time/epoch_s")
-    steps = series("train/loss_epoch")
-    per_epoch = steps[0][0] + 1 if steps else None  # epoch e ends at step (e + 1)·n − 1
+    per_epoch = epochs[0][0] + 1 if epochs else None  # epoch e ends at step (e + 1)·n − 1
     full = [t for (s, t), (s0, _) in zip(epochs, [(-1, 0)] + epochs) if per_epoch and s - s0 == per_epoch]
     out["epoch_s"] = statistics.mean(full) if full else (epochs[-1][1] if epochs else None)
     out["steps_per_epoch"] = per_epoch
     out["ms_per_step"] = 1000 * out["epoch_s"] / per_epoch if full and per_epoch else None
-    out["curves"] = {tag: series(tag) for tag, _ in CURVES}
+    out["curves"] = {c.tag: series(c.tag) for c in run.curves}
     out["tested"] = any(tag.startswith("test/") for tag in tags)
     return out
 
@@ -166,6 +166,11 @@ def run_all(runs: list[Run], out: Path, parallel: int) -> tuple[list[dict], list
         if marker.is_file():
             done = json.loads(marker.read_text())
             if done.get("key") == run.key():
+                if any(m.column not in done for m in run.metrics) or any(c.tag not in done.get("curves", {})
+                                                                          for c in run.curves):
+                    # the spec now reports more: read it from the finished run's events
+                    done.update(collect(out / done["run_dir"], run))
+                    done.pop("tested", None)
                 results[i] = done
                 continue
             raise ConfigError(f"{marker} was made with other arguments (another spec, budget or --quick); "
@@ -195,8 +200,8 @@ def run_all(runs: list[Run], out: Path, parallel: int) -> tuple[list[dict], list
         with lock:
             results[i] = res
             counter[0] += 1
-            print(f"[{counter[0]}/{len(todo)}] {run.experiment}: {time.perf_counter() - t0:.0f}s, "
-                  f"test NELBO {fmt(res.get('test_nelbo'))}", flush=True)
+            shown = ", ".join(f"{m.header} {fmt(res.get(m.column))}" for m in run.metrics[:2])
+            print(f"[{counter[0]}/{len(todo)}] {run.experiment}: {time.perf_counter() - t0:.0f}s, {shown}", flush=True)
 
     previous = _install(children.stop)
     try:

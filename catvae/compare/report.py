@@ -7,21 +7,9 @@ import math
 import statistics
 from pathlib import Path
 
-from .spec import Run
+from .spec import METRICS, Run
 
-__all__ = ["CURVES", "METRICS", "plot_curves", "write_csv", "write_markdown"]
-
-#: (column, event tag, header, lower is better)
-METRICS = [
-    ("train_loss", "train/loss_epoch", "train/loss", True),
-    ("train_nelbo_exact", "train/nelbo_exact", "train NELBO (exact z~q)", True),
-    ("test_nelbo", "test/nelbo", "test NELBO (exact z~q)", True),
-    ("test_log_likelihood", "test/log_likelihood", "test log p(x)", False),
-]
-CURVES = [("train/loss_epoch", "train/loss (estimator's samples)"),
-          ("train/nelbo_exact", "train NELBO (exact samples)"),
-          ("val/nelbo", "val NELBO (exact samples)")]
-
+__all__ = ["plot_curves", "write_csv", "write_markdown"]
 
 def fmt(v, digits=2) -> str:
     """A table cell: the value with ``digits`` decimals, or a dash for a missing or NaN value."""
@@ -35,8 +23,8 @@ def _stats(values):
     return statistics.mean(values), (statistics.stdev(values) if len(values) > 1 else 0.0), len(values)
 
 
-def write_csv(results: list[dict], path: Path) -> None:
-    cols = ["estimator", "name", "params", "setting", "seed", "steps", *[m[0] for m in METRICS],
+def write_csv(results: list[dict], path: Path, metrics=METRICS) -> None:
+    cols = ["estimator", "name", "params", "setting", "seed", "steps", *[m.column for m in metrics],
             "epoch_s", "ms_per_step", "steps_per_epoch", "wall_s", "run_dir"]
     with open(path, "w", newline="") as f:
         w = csv.writer(f)
@@ -47,11 +35,12 @@ def write_csv(results: list[dict], path: Path) -> None:
 
 
 def _table(rows, cols, cells, lower):
-    """Markdown table; cells[(row, col)] = (mean, std, n); bold the best mean per column."""
+    """Markdown table; cells[(row, col)] = (mean, std, n); bold the best mean per column (lower[col]: lower is
+    better, or ``None``: not ranked)."""
     best = {}
     for c, _ in cols:
         means = [cells[(r, c)][0] for r in rows if cells.get((r, c), (None,))[0] is not None]
-        if means:
+        if means and lower[c] is not None:  # None: a column not ranked
             best[c] = (min if lower[c] else max)(means)
     lines = ["| estimator | " + " | ".join(h for _, h in cols) + " |", "|---|" + "---:|" * len(cols)]
     for r in rows:
@@ -77,20 +66,19 @@ def write_markdown(results: list[dict], runs: list[Run], path: Path, title: str,
     for r in results:
         group.setdefault((r["estimator"], r["setting"]), []).append(r)
 
+    metrics = runs[0].metrics if runs else METRICS
+    note = runs[0].note if runs else ""
     lines = [f"# {title}", "", f"Command: `{command}`  ", f"Budget: {steps} training steps per run; seeds {seeds}; "
              f"{len(results)}/{len(runs)} runs finished. Mean ± std over seeds; best per column in **bold**.", "",
-             "`train/loss` is the objective the estimator optimizes, averaged over the last epoch, with the "
-             "estimator's own hard samples (the paper's Table 3 metric). The *exact* columns evaluate the same "
-             "bound with exact draws z ~ q(z|x): for ReDGE variants, whose hard samples are not exact draws from q, "
-             "`train/loss` is not the model's bound — read it next to the exact columns.", ""]
+             *([note, ""] if note else [])]
     cols, lower, cells = [], {}, {}
     for s in settings:
-        for col, _, header, low in METRICS:
-            cols.append(((s, col), f"{s} {header}"))
-            lower[(s, col)] = low
+        for m in metrics:
+            cols.append(((s, m.column), f"{s} {m.header}"))
+            lower[(s, m.column)] = m.lower if m.rank else None
             for label in labels:
-                cells[(label, (s, col))] = _stats([r.get(col) for r in group.get((label, s), [])])
-    lines += ["## Results (Table 3 shape)", "", _table(labels, cols, cells, lower), ""]
+                cells[(label, (s, m.column))] = _stats([r.get(m.column) for r in group.get((label, s), [])])
+    lines += ["## Results", "", _table(labels, cols, cells, lower), ""]
     rt_cols = [((s, "epoch_s"), f"{s} s/epoch") for s in settings] + [((s, "ms"), f"{s} ms/step") for s in settings]
     rt_cells = {}
     for s in settings:
@@ -104,7 +92,7 @@ def write_markdown(results: list[dict], runs: list[Run], path: Path, title: str,
               _table(labels, rt_cols, rt_cells, {c: True for c, _ in rt_cols}), "",
               "## Estimators", "", "| label | estimator | hyperparameters |", "|---|---|---|",
               *[f"| {k} | {n} | {p or '(defaults)'} |" for k, (n, p) in params.items()], "",
-              "Training curves: " + ", ".join(f"`curves_{_slug(t)}.png`" for t, _ in CURVES) +
+              "Training curves: " + ", ".join(f"`curves_{_slug(c.tag)}.png`" for c in (runs[0].curves if runs else ())) +
               "; all runs in TensorBoard: `tensorboard --logdir runs` in this folder.", ""]
     path.write_text("\n".join(lines))
 
@@ -139,7 +127,7 @@ def plot_curves(results: list[dict], runs: list[Run], out: Path) -> list[Path]:
     settings = list(dict.fromkeys(r.setting for r in runs))
     labels = list(dict.fromkeys(r.label for r in runs))
     written = []
-    for tag, title in CURVES:
+    for tag, title in ((c.tag, c.title) for c in (runs[0].curves if runs else ())):
         fig, axes = plt.subplots(1, len(settings), figsize=(5 * len(settings), 3.8), squeeze=False)
         for ax, s in zip(axes[0], settings):
             for label in labels:

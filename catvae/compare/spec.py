@@ -14,7 +14,7 @@ import estimators
 
 from ..errors import ConfigError
 
-__all__ = ["COMMON_ARGS", "QUICK_ARGS", "QUICK_STEPS", "Run", "load_spec"]
+__all__ = ["COMMON_ARGS", "CURVES", "METRICS", "QUICK_ARGS", "QUICK_STEPS", "Curve", "Metric", "Run", "load_spec"]
 
 #: what ``--quick`` uses when the spec has no ``quick:`` section: ~1 minute on a 2-core CPU.
 QUICK_STEPS = 30
@@ -25,6 +25,45 @@ QUICK_ARGS = [
 ]
 #: arguments every run gets (quiet logs in files).
 COMMON_ARGS = ["--trainer.enable_progress_bar=false", "--trainer.enable_model_summary=false"]
+
+@dataclass(frozen=True)
+class Metric:
+    """A column of the results: the last value of the run's scalar ``tag`` (a ``test/`` tag is the test
+    command's), shown as ``header``; ``lower``: lower is better (for the bold best); ``rank``: bold the best
+    at all (not for a spread)."""
+
+    column: str
+    tag: str
+    header: str
+    lower: bool = True
+    rank: bool = True
+
+
+@dataclass(frozen=True)
+class Curve:
+    """A figure of the results: the scalar ``tag`` over steps, mean ± std over seeds per estimator."""
+
+    tag: str
+    title: str
+
+
+#: the VAE's columns (the default of a spec's ``metrics:``)
+METRICS = (
+    Metric("train_loss", "train/loss_epoch", "train/loss"),
+    Metric("train_nelbo_exact", "train/nelbo_exact", "train NELBO (exact z~q)"),
+    Metric("test_nelbo", "test/nelbo", "test NELBO (exact z~q)"),
+    Metric("test_log_likelihood", "test/log_likelihood", "test log p(x)", lower=False),
+)
+#: the VAE's figures (the default of a spec's ``curves:``)
+CURVES = (Curve("train/loss_epoch", "train/loss (estimator's samples)"),
+          Curve("train/nelbo_exact", "train NELBO (exact samples)"),
+          Curve("val/nelbo", "val NELBO (exact samples)"))
+#: what results.md says under its title with the VAE's columns (a spec's ``note:`` replaces it)
+VAE_NOTE = ("`train/loss` is the objective the estimator optimizes, averaged over the last epoch, with the "
+            "estimator's own hard samples (the paper's Table 3 metric). The *exact* columns evaluate the same "
+            "bound with exact draws z ~ q(z|x): for ReDGE variants, whose hard samples are not exact draws from q, "
+            "`train/loss` is not the model's bound — read it next to the exact columns.")
+
 
 @dataclass
 class Run:
@@ -40,6 +79,10 @@ class Run:
     steps: int
     args: list[str] = field(default_factory=list)
     estimator_config: str | None = None
+    #: what the sweep reports (the spec's ``metrics:``, ``curves:`` and ``note:``; the same for every run)
+    metrics: tuple[Metric, ...] = METRICS
+    curves: tuple[Curve, ...] = CURVES
+    note: str = VAE_NOTE
 
     @property
     def experiment(self) -> str:
@@ -58,7 +101,7 @@ class Run:
     def cli_args(self, out: Path) -> list[str]:
         return [*(a for c in self.configs for a in ("--config", c)), *self.estimator_args(),
                 "--runs_dir", str(out / "runs"), "--experiment_name", self.experiment,
-                "--seed_everything", str(self.seed), *COMMON_ARGS, *self.args]
+                "--seed_everything", str(self.seed), *COMMON_ARGS, *(a.replace("{seed}", str(self.seed)) for a in self.args)]
 
     def key(self) -> str:
         """What the run's result depends on: a changed spec, budget or estimator config file is another run."""
@@ -93,10 +136,10 @@ def load_spec(path: Path, quick: bool = False, steps: int | None = None, seeds: 
         raise ConfigError(f"spec {path} is not valid YAML: {' '.join(str(err).split())}") from None
     if not isinstance(spec, dict):
         raise ConfigError(f"spec {path} must be a mapping with settings, estimators, seeds, steps")
-    unknown = set(spec) - {"name", "steps", "seeds", "settings", "estimators", "args", "quick"}
+    allowed = ["steps", "seeds", "settings", "estimators", "args", "quick", "metrics", "curves", "note"]
+    unknown = set(spec) - {"name", *allowed}
     if unknown:
-        raise ConfigError(f"spec {path}: unknown keys {sorted(unknown)}; allowed: steps, seeds, settings, estimators, "
-                        "args, quick")
+        raise ConfigError(f"spec {path}: unknown keys {sorted(unknown)}; allowed: {', '.join(allowed)}")
     quick_spec = spec.get("quick") or {}
     if steps is not None and (not isinstance(steps, int) or steps < 1):
         raise ConfigError(f"--steps must be an integer >= 1, got {steps!r}")
@@ -124,14 +167,37 @@ def load_spec(path: Path, quick: bool = False, steps: int | None = None, seeds: 
     if len(set(labels)) != len(labels):
         raise ConfigError(f"spec {path}: estimator labels must be unique (add label: to variants), got {labels}")
 
+    report = _report(spec, path)
     runs = []
     for setting, configs in settings.items():
         configs = [configs] if isinstance(configs, str) else list(configs)
         configs = [_resolve_config(c, spec_dir) for c in configs]
         for label, name, init_args, estimator_config in parsed:
             for seed in run_seeds:
-                runs.append(Run(str(setting), configs, label, name, init_args, seed, run_steps, extra, estimator_config))
+                runs.append(Run(str(setting), configs, label, name, init_args, seed, run_steps, extra, estimator_config,
+                                **report))
     return runs
+
+
+def _report(spec: dict, path: Path) -> dict:
+    """The spec's ``metrics:`` (``{tag, header, lower, rank}``; the column is the tag with ``/`` as ``_``),
+    ``curves:`` (``{tag, title}``) and ``note:``; the VAE's where it has none."""
+    out = {}
+    if "metrics" in spec:
+        entries = spec["metrics"]
+        if not isinstance(entries, list) or not entries or not all(isinstance(m, dict) and "tag" in m for m in entries):
+            raise ConfigError(f"spec {path}: metrics must be a non-empty list of {{tag, header, lower}}")
+        out["metrics"] = tuple(Metric(m["tag"].replace("/", "_"), m["tag"], str(m.get("header", m["tag"])),
+                                      bool(m.get("lower", True)), bool(m.get("rank", True))) for m in entries)
+        out["note"] = ""
+    if "curves" in spec:
+        entries = spec["curves"] or []
+        if not isinstance(entries, list) or not all(isinstance(c, dict) and "tag" in c for c in entries):
+            raise ConfigError(f"spec {path}: curves must be a list of {{tag, title}}")
+        out["curves"] = tuple(Curve(c["tag"], str(c.get("title", c["tag"]))) for c in entries)
+    if "note" in spec:
+        out["note"] = " ".join(str(spec["note"] or "").split())
+    return out
 
 
 def _estimator(entry, path: Path, spec_dir: Path) -> tuple[str, str, dict, str | None]:
