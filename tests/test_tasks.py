@@ -383,6 +383,37 @@ def test_cli_polynomial_run_decreases_objective_and_resumes_exactly(tmp_path):
     assert torch.equal(resumed["theta"], state["theta"])
 
 
+def test_the_papers_window_statistic_and_checkpoints_written_before_it(tmp_path):
+    """train/loss_window_mean is the mean of the last 100 training losses (the paper's §4 statistic),
+    train/loss_window_gap its gap to c^p; a checkpoint written before the window existed still resumes."""
+    seen = []
+
+    class Record(L.Callback):
+        def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx):
+            seen.append(float(outputs["loss"]))
+
+    torch.manual_seed(0)
+    task = polynomial("reinmax", p=2.0, samples_per_step=16)
+    trainer = L.Trainer(max_steps=150, max_epochs=-1, logger=False, enable_checkpointing=False, accelerator="cpu",
+                        enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0,
+                        callbacks=[Record()])
+    trainer.fit(task, datamodule=PolynomialDataModule(steps_per_epoch=50))
+    mean = sum(seen[-100:]) / 100
+    assert float(trainer.callback_metrics["train/loss_window_mean"]) == pytest.approx(mean, rel=1e-6)
+    assert float(trainer.callback_metrics["train/loss_window_gap"]) == pytest.approx(mean - 0.45**2, rel=1e-5)
+
+    common = ["--config", str(ROOT / "configs/polynomial/p2.yaml"), "--config", str(ROOT / "configs/estimators/st.yaml"),
+              "--data.init_args.steps_per_epoch", "5", "--experiment_name", "old"]
+    assert _cli(tmp_path, *common, "--trainer.max_steps", "5") == 0
+    path = tmp_path / "runs/old/st/version_0/checkpoints/last.ckpt"
+    old = torch.load(path, weights_only=True)
+    for name in ("_window", "_window_count"):
+        del old["state_dict"][name]
+    torch.save(old, path)
+    assert _cli(tmp_path, *common, "--trainer.max_steps", "10", "--ckpt_path", "last") == 0
+    assert torch.load(path, weights_only=True)["state_dict"]["_window_count"] == 5  # counted from the resume
+
+
 SGD_STEP_LR = ["--model.init_args.optimizer", "torch.optim.SGD", "--model.init_args.optimizer.init_args.lr", "0.1",
                "--model.init_args.optimizer.init_args.momentum", "0.9",
                "--model.init_args.lr_scheduler", "torch.optim.lr_scheduler.StepLR",

@@ -29,8 +29,14 @@ class BenchmarkTask(EstimatorTask):
       checkpoint (a resumed epoch reports the same mean as an uninterrupted one).
     """
 
-    #: the tag of the training objective (``<tag>_step``, ``<tag>_epoch``).
+    #: the tag of the training objective (``<tag>_step``, ``<tag>_epoch``, ``<tag>_window_mean``/``_std``).
     train_tag: str = "train/loss"
+    #: the paper's statistic of the training objective: its mean (and std) over the last ``window`` steps
+    #: (§4: "the average training loss over the last 100 steps"), logged at each epoch end.
+    window: int = 100
+    #: checkpointed buffers that a checkpoint written before they existed may lack: such a checkpoint
+    #: resumes with their initial values instead of being refused.
+    optional_state: tuple[str, ...] = ("_window", "_window_count")
     #: the type of problem the task solves (what its DataModule's ``problem()`` returns).
     problem_type: ClassVar[type] = object
 
@@ -39,6 +45,8 @@ class BenchmarkTask(EstimatorTask):
         super().__init__(estimator, optimizer, lr_scheduler)
         self.train_objective = StepMean()
         self.problem = None
+        self.register_buffer("_window", torch.zeros(self.window))  # a ring of the last objective values
+        self.register_buffer("_window_count", torch.zeros((), dtype=torch.long))
 
     # -- the problem and the parameters ---------------------------------------------------------------
     def declare(self, *names: str, buffers: tuple[str, ...] = ()) -> None:
@@ -81,7 +89,12 @@ class BenchmarkTask(EstimatorTask):
     def check_checkpoint(self, checkpoint: dict, datamodule=None) -> None:
         if self.problem is None and datamodule is not None:
             self.attach(_problem_of(datamodule, self))  # sizes the parameters, so that a mismatch is seen now
-        self._create_from(checkpoint.get("state_dict") or {})
+        state = checkpoint.get("state_dict")
+        if isinstance(state, dict):
+            for name in self.optional_state:
+                if name not in state and getattr(self, name, None) is not None:
+                    state[name] = getattr(self, name).detach().clone()
+        self._create_from(state or {})
         super().check_checkpoint(checkpoint, datamodule)
 
     def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False):
@@ -101,11 +114,24 @@ class BenchmarkTask(EstimatorTask):
     def log_train_objective(self, value: Tensor) -> None:
         value = value.detach()
         self.train_objective.update(value)
+        with torch.no_grad():
+            self._window[self._window_count % len(self._window)] = value
+            self._window_count += 1
         self.log(f"{self.train_tag}_step", value, on_step=True, on_epoch=False, batch_size=1)
 
+    def window_stats(self) -> tuple[Tensor, Tensor]:
+        """Mean and std of the training objective over the last :attr:`window` steps (fewer at the start)."""
+        n = int(min(int(self._window_count), len(self._window)))
+        values = self._window[:max(n, 1)]
+        return values.mean(), (values.std() if n > 1 else torch.zeros_like(values[0]))
+
     def on_train_epoch_end(self) -> None:
-        if self.train_objective.update_called:
-            self.log(f"{self.train_tag}_epoch", self.train_objective, prog_bar=True)
+        if not self.train_objective.update_called:  # logged before the checkpoint this run resumed from
+            return
+        self.log(f"{self.train_tag}_epoch", self.train_objective, prog_bar=True)
+        mean, std = self.window_stats()
+        self.log(f"{self.train_tag}_window_mean", mean)
+        self.log(f"{self.train_tag}_window_std", std)
 
     def evaluate(self, stage: str, batch_idx: int) -> None:  # pragma: no cover - abstract
         raise NotImplementedError

@@ -113,6 +113,14 @@ class PolynomialTask(BenchmarkTask):
             self.log("train/objective", self.objective(), on_step=True, on_epoch=False, batch_size=1)
         return loss
 
+    def on_train_epoch_end(self) -> None:
+        if not self.train_objective.update_called:  # logged before the checkpoint this run resumed from
+            return
+        super().on_train_epoch_end()  # train/loss_epoch, train/loss_window_mean and _std
+        # the paper's Fig. 2 statistic (the training loss on the estimator's samples over the last 100 steps)
+        # as a gap to the optimum, next to the exact one (val/gap)
+        self.log("train/loss_window_gap", self.window_stats()[0] - self.optimum)
+
     def evaluate(self, stage: str, batch_idx: int) -> None:
         with torch.no_grad():
             value = self.objective()

@@ -62,6 +62,7 @@ class SudokuTask(BenchmarkTask):
     hparams_metrics = ("train/loss_epoch", "val/objective", "val/solved_sample", "val/solved_argmax")
 
     problem_type = SudokuProblem
+    optional_state = (*BenchmarkTask.optional_state, "last_sample_valid")
     arg_constraints = {"lr": positive, "samples_per_step": integer(1), "init_std": nonnegative}
 
     def __init__(
