@@ -32,7 +32,7 @@ from estimators.constraints import ConfigError, integer, validate
 from estimators.functional import sample_one_hot
 from estimators.rng import seeded
 
-__all__ = ["GradientDiagnostics", "gradient_diagnostics", "reference_gradient", "vae_objective"]
+__all__ = ["GradientDiagnostics", "gradient_diagnostics", "reference_gradient", "summarize", "vae_objective"]
 
 Objective = Callable[[Tensor], Tensor]
 
@@ -130,18 +130,24 @@ def gradient_diagnostics(estimator: nn.Module, logits: Tensor, f: Objective,
         for i, (g, ref_g) in enumerate(zip(flat(_grads(f(z[None]).mean(), inputs)), ref)):
             moments[i].add(g[None])
             cosines[i] += nn.functional.cosine_similarity(g, ref_g, dim=0, eps=1e-30).item() / n_draws
-    stats = {}
-    for name, g, m, cos in zip(names, ref, moments, cosines):
-        norm = g.norm().clamp_min(1e-30)
-        rel_std = (m.var().sum().sqrt() / norm).item()
-        stats[name] = {
-            "rel_bias": ((m.mean - g).norm() / norm).item(),
-            "rel_std": rel_std,
-            "noise_floor": rel_std / math.sqrt(n_draws),
-            "cos": cos,
-            "cos_mean": nn.functional.cosine_similarity(m.mean, g, dim=0, eps=1e-30).item(),
-        }
+    stats = {name: summarize(g, m.mean, m.var().sum(), cos, n_draws)
+             for name, g, m, cos in zip(names, ref, moments, cosines)}
     return stats, kind
+
+
+def summarize(reference: Tensor, mean: Tensor, total_var: Tensor | float, cos: float, n_draws: int) -> dict[str, float]:
+    """The statistics of the module docstring from ``n_draws`` gradient draws: their ``mean`` (flat, like
+    ``reference``), the sum of their per-coordinate variances ``tr Cov ĝ`` (``ddof=1``) and their mean cosine
+    ``cos`` with the reference."""
+    norm = reference.norm().clamp_min(1e-30)
+    rel_std = float(torch.as_tensor(total_var).sqrt() / norm)
+    return {
+        "rel_bias": ((mean - reference).norm() / norm).item(),
+        "rel_std": rel_std,
+        "noise_floor": rel_std / math.sqrt(n_draws),
+        "cos": float(cos),
+        "cos_mean": nn.functional.cosine_similarity(mean, reference, dim=0, eps=1e-30).item(),
+    }
 
 
 class GradientDiagnostics(L.Callback):

@@ -1,7 +1,8 @@
 """The ``catvae`` command.
 
 * ``catvae fit|validate|test|predict --config ...``: training and evaluation (:mod:`catvae.runner`).
-* ``catvae bench ...`` (:mod:`catvae.bench`), ``catvae compare ...`` (:mod:`catvae.compare`): tools.
+* ``catvae bench ...`` (:mod:`catvae.bench`), ``catvae compare ...`` (:mod:`catvae.compare`),
+  ``catvae analyze ...`` (:mod:`catvae.analyze`): tools.
 
 Exit status: 0 done (or nothing left to train), 1 training diverged or an unexpected error (traceback),
 2 bad input (one ``catvae: error: ...`` line, nothing written), 130 stopped by Ctrl-C, 143 stopped by
@@ -13,11 +14,11 @@ from __future__ import annotations
 import argparse
 import sys
 
-from . import bench, compare, runner
+from . import analyze, bench, compare, runner
 
 __all__ = ["main"]
 
-TOOLS = ("bench", "compare")
+TOOLS = ("analyze", "bench", "compare")
 
 
 class _ToolParser(argparse.ArgumentParser):
@@ -33,7 +34,9 @@ def _tools(argv: list[str]) -> int:
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_ToolParser)
     bench.add_parser(sub)
     compare.add_parser(sub)
+    analyze.add_parser(sub)
     args = parser.parse_args(argv)
+    args.argv = argv[1:]
     return args.func(args)
 
 

@@ -127,3 +127,38 @@ def test_quick_sweep_end_to_end_and_resume(tmp_path, capsys):
     assert "3 already finished, 0 to run" in capsys.readouterr().out
     assert {p: p.stat().st_mtime_ns for p in (out / "runs").rglob("*.ckpt")} == before
     assert list(csv.DictReader(open(out / "results.csv"))) == rows
+
+
+def test_a_spec_can_start_from_a_base_spec(tmp_path):
+    """``base:`` reads another spec's keys and replaces the ones it names (a reduced budget of a full protocol);
+    a cycle is a one-line error."""
+    full = load_spec(SPEC / "sudoku_table2.yaml")
+    reduced = load_spec(SPEC / "sudoku_table2_cpu.yaml")
+    assert [r.label for r in reduced] == [r.label for r in full] and reduced[0].metrics == full[0].metrics
+    assert reduced[0].args == ["--data.init_args.n_puzzles=400"] and full[0].args == []
+    assert reduced[0].key() != full[0].key()
+    a, b = tmp_path / "a.yaml", tmp_path / "b.yaml"
+    a.write_text("base: b.yaml\n")
+    b.write_text("base: a.yaml\nsteps: 1\n")
+    with pytest.raises(ConfigError, match="refers back to itself"):
+        load_spec(a)
+    (tmp_path / "c.yaml").write_text("base: missing.yaml\n")
+    with pytest.raises(ConfigError, match="missing.yaml does not exist"):
+        load_spec(tmp_path / "c.yaml")
+
+
+def test_a_run_is_keyed_by_its_config_contents_not_their_paths(tmp_path):
+    """A results folder still matches its spec from a clone or a worktree; an edited config is another run."""
+    spec = "steps: 5\nsettings: {{k20: {cfg}}}\nestimators: [st]\n"
+    here = load_spec(_write(tmp_path / "a.yaml", spec.format(cfg=ROOT / "configs/gmm/k20.yaml")))[0]
+    moved = tmp_path / "elsewhere" / "k20.yaml"
+    moved.parent.mkdir()
+    moved.write_text((ROOT / "configs/gmm/k20.yaml").read_text())
+    assert load_spec(_write(tmp_path / "b.yaml", spec.format(cfg=moved)))[0].key() == here.key()
+    moved.write_text(moved.read_text() + "\n# edited\n")
+    assert load_spec(_write(tmp_path / "c.yaml", spec.format(cfg=moved)))[0].key() != here.key()
+
+
+def _write(path, text):
+    path.write_text(text)
+    return path

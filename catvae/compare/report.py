@@ -5,15 +5,20 @@ from __future__ import annotations
 import csv
 import math
 import statistics
+import textwrap
 from pathlib import Path
 
 from .spec import METRICS, Run
 
 __all__ = ["plot_curves", "write_csv", "write_markdown"]
 
-def fmt(v, digits=2) -> str:
-    """A table cell: the value with ``digits`` decimals, or a dash for a missing or NaN value."""
-    return "—" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.{digits}f}"
+def fmt(v, digits=2, small: bool | None = None) -> str:
+    """A table cell: the value with ``digits`` decimals, or ``digits + 1`` significant digits when ``small``
+    (default: below 1 in magnitude; a gap of 0.0012 stays readable), or a dash for a missing or NaN value."""
+    if v is None or (isinstance(v, float) and math.isnan(v)):
+        return "—"
+    small = v != 0 and abs(v) < 1 if small is None else small
+    return f"{v:.{digits + 1}g}" if small else f"{v:.{digits}f}"
 
 
 def _stats(values):
@@ -50,7 +55,7 @@ def _table(rows, cols, cells, lower):
             if m is None:
                 out.append("—")
                 continue
-            text = f"{m:.2f} ± {s:.2f}" if n > 1 else f"{m:.2f}"
+            text = f"{fmt(m)} ± {fmt(s, small=abs(m) < 1)}" if n > 1 else fmt(m)
             out.append(f"**{text}**" if best.get(c) == m else text)
         lines.append(f"| {r} | " + " | ".join(out) + " |")
     return "\n".join(lines)
@@ -127,8 +132,9 @@ def plot_curves(results: list[dict], runs: list[Run], out: Path) -> list[Path]:
     settings = list(dict.fromkeys(r.setting for r in runs))
     labels = list(dict.fromkeys(r.label for r in runs))
     written = []
-    for tag, title in ((c.tag, c.title) for c in (runs[0].curves if runs else ())):
-        fig, axes = plt.subplots(1, len(settings), figsize=(5 * len(settings), 3.8), squeeze=False)
+    for curve in runs[0].curves if runs else ():
+        tag, title = curve.tag, curve.title
+        fig, axes = plt.subplots(1, len(settings), figsize=(max(7.0, 5 * len(settings)), 4.2), squeeze=False)
         for ax, s in zip(axes[0], settings):
             for label in labels:
                 curves = [dict(map(tuple, r["curves"].get(tag, []))) for r in results
@@ -145,12 +151,14 @@ def plot_curves(results: list[dict], runs: list[Run], out: Path) -> list[Path]:
                 ax.fill_between(steps, mean - std, mean + std, color=line.get_color(), alpha=0.2)
             ax.set_title(s)
             ax.set_xlabel("step")
-            ax.set_ylabel(title)
+            ax.set_ylabel(textwrap.fill(title, 40))
+            if curve.log:
+                ax.set_yscale("log")
             ax.grid(alpha=0.3)
         handles, names = axes[0][0].get_legend_handles_labels()
         if handles:
             axes[0][-1].legend(fontsize=8)
-        fig.suptitle(f"{title}: mean ± std over seeds")
+        fig.suptitle(textwrap.fill(f"{title}: mean ± std over seeds", 90))
         fig.tight_layout()
         path = out / f"curves_{_slug(tag)}.png"
         fig.savefig(path, dpi=100)

@@ -41,10 +41,12 @@ class Metric:
 
 @dataclass(frozen=True)
 class Curve:
-    """A figure of the results: the scalar ``tag`` over steps, mean ± std over seeds per estimator."""
+    """A figure of the results: the scalar ``tag`` over steps, mean ± std over seeds per estimator (``log``: a
+    logarithmic y axis, for objectives that fall by orders of magnitude)."""
 
     tag: str
     title: str
+    log: bool = False
 
 
 #: the VAE's columns (the default of a spec's ``metrics:``)
@@ -104,9 +106,12 @@ class Run:
                 "--seed_everything", str(self.seed), *COMMON_ARGS, *(a.replace("{seed}", str(self.seed)) for a in self.args)]
 
     def key(self) -> str:
-        """What the run's result depends on: a changed spec, budget or estimator config file is another run."""
+        """What the run's result depends on: a changed spec, budget or config file is another run. Config files
+        count by their contents, not their paths, so a results folder still matches after the repository moves
+        (a clone, a worktree)."""
         estimator_file = Path(self.estimator_config).read_text() if self.estimator_config else None
-        blob = json.dumps([self.configs, self.name, self.init_args, estimator_file, self.seed, self.steps, self.args],
+        configs = [Path(c).read_text() for c in self.configs]
+        blob = json.dumps([configs, self.name, self.init_args, estimator_file, self.seed, self.steps, self.args],
                           sort_keys=True)
         return hashlib.sha1(blob.encode()).hexdigest()[:16]
 
@@ -126,17 +131,29 @@ def _resolve_config(path: str, spec_dir: Path) -> str:
                       f"{spec_dir} or its parents)")
 
 
-def load_spec(path: Path, quick: bool = False, steps: int | None = None, seeds: list[int] | None = None) -> list[Run]:
-    """The runs of a spec file, in order setting → estimator → seed."""
+def _read(path: Path, chain: tuple[Path, ...] = ()) -> dict:
+    """The spec's mapping; ``base: other.yaml`` (relative to the spec's folder) starts from another spec's keys,
+    which this one's replace (a reduced budget of a full protocol without copying its columns)."""
     if not path.is_file():
-        raise ConfigError(f"spec {path} does not exist")
+        raise ConfigError(f"spec {path} does not exist" + (f" (base of {chain[-1]})" if chain else ""))
     try:
         spec = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as err:
         raise ConfigError(f"spec {path} is not valid YAML: {' '.join(str(err).split())}") from None
     if not isinstance(spec, dict):
         raise ConfigError(f"spec {path} must be a mapping with settings, estimators, seeds, steps")
-    allowed = ["steps", "seeds", "settings", "estimators", "args", "quick", "metrics", "curves", "note"]
+    if "base" not in spec:
+        return spec
+    base = path.parent / str(spec["base"])
+    if base.resolve() in {p.resolve() for p in (*chain, path)}:
+        raise ConfigError(f"spec {path}: base {spec['base']} refers back to itself; remove the cycle")
+    return {**_read(base, (*chain, path)), **{k: v for k, v in spec.items() if k != "base"}}
+
+
+def load_spec(path: Path, quick: bool = False, steps: int | None = None, seeds: list[int] | None = None) -> list[Run]:
+    """The runs of a spec file, in order setting → estimator → seed."""
+    spec = _read(path)
+    allowed = ["steps", "seeds", "settings", "estimators", "args", "quick", "metrics", "curves", "note", "base"]
     unknown = set(spec) - {"name", *allowed}
     if unknown:
         raise ConfigError(f"spec {path}: unknown keys {sorted(unknown)}; allowed: {', '.join(allowed)}")
@@ -181,7 +198,7 @@ def load_spec(path: Path, quick: bool = False, steps: int | None = None, seeds: 
 
 def _report(spec: dict, path: Path) -> dict:
     """The spec's ``metrics:`` (``{tag, header, lower, rank}``; the column is the tag with ``/`` as ``_``),
-    ``curves:`` (``{tag, title}``) and ``note:``; the VAE's where it has none."""
+    ``curves:`` (``{tag, title, log}``) and ``note:``; the VAE's where it has none."""
     out = {}
     if "metrics" in spec:
         entries = spec["metrics"]
@@ -193,8 +210,8 @@ def _report(spec: dict, path: Path) -> dict:
     if "curves" in spec:
         entries = spec["curves"] or []
         if not isinstance(entries, list) or not all(isinstance(c, dict) and "tag" in c for c in entries):
-            raise ConfigError(f"spec {path}: curves must be a list of {{tag, title}}")
-        out["curves"] = tuple(Curve(c["tag"], str(c.get("title", c["tag"]))) for c in entries)
+            raise ConfigError(f"spec {path}: curves must be a list of {{tag, title, log}}")
+        out["curves"] = tuple(Curve(c["tag"], str(c.get("title", c["tag"])), bool(c.get("log", False))) for c in entries)
     if "note" in spec:
         out["note"] = " ".join(str(spec["note"] or "").split())
     return out
