@@ -15,13 +15,14 @@ __distribution__ = "catvae"  # checked by catvae.layout: this top-level package 
 
 from . import exact, functional
 from .base import CategoricalEstimator, available, build, get, register
-from .baselines import GumbelSoftmax, ReinMax, StraightThrough
+from .baselines import GumbelRao, GumbelSoftmax, ReinMax, StraightThrough
 from .redge import DDIMEstimator, DiffusionSchedule, ReDGE, ReDGECov, ReDGEMax, ReDGEMaxCov
 
 __all__ = [
     "CategoricalEstimator",
     "DDIMEstimator",
     "DiffusionSchedule",
+    "GumbelRao",
     "GumbelSoftmax",
     "ReDGE",
     "ReDGECov",

@@ -110,6 +110,23 @@ def gumbel_noise(like: Tensor) -> Tensor:
     return -torch.rand_like(like).log_().neg_().log_()
 
 
+def conditional_gumbel_logits(logits: Tensor, sample: Tensor, k: int) -> Tensor:
+    r"""``k`` draws of the perturbed logits ``Z = φ + G`` (``G`` i.i.d. ``Gumbel(0, 1)``) conditioned on
+    ``argmax Z`` being the one-hot ``sample`` — ``[k, *logits.shape]``, without gradient.
+
+    The truncated-Gumbel construction (Paulus et al. 2021, App. A; Maddison et al. 2014): with
+    ``E`` i.i.d. ``Exp(1)``, the maximum is ``Z_D = logsumexp(φ) − log E_D`` (a ``Gumbel(logsumexp φ)``,
+    independent of the argmax), and every other coordinate is a ``Gumbel(φ_i)`` truncated below ``Z_D``:
+    ``Z_i = −log(e^{−Z_D} + E_i e^{−φ_i})``, computed as ``−logaddexp(−Z_D, log E_i − φ_i)``.
+    """
+    with torch.no_grad():
+        e = torch.empty((k, *logits.shape), dtype=logits.dtype, device=logits.device).exponential_()
+        log_e = e.log_()
+        top = torch.logsumexp(logits, dim=-1, keepdim=True) - (log_e * sample).sum(-1, keepdim=True)
+        others = -torch.logaddexp(-top, log_e - logits)
+        return torch.where(sample.bool(), top, others)
+
+
 def straight_through(hard: Tensor, soft: Tensor) -> Tensor:
     """Value of ``hard`` (exactly: ``soft − soft`` is 0 in floating point), gradient of ``soft``."""
     return hard + (soft - soft.detach())

@@ -17,7 +17,7 @@ SPEC = ROOT / "configs" / "compare"
 
 def test_specs_expand_to_runs():
     runs = load_spec(SPEC / "table3.yaml")
-    assert len(runs) == 7 * 3 * 3 and {r.steps for r in runs} == {60000}
+    assert len(runs) == 8 * 3 * 3 and {r.steps for r in runs} == {60000}  # the seven of Table 3 and Gumbel-Rao
     assert {r.setting for r in runs} == {"l48_k2", "l30_k10", "l32_k64"}
     cov = next(r for r in runs if r.label == "redge_cov")  # an estimator config file of the spec
     assert cov.name == "redge_cov" and cov.estimator_args() == ["--config", str(ROOT / "configs/estimators/redge_cov.yaml")]

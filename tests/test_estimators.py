@@ -10,7 +10,7 @@ from scipy import stats
 
 import estimators as E
 from estimators import exact
-from estimators.functional import cov_matvec, reinmax_grad
+from estimators.functional import conditional_gumbel_logits, cov_matvec, gumbel_noise, reinmax_grad
 from estimators.redge import DDIMEstimator, DiffusionSchedule, _Base
 
 ALL = E.available()
@@ -35,8 +35,8 @@ def cov(p: torch.Tensor) -> torch.Tensor:
 # ---------------------------------------------------------------- interface, registry, validation
 
 
-def test_registry_lists_the_seven_estimators():
-    assert set(ALL) == {"st", "gumbel", "reinmax", "redge", "redge_max", "redge_cov", "redge_max_cov"}
+def test_registry_lists_the_estimators():
+    assert set(ALL) == {"st", "gumbel", "gumbel_rao", "reinmax", "redge", "redge_max", "redge_cov", "redge_max_cov"}
     est = E.build("redge_cov", n_steps=3, t_1=0.5)
     assert isinstance(est, E.ReDGECov) and est.n_steps == 3 and est.t_1 == 0.5
     assert E.get("reinmax") is E.ReinMax
@@ -62,6 +62,8 @@ def test_default_t_1_is_the_uniform_grid_of_section_4(name, n_steps):
         ("gumbel", {"tau": 0.0}, "tau"),
         ("st", {"tau": -1.0}, "tau"),
         ("reinmax", {"tau": float("nan")}, "tau"),
+        ("gumbel_rao", {"k": 0}, "k"),
+        ("gumbel_rao", {"k": 2.0}, "k"),
         ("redge", {"n_steps": 1}, "n_steps"),
         ("redge_max", {"n_steps": 2.5}, "n_steps"),
         ("redge", {"t_1": 0.0}, "t_1"),
@@ -107,7 +109,7 @@ def test_non_float_logits_rejected(name):
 # ---------------------------------------------------------------- sample laws
 
 
-@pytest.mark.parametrize("name", ["st", "gumbel", "reinmax"])
+@pytest.mark.parametrize("name", ["st", "gumbel", "gumbel_rao", "reinmax"])
 def test_exact_samplers_match_softmax_chi_square(name):
     torch.manual_seed(1)
     logits = torch.tensor([[1.0, -0.5, 0.3, -1.2, 0.0], [2.0, 2.0, -3.0, 0.5, 0.1]])
@@ -160,7 +162,8 @@ def test_redge_law_is_exact_at_t1_equal_1(name):
     "name, kwargs",
     [("st", {"tau": 2.0}), ("gumbel", {"tau": 0.5}), ("reinmax", {"tau": 0.3}), ("redge", {"n_steps": 4, "t_1": 1.0}),
      ("redge_cov", {"n_steps": 3, "t_1": 1.0}), ("redge", {"n_steps": 4, "t_1": 0.3}),
-     ("redge_max", {"n_steps": 3, "t_1": 0.3}), ("redge_cov", {"n_steps": 3, "t_1": 0.3}), ("gumbel", {"hard": False})],
+     ("redge_max", {"n_steps": 3, "t_1": 0.3}), ("redge_cov", {"n_steps": 3, "t_1": 0.3}), ("gumbel", {"hard": False}),
+     ("gumbel_rao", {"k": 3})],
 )
 def test_exact_draws_flag_matches_the_law_of_the_sample(name, kwargs):
     # `exact_draws` lets a model reuse the estimator's own sample as an exact draw from q: it must be
@@ -406,6 +409,43 @@ def test_relative_bias_against_exact_gradient(name):
     else:
         assert bias["quadratic"] > 10 * bias["quadratic se"]  # measurably biased
     assert bias["non-quadratic"] < 1.0  # informative: closer to ∇F than the zero vector
+
+
+# ---------------------------------------------------------------- Gumbel-Rao (Paulus et al. 2021)
+
+
+def test_conditional_gumbels_match_rejection_sampling():
+    """The truncated-Gumbel construction has the law of φ + G given argmax: each coordinate against the
+    draws of plain Gumbel perturbations whose argmax is the conditioned category (two-sample KS tests; over
+    seeds 0-9 their 160 p-values were uniform, KS p = 0.89)."""
+    torch.manual_seed(0)
+    phi = torch.tensor([0.5, -0.3, 1.0, 0.0], dtype=torch.float64)
+    for d in range(4):
+        z = phi + gumbel_noise(phi.expand(200_000, 4))
+        rejected = z[z.argmax(-1) == d][:20_000]
+        conditioned = conditional_gumbel_logits(phi, torch.nn.functional.one_hot(torch.tensor(d), 4).double(), 20_000)
+        assert (conditioned.argmax(-1) == d).all()
+        for i in range(4):
+            assert stats.ks_2samp(rejected[:, i].numpy(), conditioned[:, i].numpy()).pvalue > 1e-3, (d, i)
+
+
+def test_gumbel_rao_has_gumbel_st_expected_gradient_and_less_variance():
+    """Tower property: E[GR-MCk] = E[Gumbel-ST] at the same τ (z-test per coordinate, 200k draws each);
+    Rao-Blackwellization: the per-draw variance (trace) falls with k; k = 1 has Gumbel-ST's own law."""
+    logits, quad, _ = _bias_problem()
+    n, tau = 200_000, 0.5
+    torch.manual_seed(22)
+    ref_mean, ref_std = exact.estimator_mean_gradient(E.GumbelSoftmax(tau=tau), quad, logits, n, chunk=20_000)
+    traces = {"gumbel": (ref_std**2).sum().item()}
+    for k in (1, 10, 100):
+        torch.manual_seed(23 + k)
+        mean, std = exact.estimator_mean_gradient(E.GumbelRao(tau=tau, k=k), quad, logits, n, chunk=20_000)
+        z = (mean - ref_mean) / ((std**2 + ref_std**2) / n).sqrt().clamp_min(1e-12)
+        assert z.abs().max() < 4.5, (k, z)
+        traces[k] = (std**2).sum().item()
+    print(f"trace of the gradient covariance: {traces}")
+    assert traces[1] == pytest.approx(traces["gumbel"], rel=0.05)
+    assert traces[10] < 0.8 * traces[1] and traces[100] < 0.97 * traces[10]
 
 
 # ---------------------------------------------------------------- numerical stability

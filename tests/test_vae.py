@@ -90,7 +90,7 @@ def test_nelbo_is_bce_plus_kl_and_importance_bound_is_tighter():
     assert ll <= 0
 
 
-@pytest.mark.parametrize("estimator", ["gumbel", "st", "reinmax", "redge", "redge_cov"])
+@pytest.mark.parametrize("estimator", ["gumbel", "gumbel_rao", "st", "reinmax", "redge", "redge_cov"])
 def test_exact_nelbo_reuses_the_sample_only_when_it_is_an_exact_draw(estimator):
     model = CategoricalVAE(estimator, latent_dim=6, n_categories=3)
     x = (torch.rand(32, 784) > 0.5).float()
