@@ -29,8 +29,8 @@ from torch import Tensor, nn
 
 from estimators import exact
 from estimators.constraints import ConfigError, integer, validate
-from estimators.functional import sample_one_hot
 from estimators.rng import seeded
+from estimators.score import RLOO
 
 __all__ = ["GradientDiagnostics", "gradient_diagnostics", "reference_gradient", "summarize", "vae_objective"]
 
@@ -79,17 +79,15 @@ def reference_gradient(logits: Tensor, f: Objective, inputs: Sequence[Tensor], m
         raise ConfigError(f"method must be auto, exact or rloo, got {method!r}")
     if samples < 2:
         raise ConfigError(f"the leave-one-out baseline needs samples >= 2, got {samples!r}")
-    probs = log_q.detach().exp()
-    z_all = sample_one_hot(probs.expand(samples, B, Ld, K).contiguous())
-    with torch.no_grad():
-        values = torch.cat([f(z_all[s:s + chunk]) for s in range(0, samples, chunk)])  # [S, B]
-        baseline = (values.sum(0, keepdim=True) - values) / (samples - 1)
-    for s in range(0, samples, chunk):
-        z = z_all[s:s + chunk]
-        score = (z * log_q).sum(dim=(-1, -2))  # log q(z_s), [n, B]
-        # score term: ∇ through the distribution; + f(z): pathwise through f's own parameters and logits
-        part = (((values[s:s + chunk] - baseline[s:s + chunk]) * score + f(z)).sum(0) / samples).mean()
+    # the training estimator itself (estimators.RLOO), in chunks of >= 2 samples: each chunk is an unbiased
+    # estimate with its own leave-one-out baseline, weighted by its share of the samples
+    done = 0
+    while done < samples:
+        n = min(max(chunk, 2), samples - done)
+        n = n if samples - done - n != 1 else n + 1  # never leave a chunk of one sample
+        part = RLOO(n_samples=n).surrogate(logits, f).mean() * (n / samples)
         total = [t + g for t, g in zip(total, _grads(part, inputs))]
+        done += n
     return total, "rloo"
 
 
@@ -126,8 +124,8 @@ def gradient_diagnostics(estimator: nn.Module, logits: Tensor, f: Objective,
     moments = [exact.Moments() for _ in names]
     cosines = [0.0 for _ in names]
     for _ in range(n_draws):
-        z = estimator(logits)
-        for i, (g, ref_g) in enumerate(zip(flat(_grads(f(z[None]).mean(), inputs)), ref)):
+        value = estimator.surrogate(logits[None], f).mean()  # one draw, f's leading sample dimension of 1
+        for i, (g, ref_g) in enumerate(zip(flat(_grads(value, inputs)), ref)):
             moments[i].add(g[None])
             cosines[i] += nn.functional.cosine_similarity(g, ref_g, dim=0, eps=1e-30).item() / n_draws
     stats = {name: summarize(g, m.mean, m.var().sum(), cos, n_draws)

@@ -115,10 +115,13 @@ def measure(estimator, logits: Tensor, f: Objective, reference: Tensor, draws: i
     with seeded(seed):
         for start in range(0, draws, chunk):
             phi = logits.expand(min(chunk, draws - start), L, K).clone().requires_grad_(True)
-            x = estimator(phi)
-            (g,) = torch.autograd.grad(f(x).sum(), phi)
+
+            def objective(x: Tensor) -> Tensor:  # f, keeping the hard samples for the law
+                samples.append(x.detach().reshape(-1, L, K))
+                return f(x)
+
+            (g,) = torch.autograd.grad(estimator.surrogate(phi, objective).sum(), phi)
             grads.append(g.flatten(1))
-            samples.append(x.detach())
     g = torch.cat(grads)
     tv, floor = law_error(torch.cat(samples), logits.softmax(-1))
     cos = torch.nn.functional.cosine_similarity(g, reference[None], dim=1, eps=1e-30).mean().item()

@@ -14,14 +14,18 @@ import time
 
 import lightning as L
 import torch
+import yaml
 from lightning.pytorch.loggers import TensorBoardLogger
 from torchvision import transforms
 from torchvision.datasets import MNIST
 
 import estimators
+from callbacks.diagnostics import gradient_diagnostics, vae_objective
 from estimators.base import ConfigError
+from estimators.rng import seeded
 
 from .data import MNISTDataModule
+from .data.mnist import load_mnist
 from .data.paths import resolve_data_dir
 from .models import CategoricalVAE
 from .models.vae import mlp
@@ -91,7 +95,7 @@ def _paired_ratio(times: list[float], base: list[float]) -> float:
 
 def _forward_backward(est, logits: torch.Tensor, weight: torch.Tensor) -> None:
     logits.grad = None
-    (est(logits) * weight).sum().backward()
+    est.surrogate(logits, lambda z: (z * weight).sum(dim=(-1, -2))).sum().backward()
 
 
 def bench_estimators(args: argparse.Namespace) -> None:
@@ -355,6 +359,63 @@ def bench_step(args: argparse.Namespace) -> None:
             print(f"{name:<15}{f'L={latent_dim},K={n_categories}':<12}{t * 1e3:>9.2f}{t * 300:>9.2f}{ratio:>10.2f}x")
 
 
+VARIANCE_ESTIMATORS = ("gumbel", "gumbel_rao:k=1", "gumbel_rao:k=10", "gumbel_rao:k=100", "rloo:n_samples=2",
+                       "rloo:n_samples=8", "rloo:n_samples=32")
+
+
+def _estimator_arg(text: str):
+    """``name`` or ``name:key=value,key=value`` (values read as YAML scalars): ``(label, estimator)``."""
+    name, _, rest = text.partition(":")
+    kwargs = {}
+    for item in filter(None, rest.split(",")):
+        key, eq, value = item.partition("=")
+        if not eq:
+            raise ConfigError(f"--estimators {text!r}: expected name:key=value[,key=value]")
+        kwargs[key] = yaml.safe_load(value)
+    return text, estimators.build(name, **kwargs)
+
+
+def bench_variance(args: argparse.Namespace) -> None:
+    """The spread of each estimator's gradient on one fixed batch of the VAE (``callbacks.diagnostics``): its
+    relative standard deviation (one draw) per parameter group, against a reference gradient (exact when
+    ``K^L`` is small, else RLOO over ``--reference_samples``), and the variance ratio to the first estimator."""
+    _at_least_one(args, "batch", "draws", "reference_samples")
+    specs = [_estimator_arg(t) for t in args.estimators or VARIANCE_ESTIMATORS]
+    latent_dim, n_categories = _shape(args.setting)
+    with seeded(args.seed):
+        if args.ckpt_path:
+            model = CategoricalVAE.load_from_checkpoint(args.ckpt_path, map_location="cpu")
+        else:
+            model = CategoricalVAE("gumbel", latent_dim=latent_dim, n_categories=n_categories)
+    model.eval()
+    images = load_mnist(resolve_data_dir(args.data_dir), False, False)[: args.batch]
+    x = (images.float() / 255.0 > 0.5).float()
+    groups = {name: list(child.parameters()) for name, child in model.named_children()
+              if any(True for _ in child.parameters())}
+    what = f"checkpoint {args.ckpt_path}" if args.ckpt_path else f"a freshly initialized VAE (seed {args.seed})"
+    print(f"gradient spread on the first {args.batch} binarized MNIST test images, L={model.latent_dim}, "
+          f"K={model.n_categories}, {what}; {args.draws} draws per estimator, torch {torch.__version__}")
+    rows, base = [], None
+    for label, est in specs:
+        with seeded(args.seed):
+            logits, f = vae_objective(model, x)
+            stats, kind = gradient_diagnostics(est, logits, f, groups, n_draws=args.draws,
+                                               reference_samples=args.reference_samples)
+        base = base or stats
+        rows.append((label, stats))
+    names = list(rows[0][1])
+    print(f"reference gradient: {kind}; rel_std = sqrt(tr Cov ĝ)/‖g‖ of one draw, variance ratio = "
+          f"(rel_std / rel_std of {rows[0][0]})²; rel_bias floor ~ noise_floor")
+    header = f"{'estimator':<22}" + "".join(f"{g + ' rel_std':>20}{'var ratio':>11}" for g in names) + \
+        f"{'logits rel_bias':>17}{'logits cos':>12}"
+    print(header)
+    print("-" * len(header))
+    for label, stats in rows:
+        cells = "".join(f"{stats[g]['rel_std']:>20.4g}{(stats[g]['rel_std'] / base[g]['rel_std']) ** 2:>11.3f}"
+                        for g in names)
+        print(f"{label:<22}{cells}{stats['logits']['rel_bias']:>17.4g}{stats['logits']['cos']:>12.3f}")
+
+
 def _vae_step(model, x: torch.Tensor):
     """One optimization step of ``model`` on ``x``: the model's whole step (forward, estimator,
     ``train/nelbo_exact`` if on, backward, fused Adam), run eagerly."""
@@ -402,6 +463,18 @@ def _add_train_parser(bsub) -> None:
     s.add_argument("--exact_nelbo_every_n_steps", type=int, default=0, choices=(0, 1),
                    help="0 (default): the estimator's own cost; 1: with fit's default train/nelbo_exact diagnostic")
     s.set_defaults(func=bench_step)
+    v = bsub.add_parser("variance", help="gradient spread of estimators on one VAE batch (relative std, variance "
+                                         "ratio to the first), e.g. Gumbel-Rao's k and RLOO's S")
+    v.add_argument("--estimators", nargs="*", help="name or name:key=value,... (default: gumbel, gumbel_rao "
+                                                   "k=1,10,100, rloo n_samples=2,8,32)")
+    v.add_argument("--setting", default="48x2", help="LxK latent shape of a fresh model (default 48x2)")
+    v.add_argument("--ckpt_path", default=None, help="a trained CategoricalVAE checkpoint instead of a fresh model")
+    v.add_argument("--batch", type=int, default=16, help="test images in the fixed batch")
+    v.add_argument("--draws", type=int, default=200, help="gradient draws per estimator")
+    v.add_argument("--reference_samples", type=int, default=4000, help="RLOO samples of the reference gradient")
+    v.add_argument("--seed", type=int, default=0)
+    v.add_argument("--data_dir", default=None, help="default: $CATVAE_DATA_DIR, else ./data")
+    v.set_defaults(func=bench_variance)
     o = bsub.add_parser("overhead", help="host time per step of catvae fit's loop around a no-op step (the floor "
                                          "of a CUDA-graph epoch)")
     o.add_argument("--setting", default="48x2", help="LxK latent shape")

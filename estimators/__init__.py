@@ -9,6 +9,14 @@ logits is the estimator's. Build one by registry name::
     z = est(logits)          # one-hot, ReDGE-Cov gradient
 
 or by class (``estimators.ReDGECov(n_steps=3)``, also usable as a LightningCLI ``class_path``).
+
+Given the objective ``f`` (samples ``[*lead, *batch, *event, K]`` to values ``[*lead, *batch]``), every
+estimator gives a Monte-Carlo value of ``E[f(X)]`` carrying its gradient::
+
+    loss = est.surrogate(logits, f).mean()   # f(est(logits)) for pathwise estimators
+
+which is how models and tasks call them, so the score-function ``rloo`` (``pathwise = False``: its sample
+carries no gradient) plugs in like the others.
 """
 
 __distribution__ = "catvae"  # checked by catvae.layout: this top-level package is catvae's
@@ -17,6 +25,7 @@ from . import exact, functional
 from .base import CategoricalEstimator, available, build, get, register
 from .baselines import GumbelRao, GumbelSoftmax, ReinMax, StraightThrough
 from .redge import DDIMEstimator, DiffusionSchedule, ReDGE, ReDGECov, ReDGEMax, ReDGEMaxCov
+from .score import RLOO
 
 __all__ = [
     "CategoricalEstimator",
@@ -28,6 +37,7 @@ __all__ = [
     "ReDGECov",
     "ReDGEMax",
     "ReDGEMaxCov",
+    "RLOO",
     "ReinMax",
     "StraightThrough",
     "available",

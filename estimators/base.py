@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import inspect
 import math
+from collections.abc import Callable
 from typing import ClassVar
 
 import torch
@@ -92,6 +93,20 @@ class CategoricalEstimator(nn.Module):
 
     def _sample(self, logits: Tensor, hard: bool) -> Tensor:  # pragma: no cover - abstract
         raise NotImplementedError
+
+    #: whether ``forward`` carries the estimator's gradient (pathwise / reparameterized estimators). A
+    #: score-function estimator (``False``) needs the objective itself: it is used through :meth:`surrogate`.
+    pathwise: ClassVar[bool] = True
+
+    def surrogate(self, logits: Tensor, f: Callable[[Tensor], Tensor]) -> Tensor:
+        """A Monte-Carlo estimate of ``E_{X ~ softmax(logits)}[f(X)]`` whose gradient is this estimator's.
+
+        ``f`` maps samples shaped like ``logits`` (with any extra leading dimensions, which it keeps) to
+        objective values: ``[*lead, *batch, *event, K] -> [*lead, *batch]``. For a pathwise estimator this is
+        ``f(self(logits))``, the same computation and the same random numbers as calling the estimator; a
+        score-function estimator overrides it. Models and tasks call this, so any estimator plugs in.
+        """
+        return f(self(logits))
 
     @property
     def exact_draws(self) -> bool:

@@ -77,14 +77,15 @@ def estimator_mean_gradient(estimator, f: Callable[[Tensor], Tensor], logits: Te
                             chunk: int = 65536) -> tuple[Tensor, Tensor]:
     """Monte-Carlo mean and per-draw standard deviation of an estimator's gradient.
 
-    Draws ``n_samples`` independent estimates ``∇_φ f(estimator(φ))`` (batched in chunks) and returns
-    ``(mean [L, K], std [L, K])`` (the population standard deviation of the draws).
+    Draws ``n_samples`` independent estimates ``∇_φ estimator.surrogate(φ, f)`` (``∇_φ f(estimator(φ))`` for a
+    pathwise estimator; batched in chunks) and returns ``(mean [L, K], std [L, K])`` (the population standard
+    deviation of the draws).
     """
     L, K = logits.shape
     moments = Moments()
     while moments.n < n_samples:
         m = min(chunk, n_samples - moments.n)
         phi = logits.detach().expand(m, L, K).clone().requires_grad_(True)
-        (g,) = torch.autograd.grad(f(estimator(phi)).sum(), phi)
+        (g,) = torch.autograd.grad(estimator.surrogate(phi, f).sum(), phi)
         moments.add(g)
     return moments.mean, moments.var(ddof=0).sqrt()

@@ -66,3 +66,23 @@ def test_bench_overhead_times_the_loop_around_a_no_op_step(capsys):
     median, mean, per_epoch = re.search(r"median step (\d+) us; .* (\d+) us = (\d+\.\d+) s per epoch", out).groups()
     assert 0 < int(median) and float(per_epoch) == pytest.approx(int(mean) * 300e-6, abs=2e-3)
     assert "Epoch" not in out  # the progress bar is timed but not drawn
+
+
+@needs_mnist
+def test_bench_variance_rao_blackwellization_lowers_the_spread(capsys):
+    """On a small VAE (L=4, K=3: exact reference gradient), Gumbel-Rao's spread is below Gumbel-ST's on the
+    encoder side, where the conditional averaging acts, and RLOO's falls with S; the first row is the base."""
+    assert 0 == main(["bench", "variance", "--setting", "4x3", "--batch", "4", "--draws", "300", "--estimators",
+                      "gumbel", "gumbel_rao:k=20", "rloo:n_samples=2", "rloo:n_samples=16"])
+    out = capsys.readouterr().out
+    assert "reference gradient: exact" in out
+    rows = {line.split()[0]: [float(v) for v in line.split()[1:]] for line in out.splitlines()
+            if line.split() and line.split()[0] in ("gumbel", "gumbel_rao:k=20", "rloo:n_samples=2", "rloo:n_samples=16")}
+    assert rows["gumbel"][1] == 1.0  # logits variance ratio of the base
+    assert rows["gumbel_rao:k=20"][1] < 0.9 and rows["rloo:n_samples=16"][1] < 0.5 * rows["rloo:n_samples=2"][1]
+
+
+def test_bench_variance_bad_estimator_is_one_line(capsys):
+    assert main(["bench", "variance", "--estimators", "gumbel_rao:k"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "name:key=value" in err[0]

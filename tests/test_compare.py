@@ -162,3 +162,16 @@ def test_a_run_is_keyed_by_its_config_contents_not_their_paths(tmp_path):
 def _write(path, text):
     path.write_text(text)
     return path
+
+
+@pytest.mark.slow
+@needs_mnist
+def test_beyond_the_paper_quick_sweep_trains_gumbel_rao_and_rloo(tmp_path, capsys):
+    """Gumbel-Rao and the score-function RLOO train through fit and test like the paper's estimators."""
+    out = tmp_path / "beyond"
+    assert main(["compare", str(SPEC / "beyond.yaml"), "--quick", "--out", str(out), "--parallel", "2"]) == 0
+    with (out / "results.csv").open() as fh:
+        rows = {r["estimator"]: r for r in csv.DictReader(fh)}
+    assert set(rows) == {"gumbel", "gumbel_rao_k1", "gumbel_rao", "gumbel_rao_k100", "rloo_s2", "rloo", "rloo_s32"}
+    assert all(float(r["test_nelbo"]) > 0 for r in rows.values())
+    assert "| rloo_s32 | rloo | hard=True n_samples=32 |" in (out / "results.md").read_text()

@@ -12,13 +12,17 @@ from .spec import METRICS, Run
 
 __all__ = ["plot_curves", "write_csv", "write_markdown"]
 
-def fmt(v, digits=2, small: bool | None = None) -> str:
-    """A table cell: the value with ``digits`` decimals, or ``digits + 1`` significant digits when ``small``
-    (default: below 1 in magnitude; a gap of 0.0012 stays readable), or a dash for a missing or NaN value."""
+def _decimals(v, digits: int = 2) -> int:
+    """``digits`` decimals, more below 1 in magnitude so that ``digits + 1`` significant digits show (0.00123)."""
+    return digits if v == 0 or abs(v) >= 1 else max(digits, digits - math.floor(math.log10(abs(v))))
+
+
+def fmt(v, digits=2, decimals: int | None = None) -> str:
+    """A table cell: the value with ``decimals`` (default: :func:`_decimals`) decimals, or a dash for a missing
+    or NaN value."""
     if v is None or (isinstance(v, float) and math.isnan(v)):
         return "—"
-    small = v != 0 and abs(v) < 1 if small is None else small
-    return f"{v:.{digits + 1}g}" if small else f"{v:.{digits}f}"
+    return f"{v:.{_decimals(v, digits) if decimals is None else decimals}f}"
 
 
 def _stats(values):
@@ -55,7 +59,7 @@ def _table(rows, cols, cells, lower):
             if m is None:
                 out.append("—")
                 continue
-            text = f"{fmt(m)} ± {fmt(s, small=abs(m) < 1)}" if n > 1 else fmt(m)
+            text = f"{fmt(m)} ± {fmt(s, decimals=_decimals(m))}" if n > 1 else fmt(m)
             out.append(f"**{text}**" if best.get(c) == m else text)
         lines.append(f"| {r} | " + " | ".join(out) + " |")
     return "\n".join(lines)

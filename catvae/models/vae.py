@@ -216,8 +216,12 @@ class CategoricalVAE(EstimatorTask):
     def _loss(self, x: Tensor) -> tuple[Tensor, Tensor]:
         """The estimator's objective (batch mean) and the posterior logits."""
         logits = self.encode(x)
-        z = self.estimator(logits)
-        return (self.reconstruction(x, z) + self.kl(logits)).mean(), logits
+        kl = self.kl(logits)
+
+        def nelbo(z: Tensor) -> Tensor:  # per example, for samples [..., B, L, K] (an estimator may draw several)
+            return self.reconstruction(x.expand(*z.shape[:-3], *x.shape), z) + kl
+
+        return self.estimator.surrogate(logits, nelbo).mean(), logits
 
     def training_step(self, x: Tensor, batch_idx: int) -> Tensor | None:
         step = self.global_step  # optimizer steps before this batch (the fast path's update increments it)

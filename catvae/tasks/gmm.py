@@ -139,8 +139,8 @@ class GMMTask(BenchmarkTask):
     # -- Lightning ------------------------------------------------------------------------------------
     def training_step(self, batch: Tensor, batch_idx: int) -> Tensor:
         s = self.hparams.samples_per_step
-        x = self.estimator(self.theta.expand(s, self.n_points, self.n_components))
-        loss = self.sample_objective(x).mean()
+        loss = self.estimator.surrogate(self.theta.expand(s, self.n_points, self.n_components),
+                                        self.sample_objective).mean()
         value = loss.detach()
         self.log_train_objective(value)
         self.log("train/nelbo_nc", value - self.constant, on_step=True, on_epoch=False, batch_size=1)

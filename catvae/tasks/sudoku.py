@@ -127,10 +127,18 @@ class SudokuTask(BenchmarkTask):
 
     # -- Lightning ----------------------------------------------------------------------------------
     def training_step(self, batch: Tensor, batch_idx: int) -> Tensor:
-        penalties = self.penalty(self.sample(self.hparams.samples_per_step))  # [n, P]
-        # a hard sample's penalty is a sum of squared integers: 0 exactly when every group is a permutation
-        self.last_sample_valid.copy_(penalties[-1].detach() == 0)
-        per_puzzle = penalties.mean(0)
+        seen = []
+
+        def f(x: Tensor) -> Tensor:  # the penalty of clamped grids, [..., P]; keeps the samples' own values
+            out = self.penalty(self.clamp(x))
+            seen.append(out.detach())
+            return out
+
+        n = self.hparams.samples_per_step
+        per_puzzle = self.estimator.surrogate(self.theta.expand(n, *self.theta.shape), f).mean(0)  # [P]
+        # a hard sample's penalty is a sum of squared integers: 0 exactly when every group is a permutation;
+        # the last sample drawn this step is the authors' "last training sample"
+        self.last_sample_valid.copy_(seen[-1].reshape(-1, per_puzzle.shape[-1])[-1] == 0)
         self.log_train_objective(per_puzzle.mean())
         return per_puzzle.sum()
 
