@@ -175,3 +175,37 @@ def test_beyond_the_paper_quick_sweep_trains_gumbel_rao_and_rloo(tmp_path, capsy
     assert set(rows) == {"gumbel", "gumbel_rao_k1", "gumbel_rao", "gumbel_rao_k100", "rloo_s2", "rloo", "rloo_s32"}
     assert all(float(r["test_nelbo"]) > 0 for r in rows.values())
     assert "| rloo_s32 | rloo | hard=True n_samples=32 |" in (out / "results.md").read_text()
+
+
+@pytest.mark.slow
+def test_two_shards_then_collect_assemble_one_table(tmp_path, capsys):
+    """--shard i/N takes the runs i mod N (disjoint, covering); --collect assembles the shards' folders into one
+    table and names the runs still missing (exit 1) until every shard has finished."""
+    spec = tmp_path / "gmm.yaml"
+    spec.write_text(f"steps: 20\nseeds: [0, 1]\nsettings: {{k20: {ROOT / 'configs/gmm/k20.yaml'}}}\n"
+                    "estimators: [st, reinmax]\nargs: ['--data.init_args.n_points=50']\n"
+                    "metrics: [{tag: test/nelbo_nc, header: exact NELBO}]\ncurves: []\n")
+    shards = [tmp_path / "shard0", tmp_path / "shard1"]
+    assert main(["compare", str(spec), "--shard", "0/2", "--out", str(shards[0])]) == 0
+    assert "shard 0/2: 2/2 of its runs finished" in capsys.readouterr().out
+    assert not (shards[0] / "results.md").exists()
+    assert {p.parent.parent.name + "/" + p.parent.name for p in shards[0].glob("runs/k20/*/*/result.json")} == \
+        {"st/seed0", "reinmax/seed0"}
+    table = tmp_path / "table"
+    assert main(["compare", str(spec), "--collect", str(shards[0]), "--out", str(table)]) == 1
+    err = capsys.readouterr().err
+    assert "k20/st/seed1: not finished" in err and "k20/reinmax/seed1: not finished" in err
+    assert main(["compare", str(spec), "--shard", "1/2", "--out", str(shards[1])]) == 0
+    capsys.readouterr()
+    assert main(["compare", str(spec), "--collect", *map(str, shards), "--out", str(table)]) == 0
+    with (table / "results.csv").open() as fh:
+        rows = list(csv.DictReader(fh))
+    assert sorted((r["estimator"], r["seed"]) for r in rows) == [("reinmax", "0"), ("reinmax", "1"), ("st", "0"),
+                                                                 ("st", "1")]
+    assert "4/4 runs finished" in (table / "results.md").read_text()
+    assert not (table / "runs").exists()  # nothing trained there
+    for bad, fragment in ((["--shard", "2/2"], "0 <= i < N"), (["--shard", "x"], "expected i/N"),
+                          (["--shard", "0/2", "--collect"], "one or the other"),
+                          (["--collect", str(tmp_path / "nope")], "no such folder")):
+        assert main(["compare", str(spec), "--out", str(table), *bad]) == 2
+        assert fragment in capsys.readouterr().err

@@ -23,6 +23,17 @@ Every run goes through the ``catvae`` command itself, in its own process (``catv
 ``result.json`` exists (with the same arguments); re-running a spec skips finished runs and resumes
 interrupted ones from their last checkpoint. ``<out>`` then holds ``results.csv`` (one row per run),
 ``results.md`` (mean ± std over seeds, best in bold; runtime table) and ``curves_*.png``.
+
+Over several machines: ``--shard i/N`` runs the runs whose index in the spec's order is ``i`` mod ``N`` (and
+writes no table); ``--collect DIR ...`` trains nothing and writes the table of ``--out`` from the finished runs
+found in ``--out`` and the given folders (the shards' ``--out``). With a shared file system every shard can
+use the same ``--out``, and a plain rerun of the spec there (or ``--collect`` with no folder) assembles it. A
+SLURM job array::
+
+    #SBATCH --array=0-3
+    catvae compare configs/compare/table3.yaml --shard $SLURM_ARRAY_TASK_ID/4 --out results/table3
+    # then, once all four are done:
+    catvae compare configs/compare/table3.yaml --collect --out results/table3
 """
 
 from __future__ import annotations
@@ -32,7 +43,7 @@ import sys
 from pathlib import Path
 
 from ..errors import ConfigError
-from .execute import collect, execute, run_all
+from .execute import collect, execute, gather, run_all
 from .report import plot_curves, write_csv, write_markdown
 from .spec import QUICK_STEPS, Run, load_spec
 
@@ -52,11 +63,29 @@ def compare(args: argparse.Namespace) -> int:
     except OSError as err:
         raise ConfigError(f"cannot create the results folder {out} ({err.strerror or err}); pass a writable --out") \
             from None
+    shard = _shard(args.shard) if args.shard else None
+    if shard and args.collect is not None:
+        raise ConfigError("--shard runs part of a sweep and --collect assembles one: use one or the other")
+    mine = [r for j, r in enumerate(runs) if j % shard[1] == shard[0]] if shard else runs
     if args.dry_run:
-        for run in runs:
+        for run in mine:
             print(f"catvae fit {' '.join(run.cli_args(out))} --trainer.max_steps {run.steps} --trainer.max_epochs -1")
         return 0
-    results, failures, stopped = run_all(runs, out, args.parallel)
+    if args.collect is not None:
+        folders = [Path(f) for f in args.collect]
+        absent = [str(f) for f in folders if not f.is_dir()]
+        if absent:
+            raise ConfigError(f"--collect: no such folder {', '.join(absent)}; pass the shards' --out folders")
+        results, missing = gather(runs, [out, *folders])
+        failures = [f"{m}: not finished in {out} or any --collect folder" for m in missing]
+        stopped = None
+    else:
+        results, failures, stopped = run_all(mine, out, args.parallel)
+    if shard:
+        print(f"catvae compare: shard {shard[0]}/{shard[1]}: {len(results)}/{len(mine)} of its runs finished in {out}; "
+              f"assemble the table with `catvae compare {spec} --out {out}` (one shared folder) or "
+              f"`--collect <the other shards' folders>`")
+        return _status(results, mine, failures, stopped)
     command = "catvae compare " + " ".join([str(spec)] + (["--quick"] if args.quick else []) +
                                            ([f"--steps {args.steps}"] if args.steps else []) +
                                            ([f"--seeds {args.seeds}"] if args.seeds else []))
@@ -65,15 +94,30 @@ def compare(args: argparse.Namespace) -> int:
     plots = plot_curves(results, runs, out) if results else []
     print(f"wrote {out / 'results.csv'}, {out / 'results.md'}, {len(plots)} plots; "
           f"TensorBoard: tensorboard --logdir {out / 'runs'}")
+    return _status(results, runs, failures, stopped)
+
+
+def _status(results: list[dict], runs: list[Run], failures: list[str], stopped) -> int:
     if stopped is not None:
         print(f"catvae compare: stopped; {len(results)}/{len(runs)} runs finished, rerun the same command to "
               "resume the others", file=sys.stderr)
         return 128 + int(stopped)
     if failures:
-        print(f"catvae compare: {len(failures)} run(s) failed (logs in each run's log.txt):\n  "
+        print(f"catvae compare: {len(failures)} run(s) failed or missing (logs in each run's log.txt):\n  "
               + "\n  ".join(failures), file=sys.stderr)
         return 1
     return 0
+
+
+def _shard(text: str) -> tuple[int, int]:
+    """``i/N`` (``0 <= i < N``): this shard takes the runs whose index in the spec's order is ``i`` mod ``N``."""
+    try:
+        i, n = (int(v) for v in text.split("/"))
+    except ValueError:
+        raise ConfigError(f"--shard {text!r}: expected i/N, e.g. --shard 0/4 (i from 0 to N-1)") from None
+    if not 0 <= i < n:
+        raise ConfigError(f"--shard {text!r}: need 0 <= i < N, e.g. --shard $SLURM_ARRAY_TASK_ID/4 with --array=0-3")
+    return i, n
 
 
 def add_parser(subparsers) -> None:
@@ -87,6 +131,11 @@ def add_parser(subparsers) -> None:
     p.add_argument("--steps", type=int, help="override the spec's training steps per run")
     p.add_argument("--seeds", help="override the spec's seeds, e.g. 0,1")
     p.add_argument("--dry-run", action="store_true", help="print the fit commands and exit")
+    p.add_argument("--shard", help="i/N: run only the runs whose index in the spec is i mod N (a job array over N "
+                                   "machines; no table is written)")
+    p.add_argument("--collect", nargs="*", metavar="DIR",
+                   help="train nothing: assemble --out's table from the finished runs in --out and these folders "
+                        "(the shards' --out)")
     p.set_defaults(func=compare)  # catvae.cli reports ConfigError as one line, exit 2
 
 

@@ -24,7 +24,7 @@ from ..runs import load_checkpoint
 from .report import fmt
 from .spec import Run
 
-__all__ = ["Interrupted", "collect", "estimator_hparams", "execute", "run_all", "run_child"]
+__all__ = ["Interrupted", "collect", "estimator_hparams", "execute", "finished", "gather", "run_all", "run_child"]
 
 _PACKAGE_ROOT = str(Path(__file__).resolve().parents[2])  # the folder holding the catvae package
 
@@ -156,26 +156,51 @@ def collect(version: Path, run: Run) -> dict:
     return out
 
 
+def finished(run: Run, out: Path) -> dict | None:
+    """The result of ``run`` if its folder under ``out`` holds a finished one (``result.json`` of the same
+    arguments), else ``None``; a result made with other arguments is an error."""
+    marker = run.folder(out) / "result.json"
+    if not marker.is_file():
+        return None
+    done = json.loads(marker.read_text())
+    if done.get("key") != run.key():
+        raise ConfigError(f"{marker} was made with other arguments (another spec, budget or --quick); "
+                          "use another --out, or delete that run's folder to redo it")
+    if any(m.column not in done for m in run.metrics) or any(c.tag not in done.get("curves", {}) for c in run.curves):
+        # the spec now reports more: read it from the finished run's events
+        done.update(collect(out / done["run_dir"], run))
+        done.pop("tested", None)
+    return done
+
+
+def gather(runs: list[Run], folders: list[Path]) -> tuple[list[dict], list[str]]:
+    """``(results, missing)``: each run's finished result from the first of ``folders`` that holds one (its
+    ``run_dir`` made absolute outside the first folder), and the runs none of them has finished."""
+    results, missing = [], []
+    for run in runs:
+        for folder in folders:
+            done = finished(run, folder)
+            if done is not None:
+                if folder != folders[0]:
+                    done["run_dir"] = str((folder / done["run_dir"]).resolve())
+                results.append(done)
+                break
+        else:
+            missing.append(run.experiment)
+    return results, missing
+
+
 def run_all(runs: list[Run], out: Path, parallel: int) -> tuple[list[dict], list[str], int | None]:
     """Run every unfinished run (``parallel`` at a time): ``(results, failures, stop signal or None)``.
     SIGINT/SIGTERM stop the sweep: running runs are checkpointed, nothing new starts."""
     results, failures = {}, []
     todo = []
     for i, run in enumerate(runs):
-        marker = run.folder(out) / "result.json"
-        if marker.is_file():
-            done = json.loads(marker.read_text())
-            if done.get("key") == run.key():
-                if any(m.column not in done for m in run.metrics) or any(c.tag not in done.get("curves", {})
-                                                                          for c in run.curves):
-                    # the spec now reports more: read it from the finished run's events
-                    done.update(collect(out / done["run_dir"], run))
-                    done.pop("tested", None)
-                results[i] = done
-                continue
-            raise ConfigError(f"{marker} was made with other arguments (another spec, budget or --quick); "
-                              "use another --out, or delete that run's folder to redo it")
-        todo.append(i)
+        done = finished(run, out)
+        if done is not None:
+            results[i] = done
+        else:
+            todo.append(i)
     print(f"catvae compare: {len(runs)} runs, {len(runs) - len(todo)} already finished, {len(todo)} to run "
           f"({parallel} at a time) -> {out}", flush=True)
     lock = threading.Lock()
