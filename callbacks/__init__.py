@@ -1,4 +1,4 @@
-"""Lightning callbacks for catvae: checkpoints of a run, interrupts, timing, hyperparameters, images, diagnostics."""
+"""Lightning callbacks for catvae: checkpoints of a run, interrupts, timing, hyperparameters, images, diagnostics, schedules."""
 
 __distribution__ = "catvae"  # checked by catvae.layout: this top-level package is catvae's
 
@@ -7,7 +7,8 @@ from .diagnostics import GradientDiagnostics
 from .hparams import HParamsSummary
 from .images import ImageLogger
 from .interrupt import CheckpointOnInterrupt
+from .schedule import EstimatorSchedule
 from .timing import Throughput
 
-__all__ = ["CheckpointOnInterrupt", "GradientDiagnostics", "HParamsSummary", "ImageLogger", "RunCheckpoint",
+__all__ = ["CheckpointOnInterrupt", "EstimatorSchedule", "GradientDiagnostics", "HParamsSummary", "ImageLogger", "RunCheckpoint",
            "Throughput"]

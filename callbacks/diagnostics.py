@@ -190,11 +190,16 @@ class GradientDiagnostics(L.Callback):
         """Whether ``module`` follows the protocol of the module docstring."""
         return hasattr(module, "diagnostic_objective") or all(hasattr(module, a) for a in ("encode", "nelbo"))
 
-    def setup(self, trainer, pl_module, stage: str) -> None:
-        if not self.supports(pl_module):  # before the run trains (and writes) anything
+    def check(self, trainer, pl_module) -> None:
+        """Raise :class:`ConfigError` for a module without the protocol (``catvae`` calls it before anything is
+        written; :meth:`setup` calls it too, for a plain ``Trainer``)."""
+        if not self.supports(pl_module):
             raise ConfigError(f"GradientDiagnostics needs a task with diagnostic_objective(batch) -> (logits, f) "
                               f"or a VAE's encode/nelbo; {type(pl_module).__name__} has neither: remove it from "
                               "--trainer.callbacks")
+
+    def setup(self, trainer, pl_module, stage: str) -> None:
+        self.check(trainer, pl_module)
 
     def _objective(self, module, batch):
         if hasattr(module, "diagnostic_objective"):

@@ -2,7 +2,7 @@
 
 * ``catvae fit|validate|test|predict --config ...``: training and evaluation (:mod:`catvae.runner`).
 * ``catvae bench ...`` (:mod:`catvae.bench`), ``catvae compare ...`` (:mod:`catvae.compare`),
-  ``catvae analyze ...`` (:mod:`catvae.analyze`): tools.
+  ``catvae analyze ...`` (:mod:`catvae.analyze`), ``catvae sample ...`` (:mod:`catvae.sample`): tools.
 
 Exit status: 0 done (or nothing left to train), 1 training diverged or an unexpected error (traceback),
 2 bad input (one ``catvae: error: ...`` line, nothing written), 130 stopped by Ctrl-C, 143 stopped by
@@ -14,11 +14,11 @@ from __future__ import annotations
 import argparse
 import sys
 
-from . import analyze, bench, compare, runner
+from . import analyze, bench, compare, runner, sample
 
 __all__ = ["main"]
 
-TOOLS = ("analyze", "bench", "compare")
+TOOLS = ("analyze", "bench", "compare", "sample")
 
 
 class _ToolParser(argparse.ArgumentParser):
@@ -35,6 +35,7 @@ def _tools(argv: list[str]) -> int:
     bench.add_parser(sub)
     compare.add_parser(sub)
     analyze.add_parser(sub)
+    sample.add_parser(sub)
     args = parser.parse_args(argv)
     args.argv = argv[1:]
     return args.func(args)

@@ -205,6 +205,9 @@ class CatVAECLI(LightningCLI):
             raise ConfigError(f"{one_line(err)} (check the --trainer options)") from None
         if isinstance(self.model, EstimatorTask):
             self.model.check_trainer(trainer)
+        for callback in trainer.callbacks:  # callbacks that can refuse a model or a trainer say so here, not mid-run
+            if hasattr(callback, "check"):
+                callback.check(trainer, self.model)
         return trainer
 
     def _run_root(self) -> Path:

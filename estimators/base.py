@@ -119,6 +119,17 @@ class CategoricalEstimator(nn.Module):
         """
         return False
 
+    def set_hparam(self, name: str, value) -> None:
+        """Change one hyperparameter in place, checked like the constructor's (``arg_constraints``): e.g. an
+        annealed temperature (``callbacks.EstimatorSchedule``)."""
+        if name not in self.hparams():
+            raise ConfigError(f"{type(self).__name__} has no hyperparameter {name!r}; it has: "
+                              f"{', '.join(self.hparams())}")
+        self._set_hparam(name, validate(self.arg_constraints, {name: value})[name])
+
+    def _set_hparam(self, name: str, value) -> None:
+        setattr(self, name, value)
+
     def extra_repr(self) -> str:
         return ", ".join(f"{k}={v}" for k, v in self.hparams().items())
 

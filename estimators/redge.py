@@ -165,6 +165,13 @@ class DDIMEstimator(CategoricalEstimator):
         self.n_steps, self.t_1 = self.schedule.n_steps, self.schedule.t_1
         self.base, self.last_step, self.var_floor, self.fused = base, last_step, float(var_floor), fused
 
+    def _set_hparam(self, name: str, value) -> None:
+        if name in ("n_steps", "t_1"):  # the grid's constants depend on both
+            self.schedule = DiffusionSchedule(**{"n_steps": self.n_steps, "t_1": self.t_1, name: value})
+            self.n_steps, self.t_1 = self.schedule.n_steps, self.schedule.t_1
+        else:
+            super()._set_hparam(name, value)
+
     @property
     def exact_draws(self) -> bool:
         # α_{t₁} = 0 at t₁ = 1: x̂₀(x, t₁) = softmax(φ) whatever x, so the hard draw is exact; otherwise

@@ -385,3 +385,66 @@ def test_step_mean_is_a_weighted_mean_that_propagates_nan():
     assert ours.compute().item() == 1.0  # reset cleared the previous epoch
     ours.update(torch.tensor(float("nan")), weight=3)
     assert torch.isnan(ours.compute())  # a diverged step shows, it is not dropped
+
+
+# ---------------------------------------------------------------- MNIST-format datasets
+
+
+def _write_idx(raw: Path, n_train: int, n_test: int, seed: int = 0) -> dict[bool, torch.Tensor]:
+    """Synthetic idx files (MNIST's format: big-endian magic, sizes, then uint8 data) in ``raw``."""
+    import struct
+
+    raw.mkdir(parents=True)
+    gen = torch.Generator().manual_seed(seed)
+    images = {}
+    for train, prefix, n in ((True, "train", n_train), (False, "t10k", n_test)):
+        x = torch.randint(0, 256, (n, 28, 28), generator=gen, dtype=torch.uint8)
+        (raw / f"{prefix}-images-idx3-ubyte").write_bytes(struct.pack(">IIII", 2051, n, 28, 28) + x.numpy().tobytes())
+        y = torch.randint(0, 10, (n,), generator=gen, dtype=torch.uint8)
+        (raw / f"{prefix}-labels-idx1-ubyte").write_bytes(struct.pack(">II", 2049, n) + y.numpy().tobytes())
+        images[train] = x.reshape(n, 784)
+    return images
+
+
+@pytest.mark.parametrize("dataset, folder", [("fashion_mnist", "FashionMNIST"), ("kmnist", "KMNIST")])
+def test_mnist_format_datasets_train_from_their_own_folder(tmp_path, monkeypatch, capsys, dataset, folder):
+    """--data.dataset reads <data_dir>/<torchvision class>/raw (here small synthetic idx files), names the run
+    after the dataset, and a missing folder is one line naming it."""
+    import catvae.data.mnist as mnist
+
+    monkeypatch.setattr(mnist, "SIZES", {True: 300, False: 100})
+    images = _write_idx(tmp_path / "data" / folder / "raw", 300, 100)
+    for train in (True, False):
+        assert torch.equal(mnist.load_mnist(tmp_path / "data", train, False, dataset), images[train])
+    runs = tmp_path / "runs"
+    args = ["fit", "--config", str(CONFIGS / "mnist" / "l48_k2.yaml"), "--config", str(CONFIGS / "data" / f"{dataset}.yaml"),
+            "--runs_dir", str(runs), "--trainer.enable_progress_bar=false", "--trainer.max_steps=3",
+            "--data.data_dir", str(tmp_path / "data"), "--data.download=false", "--data.batch_size=100",
+            "--data.eval_batch_size=100", "--model.n_importance_samples=2"]
+    assert main(args) == 0
+    assert (runs / f"{dataset}_l48_k2" / "gumbel" / "version_0" / "checkpoints" / "last.ckpt").is_file()
+    capsys.readouterr()
+    assert main([*args[:-6], "--data.data_dir", str(tmp_path / "empty"), *args[-4:]]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and f"{folder} files not found in" in err[0] and f"{folder}/raw/" in err[0]
+
+
+@needs_mnist
+def test_sample_writes_prior_and_reconstruction_grids(tmp_path, capsys):
+    """catvae sample: prior samples and (original, reconstruction) rows from a checkpoint, as PNG grids; a
+    benchmark checkpoint or a bad -n is one line."""
+    from PIL import Image
+
+    runs = tmp_path / "runs"
+    assert main(["fit", *cli_args(runs, "--trainer.max_steps=3")]) == 0
+    ckpt = last_ckpt(runs)
+    out = tmp_path / "look" / "grid.png"
+    assert main(["sample", "--ckpt_path", str(ckpt), "-n", "9", "--out", str(out)]) == 0
+    assert "9 prior samples" in capsys.readouterr().out
+    prior, pairs = Image.open(out), Image.open(out.with_name("grid_reconstructions.png"))
+    assert prior.size == (3 * 30 + 2, 3 * 30 + 2)  # 3 x 3 images of 28 px, 2 px padding
+    assert pairs.size == (3 * 30 + 2, 6 * 30 + 2)  # each row of originals followed by its reconstructions
+    for bad, fragment in ((["-n", "0"], "-n must be >= 1"), (["--out", str(tmp_path / "x.jpg")], ".png"),
+                          (["--ckpt_path", str(tmp_path / "none.ckpt")], "does not exist")):
+        assert main(["sample", "--ckpt_path", str(ckpt), *bad]) == 2
+        assert fragment in capsys.readouterr().err

@@ -1,4 +1,5 @@
-"""Binarized MNIST held as one tensor on the training device (the paper's §4.4 data)."""
+"""Binarized MNIST (the paper's §4.4 data) or an MNIST-format drop-in (Fashion-MNIST, Kuzushiji-MNIST), held as
+one tensor on the training device."""
 
 from __future__ import annotations
 
@@ -8,41 +9,46 @@ from typing import Literal
 import lightning as L
 import torch
 from torch import Tensor
-from torchvision.datasets import MNIST
+from torchvision.datasets import KMNIST, MNIST, FashionMNIST
 
 from estimators.constraints import ConfigError, boolean, integer, one_of, optional, text, validate
 
 from .loader import TensorBatches
 from .paths import resolve_data_dir
 
-__all__ = ["MNISTDataModule", "resolve_data_dir", "load_mnist"]
+__all__ = ["DATASETS", "MNISTDataModule", "resolve_data_dir", "load_mnist"]
 
 Binarize = Literal["threshold", "dynamic", "none"]
 SIZES = {True: 60_000, False: 10_000}
 FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
+#: the datasets in MNIST's idx format (same sizes and file names), by ``--data.dataset`` name: torchvision's
+#: classes, each reading ``<root>/<ClassName>/raw/``.
+DATASETS = {"mnist": MNIST, "fashion_mnist": FashionMNIST, "kmnist": KMNIST}
 
 
-def load_mnist(root: Path, train: bool, download: bool) -> Tensor:
-    """MNIST images as a uint8 tensor ``[N, 784]`` from torchvision's files under ``root/MNIST/raw``."""
-    raw = root / "MNIST" / "raw"
+def load_mnist(root: Path, train: bool, download: bool, dataset: str = "mnist") -> Tensor:
+    """The images of an MNIST-format dataset (:data:`DATASETS`) as a uint8 tensor ``[N, 784]`` from
+    torchvision's files under ``root/<ClassName>/raw`` (``root/MNIST/raw`` for MNIST)."""
+    cls = DATASETS[dataset]
+    raw = root / cls.__name__ / "raw"
     present = all((raw / name).is_file() for name in FILES)
     try:
-        dataset = MNIST(str(root), train=train, download=download and not present)
+        data = cls(str(root), train=train, download=download and not present)
     except Exception as err:  # missing files, network errors, corrupt or truncated files
         cause = f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"[:160]
         if present:
-            raise ConfigError(f"could not read the MNIST files in {raw} ({cause}): they are corrupt; "
+            raise ConfigError(f"could not read the {cls.__name__} files in {raw} ({cause}): they are corrupt; "
                             "delete them to re-download, or replace them with a valid copy") from None
         if download:
-            raise ConfigError(f"MNIST files not found in {raw} and the download failed ({cause}); put the four "
-                            "idx files there, or point --data.data_dir / CATVAE_DATA_DIR at a folder with MNIST/raw/"
-                            ) from None
-        raise ConfigError(f"MNIST files not found in {raw}; put the four idx files there, or point "
-                        "--data.data_dir / CATVAE_DATA_DIR at a folder containing MNIST/raw/") from None
-    images = dataset.data
+            raise ConfigError(f"{cls.__name__} files not found in {raw} and the download failed ({cause}); put the "
+                              f"four idx files there, or point --data.data_dir / CATVAE_DATA_DIR at a folder with "
+                              f"{cls.__name__}/raw/") from None
+        raise ConfigError(f"{cls.__name__} files not found in {raw}; put the four idx files there, or point "
+                          f"--data.data_dir / CATVAE_DATA_DIR at a folder containing {cls.__name__}/raw/") from None
+    images = data.data
     if images.shape != (SIZES[train], 28, 28) or images.dtype != torch.uint8:
         raise ConfigError(
-            f"MNIST {'training' if train else 'test'} images in {raw} have shape {tuple(images.shape)}, expected "
+            f"{cls.__name__} {'training' if train else 'test'} images in {raw} have shape {tuple(images.shape)}, expected "
             f"({SIZES[train]}, 28, 28): the files are corrupt; delete them to re-download or replace them"
         )
     return images.reshape(len(images), 784)
@@ -53,11 +59,12 @@ def _bernoulli(batch: Tensor, gen: torch.Generator) -> Tensor:
 
 
 class MNISTDataModule(L.LightningDataModule):
-    """MNIST for the categorical VAE, with the whole dataset resident on the training device.
+    """MNIST (or an MNIST-format dataset) for the categorical VAE, with the whole dataset resident on the
+    training device.
 
     Args:
-        data_dir: folder holding ``MNIST/raw/`` (torchvision layout). Default: ``$CATVAE_DATA_DIR``,
-            else ``./data``.
+        data_dir: folder holding ``MNIST/raw/`` (torchvision layout; ``FashionMNIST/raw/``, ``KMNIST/raw/`` for
+            the others). Default: ``$CATVAE_DATA_DIR``, else ``./data``.
         batch_size: training batch size (paper: 200, i.e. 300 steps per epoch on 60k images).
         eval_batch_size: validation/test batch size.
         binarize: ``threshold`` (pixel > 0.5, the paper's), ``dynamic`` (a fresh Bernoulli draw of
@@ -67,11 +74,12 @@ class MNISTDataModule(L.LightningDataModule):
         train_subset: train on the first N images only (quick runs); ``None`` uses all.
         download: download the files when missing (needs network access).
         seed: seed of the shuffling and of dynamic binarization.
+        dataset: ``mnist`` (default, the paper's), ``fashion_mnist`` or ``kmnist``: the same idx format, sizes
+            and 28×28 grey levels, binarized the same way; downloaded by torchvision where the network allows.
     """
 
-    #: the data's part of the run directory's experiment name (:func:`catvae.runs.experiment_name`).
-    run_name = "mnist"
-    arg_constraints = {"data_dir": optional(text), "batch_size": integer(1), "eval_batch_size": integer(1),
+    arg_constraints = {"data_dir": optional(text), "dataset": one_of(*DATASETS), "batch_size": integer(1),
+                       "eval_batch_size": integer(1),
                        "binarize": one_of("threshold", "dynamic", "none"), "val_size": integer(0, SIZES[True] - 1),
                        "download": boolean, "seed": integer(0)}
 
@@ -85,6 +93,7 @@ class MNISTDataModule(L.LightningDataModule):
         train_subset: int | None = None,
         download: bool = True,
         seed: int = 0,
+        dataset: str = "mnist",
     ) -> None:
         super().__init__()
         validate(self.arg_constraints, locals())
@@ -96,12 +105,17 @@ class MNISTDataModule(L.LightningDataModule):
         self.root = resolve_data_dir(data_dir)
         self.batch_size, self.eval_batch_size = batch_size, eval_batch_size
         self.binarize, self.val_size, self.train_subset = binarize, val_size, train_subset
-        self.download, self.seed = download, seed
+        self.download, self.seed, self.dataset = download, seed, dataset
         self.train_x = self.val_x = self.test_x = None
+
+    @property
+    def run_name(self) -> str:
+        """The data's part of the run directory's experiment name (:func:`catvae.runs.experiment_name`)."""
+        return self.dataset
 
     def prepare_data(self) -> None:
         for train in (True, False):
-            load_mnist(self.root, train, self.download)
+            load_mnist(self.root, train, self.download, self.dataset)
 
     def _device(self) -> torch.device:
         trainer = getattr(self, "trainer", None)
@@ -114,11 +128,11 @@ class MNISTDataModule(L.LightningDataModule):
     def setup(self, stage: str | None = None) -> None:
         device = self._device()
         if self.train_x is None or self.train_x.device != device:
-            train = self._prepare(load_mnist(self.root, True, False), device)
+            train = self._prepare(load_mnist(self.root, True, False, self.dataset), device)
             if self.val_size:
                 train, self.val_x = train[: -self.val_size], train[-self.val_size :]
             self.train_x = train[: self.train_subset] if self.train_subset else train
-            self.test_x = self._prepare(load_mnist(self.root, False, False), device)
+            self.test_x = self._prepare(load_mnist(self.root, False, False, self.dataset), device)
             if not self.val_size:
                 self.val_x = self.test_x
         trainer = getattr(self, "trainer", None)
