@@ -375,6 +375,16 @@ def _estimator_arg(text: str):
     return text, estimators.build(name, **kwargs)
 
 
+def _hidden(text: str) -> list[int]:
+    try:
+        sizes = [int(v) for v in text.split(",")]
+    except ValueError:
+        sizes = []
+    if not sizes or min(sizes) < 1:
+        raise ConfigError(f"--hidden {text!r}: expected positive layer sizes separated by commas, e.g. 512,256")
+    return sizes
+
+
 def bench_variance(args: argparse.Namespace) -> None:
     """The spread of each estimator's gradient on one fixed batch of the VAE (``callbacks.diagnostics``): its
     relative standard deviation (one draw) per parameter group, against a reference gradient (exact when
@@ -386,7 +396,9 @@ def bench_variance(args: argparse.Namespace) -> None:
         if args.ckpt_path:
             model = CategoricalVAE.load_from_checkpoint(args.ckpt_path, map_location="cpu")
         else:
-            model = CategoricalVAE("gumbel", latent_dim=latent_dim, n_categories=n_categories)
+            hidden = _hidden(args.hidden)
+            model = CategoricalVAE("gumbel", latent_dim=latent_dim, n_categories=n_categories,
+                                   encoder_hidden=hidden, decoder_hidden=hidden[::-1])
     model.eval()
     images = load_mnist(resolve_data_dir(args.data_dir), False, False)[: args.batch]
     x = (images.float() / 255.0 > 0.5).float()
@@ -468,6 +480,8 @@ def _add_train_parser(bsub) -> None:
     v.add_argument("--estimators", nargs="*", help="name or name:key=value,... (default: gumbel, gumbel_rao "
                                                    "k=1,10,100, rloo n_samples=2,8,32)")
     v.add_argument("--setting", default="48x2", help="LxK latent shape of a fresh model (default 48x2)")
+    v.add_argument("--hidden", default="512,256", help="encoder hidden sizes of a fresh model, the decoder's reversed "
+                                                        "(default: the paper's 512,256)")
     v.add_argument("--ckpt_path", default=None, help="a trained CategoricalVAE checkpoint instead of a fresh model")
     v.add_argument("--batch", type=int, default=16, help="test images in the fixed batch")
     v.add_argument("--draws", type=int, default=200, help="gradient draws per estimator")
