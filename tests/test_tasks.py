@@ -507,3 +507,19 @@ def test_a_task_takes_its_problem_from_the_data_module(tmp_path):
         trainer.validate(GMMTask.load_from_checkpoint(ckpt), datamodule=GMMDataModule(n_points=41, n_components=4))
     with pytest.raises(ConfigError, match="GMMTask solves a GMMProblem, got PolynomialProblem"):
         GMMTask("st").attach(PolynomialDataModule().problem())
+
+
+@pytest.mark.parametrize("config, extra", [
+    ("polynomial/p2.yaml", []),
+    ("gmm/k20.yaml", ["--data.init_args.n_points", "50"]),
+    ("sudoku/generated.yaml", ["--data.init_args.n_puzzles", "4"]),
+])
+def test_every_task_trains_with_the_score_function_estimator(tmp_path, config, extra):
+    """RLOO has no pathwise gradient: a task reaches it only through estimator.surrogate(logits, f), so this
+    fails for a task that calls the estimator directly (RLOO refuses) or feeds it a wrongly shaped f."""
+    assert _cli(tmp_path, "--config", str(ROOT / "configs" / config), "--config", str(ROOT / "configs/estimators/rloo.yaml"),
+                "--trainer.max_steps", "4", "--data.init_args.steps_per_epoch", "2", "--experiment_name", "rloo",
+                *extra) == 0
+    ckpt = torch.load(tmp_path / "runs/rloo/rloo/version_0/checkpoints/last.ckpt", weights_only=True)
+    theta = ckpt["state_dict"]["theta"]
+    assert ckpt["global_step"] == 4 and torch.isfinite(theta).all() and theta.abs().sum() > 0
