@@ -57,7 +57,7 @@ def run(args: argparse.Namespace) -> int:
                           "catvae sample draws images from a CategoricalVAE checkpoint (runs/<mnist_...>/...)")
     model = CategoricalVAE.load_from_checkpoint(args.ckpt_path, weights_only=not args.trust_checkpoint).eval()
     dataset = (ckpt.get("datamodule_hyper_parameters") or {}).get("dataset", "mnist")
-    images = load_mnist(resolve_data_dir(args.data_dir), False, False, dataset)[: args.n]
+    images = load_mnist(resolve_data_dir(args.data_dir), False, True, dataset)[: args.n]  # downloads as fit does
     x = (images.float() / 255.0 > 0.5).float()
     prior, pairs = sample(model, x, len(x) if len(x) < args.n else args.n, args.seed)
     nrow = math.ceil(math.sqrt(args.n))
