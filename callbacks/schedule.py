@@ -4,7 +4,8 @@ The value is a function of the optimizer step only, set before every training ba
 and testing, at the checkpoint's step): a resumed run gets exactly the values of an uninterrupted one, with
 nothing to checkpoint. ``schedule/<hparam>`` is logged.
 
-Shapes, with ``s`` the step and ``T`` = ``steps`` (default: the trainer's ``max_steps``):
+Shapes, with ``s`` the step and ``T`` = ``steps`` (default: the run's total number of optimizer steps,
+``max_steps``, or what ``max_epochs`` amounts to — Lightning's ``estimated_stepping_batches``):
 
 * ``exp``: ``max(end, start · exp(−rate · s))``, the classic Gumbel-Softmax annealing (Jang et al. 2017);
   ``rate`` defaults to ``ln(start/end)/T`` (``end`` reached at ``T``);
@@ -38,7 +39,7 @@ class EstimatorSchedule(L.Callback):
         start: the value at step 0.
         end: the value at ``steps`` (and after).
         shape: ``exp`` (default), ``linear`` or ``cosine``.
-        steps: length of the schedule; default: the trainer's ``max_steps``.
+        steps: length of the schedule; default: the run's total number of optimizer steps.
         rate: ``exp`` only, the decay per step (default: reach ``end`` at ``steps``).
     """
 
@@ -52,10 +53,13 @@ class EstimatorSchedule(L.Callback):
             raise ConfigError(f"EstimatorSchedule: the exp shape needs start and end > 0, got {start}, {end}")
         self.hparam, self.start, self.end, self.shape = hparam, float(start), float(end), shape
         self.steps, self.rate = steps, rate
+        self._total = steps
 
-    def value(self, step: int) -> float:
-        """The scheduled value at optimizer step ``step``."""
-        T = self.steps
+    def value(self, step: int, total: int | None = None) -> float:
+        """The scheduled value at optimizer step ``step`` of a schedule of ``total`` steps (default ``steps``)."""
+        T = total or self.steps
+        if T is None and not (self.shape == "exp" and self.rate is not None):
+            raise ValueError("EstimatorSchedule.value needs the schedule's length: pass total or steps")
         if self.shape == "exp":
             rate = self.rate if self.rate is not None else math.log(self.start / self.end) / T
             return max(self.end, self.start * math.exp(-rate * step)) if self.end <= self.start else \
@@ -74,26 +78,35 @@ class EstimatorSchedule(L.Callback):
         if getattr(pl_module.hparams, "fast_step", False):
             raise ConfigError("EstimatorSchedule changes the estimator between steps, but --model.fast_step captures "
                               "the step once (a CUDA graph keeps the first value): drop one of the two")
-        if self.steps is None:
-            if trainer.max_steps is None or trainer.max_steps < 1:
-                raise ConfigError("EstimatorSchedule: give init_args.steps, or train with --trainer.max_steps")
-            self.steps = trainer.max_steps
-        self._apply(trainer, pl_module)  # checks the name and the first value now, before anything runs
+        for value in (self.end, self.start):  # the name and both ends of the range, before anything runs
+            estimator.set_hparam(self.hparam, self._cast(estimator, value))
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         self.check(trainer, pl_module)
 
-    def _apply(self, trainer: L.Trainer, pl_module: L.LightningModule) -> float:
+    def _cast(self, estimator, value: float):
+        return int(round(value)) if isinstance(estimator.hparams().get(self.hparam), int) else value
+
+    def _apply(self, trainer: L.Trainer, pl_module: L.LightningModule) -> float | None:
+        """Set the value of the current step; ``None`` (nothing set) where the run's length is unknown (a
+        test of a run with neither ``steps`` nor ``max_steps``, outside fitting)."""
+        if self._total is None:
+            if trainer.max_steps is not None and trainer.max_steps > 0:
+                self._total = trainer.max_steps
+            else:
+                try:
+                    self._total = int(trainer.estimated_stepping_batches)
+                except Exception:  # not fitting: no training data to count
+                    return None
         estimator = pl_module.estimator
-        value = self.value(trainer.global_step)
-        if isinstance(estimator.hparams().get(self.hparam), int) and not isinstance(value, bool):
-            value = int(round(value))
+        value = self._cast(estimator, self.value(trainer.global_step, self._total))
         estimator.set_hparam(self.hparam, value)
         return value
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
         value = self._apply(trainer, pl_module)
-        pl_module.log(f"schedule/{self.hparam}", float(value), on_step=True, on_epoch=False, batch_size=1)
+        if value is not None:
+            pl_module.log(f"schedule/{self.hparam}", float(value), on_step=True, on_epoch=False, batch_size=1)
 
     def on_validation_start(self, trainer, pl_module) -> None:
         self._apply(trainer, pl_module)

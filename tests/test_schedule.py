@@ -96,3 +96,16 @@ def test_bad_schedules_are_one_line(tmp_path, capsys, extra, fragment):
     assert code == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and fragment in err[0], err
+
+
+def test_the_length_defaults_to_the_runs_own_steps_from_max_epochs(tmp_path):
+    """Without steps or max_steps the schedule spans the run as max_epochs makes it (Lightning's
+    estimated_stepping_batches): 2 epochs of 10 steps reach ``end`` at step 20."""
+    assert _fit(tmp_path, *ANNEAL, "--trainer.max_steps", "-1", "--trainer.max_epochs", "2",
+                "--trainer.log_every_n_steps", "1", "--experiment_name", "epochs") == 0
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(tmp_path / "runs/epochs/gumbel/version_0")).Reload()
+    logged = {e.step: e.value for e in events.Scalars("schedule/tau")}
+    schedule = EstimatorSchedule("tau", 2.0, 0.1, "cosine")
+    assert max(logged) == 19 and all(v == pytest.approx(schedule.value(s, 20), rel=1e-6) for s, v in logged.items())
