@@ -162,7 +162,9 @@ def plot_curves(results: list[dict], runs: list[Run], out: Path) -> list[Path]:
         handles, names = axes[0][0].get_legend_handles_labels()
         if handles:
             axes[0][-1].legend(fontsize=8)
-        fig.suptitle(textwrap.fill(f"{title}: mean ± std over seeds", 90))
+        n_seeds = len({r.seed for r in runs})
+        spread = f"mean ± std over {n_seeds} seeds" if n_seeds > 1 else "one seed"
+        fig.suptitle(textwrap.fill(f"{title}: {spread}", 90))
         fig.tight_layout()
         path = out / f"curves_{_slug(tag)}.png"
         fig.savefig(path, dpi=100)
