@@ -20,7 +20,8 @@ and reports:
   :mod:`estimators.exact`): ``‖ḡ − g‖/‖g‖``, ``sqrt(tr Cov ĝ)/‖g‖`` of one draw, the bias's Monte-Carlo floor,
   the mean cosine of one draw with ``g``, and the cosine of the mean.
 
-Straight-Through, Gumbel-Softmax ST and ReinMax (with their defaults, or ``--tau``) are measured once as
+Straight-Through, Gumbel-Softmax ST and ReinMax (``--references``: any registered estimator, e.g. ``gumbel_rao``
+or ``rloo``), at their defaults (``--tau`` sets the temperature of those that have one), are measured once as
 references: horizontal lines in the figure.
 
 Objectives (``--objective``): ``quadratic`` (default), ``f(x) = ½ vec(x)ᵀ A vec(x) + bᵀ vec(x)`` with ``A``
@@ -135,7 +136,8 @@ def analyze(probs: Tensor, f: Objective, t_1s: list[float], n_steps: list[int], 
     ``t₁``; each configuration uses the noise of ``seed``."""
     logits = probs.log()
     reference = exact.gradient(f, logits).flatten()
-    configs = [(name, None, None, {} if tau is None else {"tau": tau}) for name in references]
+    configs = [(name, None, None, {"tau": tau} if tau is not None and "tau" in estimators.build(name).hparams() else {})
+               for name in references]
     configs += [(name, n, t, {"n_steps": n, "t_1": t}) for name in variants for n in n_steps for t in t_1s]
     rows = []
     for i, (name, n, t, kwargs) in enumerate(configs, 1):
@@ -254,7 +256,7 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError(f"--draws {args.draws}: need at least 2 draws")
     t_1s, ns = _floats(args.t1), _ints(args.n_steps)
     variants = _names(args.estimators, VARIANTS, "--estimators")
-    references = _names(args.references, REFERENCES, "--references")
+    references = _names(args.references, tuple(estimators.available()), "--references")
     f = make_objective(args.objective, L, K, args.seed, args.p)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -287,7 +289,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="t_1 values, comma-separated (fractions allowed)")
     p.add_argument("--n-steps", default=",".join(map(str, DEFAULT_N)), help="n_steps values, comma-separated")
     p.add_argument("--estimators", default=",".join(VARIANTS), help="ReDGE variants to sweep")
-    p.add_argument("--references", default=",".join(REFERENCES), help="baselines drawn as horizontal lines ('' for none)")
+    p.add_argument("--references", default=",".join(REFERENCES),
+                   help="estimators drawn as horizontal lines, at their defaults (any registered name, e.g. "
+                        "gumbel_rao or rloo; '' for none)")
     p.add_argument("--tau", type=float, default=None, help="temperature of the references (default: each one's own)")
     p.add_argument("--draws", type=int, default=4000, help="samples and gradients per configuration")
     p.add_argument("--seed", type=int, default=0, help="seeds π, the objective and the noise")

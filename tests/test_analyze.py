@@ -115,3 +115,14 @@ def test_bad_input_is_one_line_and_writes_nothing(tmp_path, capsys, args, fragme
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("catvae: error:") and fragment in err[0]
     assert not out.exists()
+
+
+def test_any_estimator_can_be_a_reference():
+    """RLOO (score function, unbiased) as a reference: through surrogate it gets a gradient, and its bias sits at
+    the Monte-Carlo floor; --tau reaches only the estimators that have a temperature."""
+    probs = parse_probs(PI)
+    rows = analyze(probs, make_objective("quadratic", 1, 3, seed=0), [], [], [], ["rloo", "gumbel_rao"], draws=2000,
+                   seed=0, tau=0.7)
+    rloo = _row(rows, "rloo")
+    assert rloo["rel_bias"] < 5 * rloo["noise_floor"] and rloo["tv"] < 4 * rloo["tv_floor"]
+    assert _row(rows, "gumbel_rao")["cos"] > 0
