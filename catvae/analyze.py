@@ -24,6 +24,11 @@ Straight-Through, Gumbel-Softmax ST and ReinMax (``--references``: any registere
 or ``rloo``), at their defaults (``--tau`` sets the temperature of those that have one), are measured once as
 references: horizontal lines in the figure.
 
+A trained VAE's posterior (``--ckpt_path``, ``--example i``): ``π = q(z|x_i)`` of the ``i``-th test image and
+``f(z) = −log p(x_i|z)``, the reconstruction term of its negative ELBO (the KL term is analytic in ``φ``, the
+same for every estimator). The exact gradient enumerates the ``K^L`` codes, so this is for small latent spaces
+(``K^L ≤ 2^20``), not the paper's settings.
+
 Objectives (``--objective``): ``quadratic`` (default), ``f(x) = ½ vec(x)ᵀ A vec(x) + bᵀ vec(x)`` with ``A``
 symmetric and ``b`` drawn once from ``--seed`` (a smooth non-linear function, so that Straight-Through is
 biased); ``polynomial``: the paper's eq. (16), ``f(x) = (1/L) Σ_l |x_l2 − c|^p`` with ``c = 0.45`` (``K = 2``).
@@ -41,6 +46,7 @@ import json
 import math
 import shlex
 import sys
+import textwrap
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -53,6 +59,8 @@ from callbacks.diagnostics import summarize
 from estimators import exact
 from estimators.base import ConfigError
 from estimators.rng import seeded
+
+from .sample import binarized_test_images, load_vae
 
 __all__ = ["add_parser", "analyze", "law_error", "make_objective", "parse_probs"]
 
@@ -201,7 +209,7 @@ def plot(rows: list[dict], out: Path, title: str) -> Path:
         ax.grid(alpha=0.3)
     handles, labels = axes[0][0].get_legend_handles_labels()
     fig.legend(handles, labels, loc="center right", fontsize=8)
-    fig.suptitle(title, fontsize=10)
+    fig.suptitle(textwrap.fill(title, 110), fontsize=10)
     fig.tight_layout(rect=(0, 0, 0.82, 0.96))
     path = out / "analysis.png"
     fig.savefig(path, dpi=100)
@@ -240,8 +248,26 @@ def _names(text: str, allowed: tuple[str, ...], flag: str) -> list[str]:
     return names
 
 
+def vae_posterior(path: str, example: int, trust: bool = False, data_dir: str | None = None) -> tuple[Tensor, Objective, str]:
+    """``(π [L, K] float64, f, description)`` for test image ``example`` of a trained VAE (module docstring)."""
+    model, dataset = load_vae(path, trust)
+    if example < 0:
+        raise ConfigError(f"--example {example}: must be >= 0 (an index into the test images)")
+    x = binarized_test_images(dataset, example + 1, data_dir)[example]
+    with torch.no_grad():
+        probs = torch.softmax(model.encode(x[None])[0].double(), -1)
+
+    def f(z: Tensor) -> Tensor:  # −log p(x|z) for codes [..., L, K]
+        return model.reconstruction(x.expand(*z.shape[:-2], x.shape[-1]), z.float()).double()
+
+    return probs, f, f"−log p(x|z) of {dataset} test image {example}, posterior of {path}"
+
+
 def run(args: argparse.Namespace) -> int:
-    if args.probs:
+    f = None
+    if args.ckpt_path:
+        probs, f, objective = vae_posterior(args.ckpt_path, args.example, args.trust_checkpoint, args.data_dir)
+    elif args.probs:
         probs = parse_probs(args.probs)
     else:
         if args.L < 1 or args.K < 2:
@@ -250,20 +276,22 @@ def run(args: argparse.Namespace) -> int:
             probs = torch.softmax(torch.randn(args.L, args.K, dtype=torch.float64) * args.scale, -1)
     L, K = probs.shape
     if K**L > exact.MAX_CONFIGS:
+        fix = "use a model with a smaller latent space" if args.ckpt_path else "lower --L or --K"
         raise ConfigError(f"K^L = {K}^{L} is too many configurations for the exact gradient "
-                          f"(max {exact.MAX_CONFIGS}); lower --L or --K")
+                          f"(max {exact.MAX_CONFIGS}); {fix}")
     if args.draws < 2:
         raise ConfigError(f"--draws {args.draws}: need at least 2 draws")
     t_1s, ns = _floats(args.t1), _ints(args.n_steps)
     variants = _names(args.estimators, VARIANTS, "--estimators")
     references = _names(args.references, tuple(estimators.available()), "--references")
-    f = make_objective(args.objective, L, K, args.seed, args.p)
+    if f is None:
+        f = make_objective(args.objective, L, K, args.seed, args.p)
+        objective = args.objective + (f" (p={args.p})" if args.objective == "polynomial" else f" (seed {args.seed})")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     started = time.time()
     rows = analyze(probs, f, t_1s, ns, variants, references, args.draws, args.seed, args.tau,
                    progress=None if args.quiet else lambda s: print(s, file=sys.stderr, flush=True))
-    objective = args.objective + (f" (p={args.p})" if args.objective == "polynomial" else f" (seed {args.seed})")
     command = "catvae analyze " + shlex.join(args.argv)
     header = (f"# t_1 / n_steps analysis\n\nCommand: `{command}`  \nπ (L={L}, K={K}): `{json.dumps(probs.tolist())}`  \n"
               f"objective: {objective}; {args.draws} draws per configuration; "
@@ -280,6 +308,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", required=True, help="output folder (analysis.csv, analysis.md, analysis.png)")
     p.add_argument("--probs", help="π as 0.7,0.2,0.1 (one coordinate) or 0.7,0.3;0.4,0.6 (';' between coordinates); "
                                    "default: a random π of shape --L x --K")
+    p.add_argument("--ckpt_path", help="a trained CategoricalVAE with K^L <= 2^20: π = q(z|x) of one test image and "
+                                       "f = −log p(x|z) (instead of --probs / --objective)")
+    p.add_argument("--example", type=int, default=0, help="with --ckpt_path: the test image's index (default 0)")
+    p.add_argument("--trust_checkpoint", action="store_true", help="unpickle anything (only for files you trust)")
+    p.add_argument("--data_dir", default=None, help="with --ckpt_path: default $CATVAE_DATA_DIR, else ./data")
     p.add_argument("--L", type=int, default=2, help="number of coordinates of a random π (default 2)")
     p.add_argument("--K", type=int, default=4, help="categories of a random π (default 4)")
     p.add_argument("--scale", type=float, default=1.5, help="std of the random logits (larger: peakier π)")

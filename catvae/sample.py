@@ -27,7 +27,7 @@ from .errors import ConfigError
 from .models import CategoricalVAE
 from .runs import load_checkpoint
 
-__all__ = ["add_parser", "sample"]
+__all__ = ["add_parser", "binarized_test_images", "load_vae", "sample"]
 
 
 def sample(model: CategoricalVAE, x: torch.Tensor, n: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
@@ -44,21 +44,33 @@ def sample(model: CategoricalVAE, x: torch.Tensor, n: int, seed: int = 0) -> tup
     return prior.reshape(n, 1, 28, 28), torch.cat(pairs).reshape(-1, 1, 28, 28)
 
 
+def load_vae(path: str, trust: bool = False) -> tuple[CategoricalVAE, str]:
+    """A trained :class:`CategoricalVAE` (eval mode) and the name of its dataset, from a checkpoint read with the
+    safe loader; a checkpoint of anything else is a one-line :class:`ConfigError`."""
+    ckpt = load_checkpoint(Path(path), trust=trust)
+    task = (ckpt.get("catvae_task") or {}).get("class")
+    if task != CategoricalVAE.__qualname__:
+        raise ConfigError(f"checkpoint {path} holds {'a ' + task if task else 'no catvae'} model; this needs a "
+                          "CategoricalVAE checkpoint (runs/<mnist_...>/...)")
+    model = CategoricalVAE.load_from_checkpoint(path, weights_only=not trust).eval()
+    return model, (ckpt.get("datamodule_hyper_parameters") or {}).get("dataset", "mnist")
+
+
+def binarized_test_images(dataset: str, n: int, data_dir: str | None = None) -> torch.Tensor:
+    """The first ``n`` test images of ``dataset``, binarized at 0.5, ``[n, 784]`` (downloaded where missing, as
+    ``fit`` does)."""
+    images = load_mnist(resolve_data_dir(data_dir), False, True, dataset)[:n]
+    return (images.float() / 255.0 > 0.5).float()
+
+
 def run(args: argparse.Namespace) -> int:
     if args.n < 1:
         raise ConfigError(f"-n must be >= 1, got {args.n}")
     out = Path(args.out)
     if out.suffix.lower() != ".png":
         raise ConfigError(f"--out {out}: expected a .png file name, e.g. --out grid.png")
-    ckpt = load_checkpoint(Path(args.ckpt_path), trust=args.trust_checkpoint)
-    task = (ckpt.get("catvae_task") or {}).get("class")
-    if task != CategoricalVAE.__qualname__:
-        raise ConfigError(f"checkpoint {args.ckpt_path} holds {'a ' + task if task else 'no catvae'} model; "
-                          "catvae sample draws images from a CategoricalVAE checkpoint (runs/<mnist_...>/...)")
-    model = CategoricalVAE.load_from_checkpoint(args.ckpt_path, weights_only=not args.trust_checkpoint).eval()
-    dataset = (ckpt.get("datamodule_hyper_parameters") or {}).get("dataset", "mnist")
-    images = load_mnist(resolve_data_dir(args.data_dir), False, True, dataset)[: args.n]  # downloads as fit does
-    x = (images.float() / 255.0 > 0.5).float()
+    model, dataset = load_vae(args.ckpt_path, args.trust_checkpoint)
+    x = binarized_test_images(dataset, args.n, args.data_dir)
     prior, pairs = sample(model, x, len(x) if len(x) < args.n else args.n, args.seed)
     nrow = math.ceil(math.sqrt(args.n))
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -6,6 +6,7 @@ import csv
 
 import pytest
 import torch
+from conftest import ROOT, needs_mnist
 
 import estimators
 from catvae.analyze import POLYNOMIAL_C, analyze, law_error, make_objective, measure, parse_probs
@@ -126,3 +127,32 @@ def test_any_estimator_can_be_a_reference():
     rloo = _row(rows, "rloo")
     assert rloo["rel_bias"] < 5 * rloo["noise_floor"] and rloo["tv"] < 4 * rloo["tv_floor"]
     assert _row(rows, "gumbel_rao")["cos"] > 0
+
+
+@needs_mnist
+def test_a_trained_models_posterior(tmp_path, capsys):
+    """--ckpt_path: π = q(z|x) of one test image of a (small) trained VAE, f = −log p(x|z); a model whose K^L is
+    too large for enumeration is one line."""
+    from catvae.analyze import vae_posterior
+
+    runs = tmp_path / "runs"
+    common = ["fit", "--config", str(ROOT / "configs/mnist/l48_k2.yaml"), "--runs_dir", str(runs),
+              "--trainer.enable_progress_bar=false", "--trainer.max_steps=3", "--data.train_subset=1000",
+              "--data.batch_size=100", "--data.eval_batch_size=500", "--trainer.limit_val_batches=1",
+              "--model.n_importance_samples=2"]
+    assert main([*common, "--model.init_args.latent_dim=4", "--model.init_args.n_categories=3",
+                 "--experiment_name", "small"]) == 0
+    ckpt = str(runs / "small/gumbel/version_0/checkpoints/last.ckpt")
+    probs, f, what = vae_posterior(ckpt, 2)
+    assert probs.shape == (4, 3) and torch.allclose(probs.sum(-1), torch.ones(4, dtype=torch.float64))
+    assert f(torch.nn.functional.one_hot(torch.zeros(5, 4, dtype=torch.long), 3).double()).shape == (5,)
+    out = tmp_path / "an"
+    assert main(["analyze", "--ckpt_path", ckpt, "--example", "2", "--t1", "0.5", "--n-steps", "4", "--estimators",
+                 "redge", "--draws", "200", "--quiet", "--out", str(out)]) == 0
+    assert "test image 2" in (out / "analysis.md").read_text()
+    capsys.readouterr()
+    assert main([*common, "--experiment_name", "big"]) == 0
+    capsys.readouterr()
+    assert main(["analyze", "--ckpt_path", str(runs / "big/gumbel/version_0/checkpoints/last.ckpt"), "--out",
+                 str(tmp_path / "no")]) == 2
+    assert "use a model with a smaller latent space" in capsys.readouterr().err
