@@ -25,11 +25,11 @@ from estimators.base import ConfigError
 from estimators.rng import seeded
 
 from .data import MNISTDataModule
-from .data.mnist import load_mnist
 from .data.paths import resolve_data_dir
 from .models import CategoricalVAE
 from .models.vae import mlp
 from .runner import default_callbacks, fit_callbacks
+from .sample import binarized_test_images, load_vae
 
 #: the paper's VAE latent shapes (batch 200). Every estimator is built with its defaults, which are Table 5's
 #: VAE column (``configs/estimators/``).
@@ -393,19 +393,19 @@ def bench_variance(args: argparse.Namespace) -> None:
     specs = [_estimator_arg(t) for t in args.estimators or VARIANCE_ESTIMATORS]
     latent_dim, n_categories = _shape(args.setting)
     with seeded(args.seed):
+        dataset = "mnist"
         if args.ckpt_path:
-            model = CategoricalVAE.load_from_checkpoint(args.ckpt_path, map_location="cpu")
+            model, dataset = load_vae(args.ckpt_path)
         else:
             hidden = _hidden(args.hidden)
             model = CategoricalVAE("gumbel", latent_dim=latent_dim, n_categories=n_categories,
                                    encoder_hidden=hidden, decoder_hidden=hidden[::-1])
     model.eval()
-    images = load_mnist(resolve_data_dir(args.data_dir), False, False)[: args.batch]
-    x = (images.float() / 255.0 > 0.5).float()
+    x = binarized_test_images(dataset, args.batch, args.data_dir, download=False)
     groups = {name: list(child.parameters()) for name, child in model.named_children()
               if any(True for _ in child.parameters())}
     what = f"checkpoint {args.ckpt_path}" if args.ckpt_path else f"a freshly initialized VAE (seed {args.seed})"
-    print(f"gradient spread on the first {args.batch} binarized MNIST test images, L={model.latent_dim}, "
+    print(f"gradient spread on the first {args.batch} binarized {dataset} test images, L={model.latent_dim}, "
           f"K={model.n_categories}, {what}; {args.draws} draws per estimator, torch {torch.__version__}")
     rows, base = [], None
     for label, est in specs:

@@ -56,10 +56,10 @@ def load_vae(path: str, trust: bool = False) -> tuple[CategoricalVAE, str]:
     return model, (ckpt.get("datamodule_hyper_parameters") or {}).get("dataset", "mnist")
 
 
-def binarized_test_images(dataset: str, n: int, data_dir: str | None = None) -> torch.Tensor:
+def binarized_test_images(dataset: str, n: int, data_dir: str | None = None, download: bool = True) -> torch.Tensor:
     """The first ``n`` test images of ``dataset``, binarized at 0.5, ``[n, 784]`` (downloaded where missing, as
-    ``fit`` does)."""
-    images = load_mnist(resolve_data_dir(data_dir), False, True, dataset)[:n]
+    ``fit`` does, unless ``download`` is false)."""
+    images = load_mnist(resolve_data_dir(data_dir), False, download, dataset)[:n]
     return (images.float() / 255.0 > 0.5).float()
 
 

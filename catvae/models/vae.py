@@ -10,6 +10,7 @@ from torch import Tensor, nn
 from torchmetrics import MeanMetric, SumMetric
 
 from callbacks import ImageLogger
+from callbacks.diagnostics import vae_objective
 from estimators.base import ConfigError
 from estimators.constraints import boolean, integer, one_of, positive, sizes
 from estimators.functional import LOW_PRECISION, log_softmax, sample_one_hot, softmax
@@ -214,13 +215,9 @@ class CategoricalVAE(EstimatorTask):
 
     # -- Lightning ------------------------------------------------------------------------------
     def _loss(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        """The estimator's objective (batch mean) and the posterior logits."""
-        logits = self.encode(x)
-        kl = self.kl(logits)
-
-        def nelbo(z: Tensor) -> Tensor:  # per example, for samples [..., B, L, K] (an estimator may draw several)
-            return self.reconstruction(x.expand(*z.shape[:-3], *x.shape), z) + kl
-
+        """The estimator's objective (batch mean) and the posterior logits: the negative ELBO of the estimator's
+        samples (``vae_objective``'s ``f``, which an estimator drawing several samples per example broadcasts)."""
+        logits, nelbo = vae_objective(self, x)
         return self.estimator.surrogate(logits, nelbo).mean(), logits
 
     def training_step(self, x: Tensor, batch_idx: int) -> Tensor | None:
