@@ -295,12 +295,19 @@ DESCRIPTION = (
 
 def run_cli(argv: list[str]) -> CatVAECLI:
     """``catvae fit|validate|test|predict ...`` in this process (exceptions propagate; see :func:`main`)."""
-    return CatVAECLI(
+    return run_cli_class(CatVAECLI, argv, run=True)
+
+
+def run_cli_class(cli_class: type[CatVAECLI], argv: list[str], run: bool = False) -> CatVAECLI:
+    """``cli_class`` (a :class:`CatVAECLI`) on ``argv``; with ``run=False`` it only parses ``argv`` (no
+    subcommand) and builds the seeded classes, as ``catvae fit`` would before training (``compare --batched``)."""
+    return cli_class(
         EstimatorTask,
         L.LightningDataModule,
         subclass_mode_model=True,
         subclass_mode_data=True,
         args=argv,
+        run=run,
         auto_configure_optimizers=False,
         parser_kwargs={"description": DESCRIPTION},
         save_config_kwargs={"overwrite": False},

@@ -43,7 +43,7 @@ import sys
 from pathlib import Path
 
 from ..errors import ConfigError
-from .execute import collect, execute, gather, run_all
+from .execute import collect, execute, gather, run_all, run_groups
 from .report import plot_curves, write_csv, write_markdown
 from .spec import QUICK_STEPS, Run, load_spec
 
@@ -56,6 +56,10 @@ def compare(args: argparse.Namespace) -> int:
     seeds = [int(s) for s in args.seeds.split(",")] if args.seeds else None
     runs = load_spec(spec, quick=args.quick, steps=args.steps, seeds=seeds)
     out = Path(args.out or f"results/{spec.stem}{'_quick' if args.quick else ''}")
+    if args.group_size is not None and (args.group_size < 1 or not args.batched):
+        raise ConfigError(f"--group-size {args.group_size}: needs --batched and a value >= 1")
+    if args.batched and args.parallel != 1:
+        raise ConfigError("--batched trains one group at a time on every core (or the GPU): drop --parallel")
     if args.parallel < 1:
         raise ConfigError(f"--parallel must be >= 1, got {args.parallel}")
     try:
@@ -79,6 +83,8 @@ def compare(args: argparse.Namespace) -> int:
         results, missing = gather(runs, [out, *folders])
         failures = [f"{m}: not finished in {out} or any --collect folder" for m in missing]
         stopped = None
+    elif args.batched:
+        results, failures, stopped = run_groups(mine, out, args.group_size)
     else:
         results, failures, stopped = run_all(mine, out, args.parallel)
     if shard:
@@ -136,6 +142,11 @@ def add_parser(subparsers) -> None:
     p.add_argument("--collect", nargs="*", metavar="DIR",
                    help="train nothing: assemble --out's table from the finished runs in --out and these folders "
                         "(the shards' --out)")
+    p.add_argument("--batched", action="store_true",
+                   help="train the runs of each setting together as one stacked model in one process (one group at a "
+                        "time; the results folder is the same as without it)")
+    p.add_argument("--group-size", type=int, dest="group_size",
+                   help="with --batched: at most this many runs per group (default: as many as fit in memory)")
     p.set_defaults(func=compare)  # catvae.cli reports ConfigError as one line, exit 2
 
 

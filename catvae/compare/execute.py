@@ -24,7 +24,8 @@ from ..runs import load_checkpoint
 from .report import fmt
 from .spec import Run
 
-__all__ = ["Interrupted", "collect", "estimator_hparams", "execute", "finished", "gather", "run_all", "run_child"]
+__all__ = ["Interrupted", "collect", "estimator_hparams", "execute", "finish", "finished", "gather", "run_all", "run_child",
+           "run_groups"]
 
 _PACKAGE_ROOT = str(Path(__file__).resolve().parents[2])  # the folder holding the catvae package
 
@@ -85,10 +86,7 @@ def execute(run: Run, out: Path, threads: int, children: _Children | None = None
     fit = ["fit", *run.cli_args(out), "--trainer.max_steps", str(run.steps), "--trainer.max_epochs", "-1",
            *(["--ckpt_path", "last"] if resume else [])]
     test = ["test", *run.cli_args(out), "--ckpt_path", "last"]
-    env = {**os.environ, "PYTHONUNBUFFERED": "1", "CATVAE_COMPARE_PARENT": str(os.getpid()),
-           # the run imports this very catvae (a source checkout without an install too), from any directory
-           "PYTHONPATH": os.pathsep.join(p for p in (_PACKAGE_ROOT, os.environ.get("PYTHONPATH")) if p)}
-    env.setdefault("OMP_NUM_THREADS", str(threads))
+    env = _child_env(threads)
     t0 = time.perf_counter()
     with open(folder / "log.txt", "a") as log:
         log.write(f"\n$ catvae {' '.join(fit)}\n$ catvae {' '.join(test)}\n")
@@ -104,6 +102,21 @@ def execute(run: Run, out: Path, threads: int, children: _Children | None = None
     if returncode != 0:
         tail = (folder / "log.txt").read_text().strip().splitlines()[-3:]
         raise RuntimeError(f"exit {returncode}: {' | '.join(tail)}")
+    return finish(run, out, fit, test, time.perf_counter() - t0)
+
+
+def _child_env(threads: int) -> dict:
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "CATVAE_COMPARE_PARENT": str(os.getpid()),
+           # the run imports this very catvae (a source checkout without an install too), from any directory
+           "PYTHONPATH": os.pathsep.join(p for p in (_PACKAGE_ROOT, os.environ.get("PYTHONPATH")) if p)}
+    env.setdefault("OMP_NUM_THREADS", str(threads))
+    return env
+
+
+def finish(run: Run, out: Path, fit: list[str], test: list[str], wall_s: float) -> dict:
+    """``run``'s result from its newest version with a ``last.ckpt`` (trained and tested), written to its
+    ``result.json``: :class:`RuntimeError` when it did not train its whole budget or has no test metrics."""
+    folder = run.folder(out)
     versions = [v for v in _versions(folder) if (v / "checkpoints" / "last.ckpt").is_file()]
     if not versions:
         raise RuntimeError(f"no last.ckpt under {folder}")
@@ -112,9 +125,9 @@ def execute(run: Run, out: Path, threads: int, children: _Children | None = None
     if trained != run.steps or not metrics.pop("tested"):
         raise RuntimeError(f"not finished: trained {trained} of {run.steps} steps"
                            + ("" if trained != run.steps else ", no test metrics"))
-    result = {"key": key, "setting": run.setting, "estimator": run.label, "name": run.name,
+    result = {"key": run.key(), "setting": run.setting, "estimator": run.label, "name": run.name,
               "params": estimator_hparams(versions[-1]) or run.init_args, "seed": run.seed, "steps": run.steps,
-              "wall_s": time.perf_counter() - t0,
+              "wall_s": wall_s,
               "run_dir": str(versions[-1].relative_to(out)), "fit": fit, "test": test, **metrics}
     (folder / "result.json").write_text(json.dumps(result, indent=1))
     return result
@@ -237,6 +250,72 @@ def run_all(runs: list[Run], out: Path, parallel: int) -> tuple[list[dict], list
     return [results[i] for i in sorted(results)], failures, children.stopped
 
 
+def run_groups(runs: list[Run], out: Path, group_limit: int | None = None) -> tuple[list[dict], list[str], int | None]:
+    """``compare --batched``: every unfinished run, each setting's runs trained together in groups
+    (:mod:`catvae.compare.batched`), one group at a time, each in its own process; then each run is tested and
+    collected as :func:`run_all` does. ``(results, failures, stop signal or None)``."""
+    from . import batched  # Lightning's CLI machinery: only when batching
+
+    results, todo = {}, []
+    for i, run in enumerate(runs):
+        done = finished(run, out)
+        if done is not None:
+            results[i] = done
+        else:
+            todo.append(i)
+    sizes = {}
+    for i in todo:
+        if runs[i].setting not in sizes:
+            template = batched.build_template(batched.fit_args(runs[i], out))
+            sizes[runs[i].setting] = batched.group_size(template, group_limit)
+    groups = batched.plan([runs[i] for i in todo], sizes)
+    print(f"catvae compare --batched: {len(runs)} runs, {len(runs) - len(todo)} already finished, {len(todo)} to run "
+          f"in {len(groups)} group(s) of at most {', '.join(f'{s}: {n}' for s, n in sizes.items()) or '-'} runs "
+          f"-> {out}", flush=True)
+    index = {id(run): i for i, run in enumerate(runs)}
+    failures: list[str] = []
+    children = _Children()
+    previous = _install(children.stop)
+    try:
+        for g, group in enumerate(groups):
+            folder = batched.group_folder(group, out)
+            folder.mkdir(parents=True, exist_ok=True)
+            for run in group:
+                run.folder(out).mkdir(parents=True, exist_ok=True)
+                (run.folder(out) / "started.json").write_text(json.dumps({"key": run.key(), "group": str(folder)}))
+            t0 = time.perf_counter()
+            try:
+                with open(folder / "log.txt", "a") as log:
+                    proc = children.start([sys.executable, "-m", "catvae.compare", "--_group",
+                                           batched.payload(group, out)],
+                                          stdout=log, stderr=subprocess.STDOUT, env=_child_env(os.cpu_count() or 1))
+                    try:
+                        returncode = proc.wait()
+                    finally:
+                        children.finish(proc)
+            except Interrupted:
+                break
+            if returncode in (128 + signal.SIGINT, 128 + signal.SIGTERM):
+                break
+            wall = time.perf_counter() - t0
+            names = ", ".join(r.experiment for r in group)
+            if returncode != 0:
+                tail = (folder / "log.txt").read_text().strip().splitlines()[-3:]
+                failures.append(f"group of {names}: exit {returncode}: {' | '.join(tail)}")
+                print(f"[group {g + 1}/{len(groups)}] FAILED ({names}): see {folder / 'log.txt'}", flush=True)
+                continue
+            for run in group:
+                try:
+                    results[index[id(run)]] = finish(run, out, batched.fit_args(run, out), batched.test_args(run, out),
+                                                     wall / len(group))
+                except RuntimeError as err:
+                    failures.append(f"{run.experiment}: {err}")
+            print(f"[group {g + 1}/{len(groups)}] {len(group)} runs in {wall:.0f}s ({names})", flush=True)
+    finally:
+        _install(previous)
+    return [results[i] for i in sorted(results)], failures, children.stopped
+
+
 def _install(handler) -> dict | object:
     """Set ``handler`` for SIGINT and SIGTERM (a dict: per signal); return the previous handlers."""
     if threading.current_thread() is not threading.main_thread():
@@ -245,12 +324,18 @@ def _install(handler) -> dict | object:
     return {s: signal.signal(s, h) for s, h in handlers.items()}
 
 
+def tie_to_parent() -> bool:
+    """On Linux, have this process get SIGTERM (checkpoint and stop) when the sweep dies, even by SIGKILL;
+    ``False`` when the sweep is already gone."""
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, int(signal.SIGTERM))  # PR_SET_PDEATHSIG
+    return str(os.getppid()) == os.environ.get("CATVAE_COMPARE_PARENT", str(os.getppid()))
+
+
 def run_child(payload: str) -> int:
     """One run in this process: ``catvae fit`` then ``catvae test`` (the same code path as the command).
     On Linux the run gets SIGTERM (checkpoint and stop) if the sweep process dies, even by SIGKILL."""
-    with contextlib.suppress(OSError, AttributeError):
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, int(signal.SIGTERM))  # PR_SET_PDEATHSIG
-    if str(os.getppid()) != os.environ.get("CATVAE_COMPARE_PARENT", str(os.getppid())):
+    if not tie_to_parent():
         return 128 + int(signal.SIGTERM)  # the sweep died before the request took effect
     sys.argv = sys.argv[:1]
     fit, test = json.loads(payload)

@@ -9,7 +9,7 @@ from torch import Tensor
 
 from estimators.constraints import integer, validate
 
-__all__ = ["TensorBatches"]
+__all__ = ["StackedBatches", "TensorBatches"]
 
 
 class TensorBatches:
@@ -93,3 +93,28 @@ class TensorBatches:
 
     def load_state_dict(self, state: dict) -> None:
         self._restored = dict(state)
+
+
+class StackedBatches:
+    """Batches of several runs at once: ``[R, B, ...]``, run ``r``'s rows from its own loader (its own
+    seed's order). ``state_dict`` holds every run's position, so a stopped group resumes each run at its
+    next unseen batch."""
+
+    def __init__(self, loaders: list[TensorBatches]) -> None:
+        if len({len(loader) for loader in loaders}) != 1:
+            raise ValueError("the runs of a stacked batch need loaders of the same length")
+        self.loaders = loaders
+
+    def __len__(self) -> int:
+        return len(self.loaders[0])
+
+    def __iter__(self):
+        for batches in zip(*self.loaders):
+            yield torch.stack(batches)
+
+    def state_dict(self) -> dict:
+        return {"runs": [loader.state_dict() for loader in self.loaders]}
+
+    def load_state_dict(self, state: dict) -> None:
+        for loader, run in zip(self.loaders, state["runs"]):
+            loader.load_state_dict(run)

@@ -1,0 +1,336 @@
+r"""``catvae compare SPEC --batched``: the runs of one setting trained together as one stacked model.
+
+The runs of a setting (same architecture and data; any estimators and seeds) are split into groups
+(:func:`plan`), and each group is trained in one process by one Lightning ``Trainer`` as a
+:class:`~catvae.models.stacked.StackedVAE`. Each run is built exactly as ``catvae fit`` builds it — the same
+config files and arguments, its model initialized under its seed, its data module with its own shuffling —
+and keeps its own data order, noise and estimator inside the group.
+
+What a group leaves behind is what the unbatched sweep leaves: every run has its own
+``runs/<setting>/<label>/seed<seed>/<estimator>/version_N`` with TensorBoard scalars under the single-run tags,
+``hparams.yaml`` and ``checkpoints/last.ckpt``, an ordinary ``CategoricalVAE`` checkpoint (``catvae test`` and
+``catvae fit --ckpt_path`` take it; its noise state is the run's own), and each run is tested by ``catvae test
+--ckpt_path last`` exactly as the unbatched sweep tests it. The group itself checkpoints into
+``groups/<setting>/<group>/checkpoints/last.ckpt`` (every ``--checkpoint_every_n_steps`` steps, every epoch,
+and on SIGINT/SIGTERM), and a rerun of the sweep resumes it exactly; the runs' own checkpoints are written
+from it when the group stops (finished, or interrupted: then they are loadable, but the group is what
+resumes).
+
+Group size: all the runs of a setting by default, fewer when they would not fit (:func:`group_size`:
+``--group-size`` caps it by hand).
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import os
+import signal
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import lightning as L
+import torch
+from lightning.pytorch.callbacks import LearningRateMonitor, ProgressBar
+from lightning.pytorch.cli import LightningCLI
+from lightning.pytorch.loggers import TensorBoardLogger
+
+from callbacks import HParamsSummary, Throughput
+
+from .. import runner
+from ..core import EstimatorTask
+from ..data.loader import StackedBatches
+from ..errors import ConfigError
+from ..models.stacked import StackedVAE
+from ..runs import LAST, claim_version, load_checkpoint
+from .spec import Run
+
+__all__ = ["GroupData", "Template", "build_template", "fit_group", "group_size", "plan", "split_checkpoint"]
+
+#: the callbacks a batched group replaces by its own per-run logging (any other configured callback is refused)
+_REPLACED = (LearningRateMonitor, Throughput, HParamsSummary)
+
+
+class _TemplateCLI(runner.CatVAECLI):
+    """``catvae fit``'s parser and class instantiation (seed, model, data), without a trainer."""
+
+    def instantiate_trainer(self, **kwargs):
+        return None
+
+
+@dataclass
+class Template:
+    """One run as ``catvae fit`` would build it: its model (initial weights from its seed), data module,
+    parsed CLI, noise state after building, and run directory root ``<runs_dir>/<experiment>/<estimator>``."""
+
+    model: EstimatorTask
+    datamodule: L.LightningDataModule
+    cli: _TemplateCLI
+    rng_state: dict
+    root: Path
+
+
+def build_template(args: list[str]) -> Template:
+    """Parse ``args`` (``catvae fit``'s, without the subcommand) and build the run's classes as ``catvae fit``
+    does: ``seed_everything`` first, then the data module and the model."""
+    cli = runner.run_cli_class(_TemplateCLI, args)
+    state = {"torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state()
+    cfg = cli.config
+    root = Path(cfg.get("runs_dir") or "runs") / cfg.get("experiment_name") / cli.model.estimator.name
+    return Template(cli.model, cli.datamodule, cli, state, root)
+
+
+def _trainer_config(template: Template) -> dict:
+    trainer = template.cli.config.get("trainer")
+    return trainer.as_dict() if hasattr(trainer, "as_dict") else dict(trainer or {})
+
+
+def check_group(templates: list[Template]) -> None:
+    """:class:`ConfigError` unless the runs can share one stacked model, data and trainer."""
+    first = templates[0]
+    data = {k: v for k, v in first.datamodule.hparams.items() if k != "seed"}
+    trainer0 = {k: v for k, v in _trainer_config(first).items() if k != "callbacks"}
+    for j, t in enumerate(templates):
+        if type(t.datamodule) is not type(first.datamodule) or \
+                {k: v for k, v in t.datamodule.hparams.items() if k != "seed"} != data:
+            raise ConfigError(f"the runs of a batched group must share their data (all but its seed): run {j} differs "
+                              "from run 0; put them in different settings")
+        trainer = {k: v for k, v in _trainer_config(t).items() if k != "callbacks"}
+        if trainer != trainer0:
+            key = next(k for k in trainer if trainer.get(k) != trainer0.get(k))
+            raise ConfigError(f"the runs of a batched group must share their trainer options: run {j} has "
+                              f"--trainer.{key} {trainer.get(key)!r}, run 0 {trainer0.get(key)!r}")
+        extra = [type(c).__name__ for c in _configured_callbacks(t)
+                 if not isinstance(c, (ProgressBar, *_REPLACED))]
+        if extra:
+            raise ConfigError(f"--batched does not run the callbacks {', '.join(extra)} (run {j}); run that spec "
+                              "without --batched")
+    trainer = trainer0
+    refused = {"accumulate_grad_batches": 1, "gradient_clip_val": None, "num_nodes": 1}
+    for key, value in refused.items():
+        if trainer.get(key, value) != value:
+            raise ConfigError(f"--batched does not support --trainer.{key} {trainer[key]!r} (it would couple the "
+                              "runs of a group); run without --batched")
+    if trainer.get("precision") not in (None, "32", "32-true", 32):
+        raise ConfigError(f"--batched trains in float32; drop --trainer.precision {trainer['precision']}")
+    if trainer.get("devices") not in ("auto", 1, "1", None) or trainer.get("strategy") not in ("auto", None):
+        raise ConfigError("--batched trains a group on one device (one process): drop --trainer.devices/strategy, "
+                          "and spread groups over machines with --shard")
+
+
+def _configured_callbacks(template: Template) -> list:
+    callbacks = (template.cli.config_init.get("trainer") or {}).get("callbacks") or []
+    return callbacks if isinstance(callbacks, list) else [callbacks]
+
+
+class GroupData(L.LightningDataModule):
+    """The runs' data modules as one: training batches ``[R, B, ...]`` (each run its own order, from its own
+    loader), validation on the first run's loader (the runs share their data, and evaluation is not shuffled).
+    The data is loaded once and shared by all runs."""
+
+    def __init__(self, datamodules: list[L.LightningDataModule]) -> None:
+        super().__init__()
+        self.datamodules = datamodules
+
+    def prepare_data(self) -> None:
+        self.datamodules[0].prepare_data()
+
+    def setup(self, stage: str) -> None:
+        first = self.datamodules[0]
+        for dm in self.datamodules:
+            dm.trainer = self.trainer
+            if dm is not first:
+                for name in ("train_x", "val_x", "test_x"):
+                    setattr(dm, name, getattr(first, name))
+            dm.setup(stage)
+
+    def train_dataloader(self) -> StackedBatches:
+        return StackedBatches([dm.train_dataloader() for dm in self.datamodules])
+
+    def val_dataloader(self):
+        return self.datamodules[0].val_dataloader()
+
+
+def run_bytes(model: EstimatorTask, batch_size: int) -> int:
+    """A generous estimate of one run's memory in a group: parameters, gradients and Adam's two moments (4 ×
+    the parameters), and the step's activations (each layer's input and output, the logits and samples, a
+    dozen latent-sized tensors of the estimator), all float32, times 2 for allocator slack."""
+    params = sum(p.numel() for p in model.parameters())
+    widths = [layer.in_features + layer.out_features for layer in model.modules() if isinstance(layer, torch.nn.Linear)]
+    latent = model.latent_dim * model.n_categories
+    activations = batch_size * (sum(widths) + 16 * latent * max(1, getattr(model.estimator, "n_steps", 1)))
+    return 2 * 4 * (4 * params + 3 * activations)
+
+
+def available_bytes(device: str) -> int:
+    """Free memory for groups: half the free memory of the GPU, or half of the machine's available memory."""
+    if device == "cuda" and torch.cuda.is_available():
+        return torch.cuda.mem_get_info()[0] // 2
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024 // 2
+    except OSError:
+        pass
+    return 4 * 2**30
+
+
+def group_size(template: Template, limit: int | None = None) -> int:
+    """Runs per group: as many as :func:`run_bytes` says fit in :func:`available_bytes` of the device the runs
+    will train on, at most ``limit`` (``--group-size``), at least 1."""
+    accelerator = _trainer_config(template).get("accelerator") or "auto"
+    device = "cuda" if accelerator in ("auto", "gpu", "cuda") and torch.cuda.is_available() else "cpu"
+    batch = getattr(template.datamodule, "batch_size", 1)
+    fits = max(1, available_bytes(device) // run_bytes(template.model, batch))
+    return max(1, min(fits, limit)) if limit else fits
+
+
+def plan(runs: list[Run], size: int | dict[str, int]) -> list[list[Run]]:
+    """The groups: each setting's runs in spec order, cut into chunks of ``size`` (per setting when a dict)."""
+    by_setting: dict[str, list[Run]] = {}
+    for run in runs:
+        by_setting.setdefault(run.setting, []).append(run)
+    groups = []
+    for setting, members in by_setting.items():
+        n = size[setting] if isinstance(size, dict) else size
+        groups += [members[i : i + n] for i in range(0, len(members), n)]
+    return groups
+
+
+def group_key(runs: list[Run]) -> str:
+    return hashlib.sha1(json.dumps([r.key() for r in runs]).encode()).hexdigest()[:12]
+
+
+def group_folder(runs: list[Run], out: Path) -> Path:
+    return out / "groups" / runs[0].setting / f"{runs[0].label}-seed{runs[0].seed}-x{len(runs)}-{group_key(runs)}"
+
+
+def fit_args(run: Run, out: Path) -> list[str]:
+    return [*run.cli_args(out), "--trainer.max_steps", str(run.steps), "--trainer.max_epochs", "-1"]
+
+
+def test_args(run: Run, out: Path) -> list[str]:
+    return ["test", *run.cli_args(out), "--ckpt_path", "last"]
+
+
+def payload(runs: list[Run], out: Path) -> str:
+    """What the group's process needs (:func:`group_main`)."""
+    return json.dumps({"folder": str(group_folder(runs, out)), "key": group_key(runs),
+                       "fit": [fit_args(r, out) for r in runs], "test": [test_args(r, out) for r in runs]})
+
+
+# -- in the group's process ---------------------------------------------------------------------------
+def fit_group(fit: list[list[str]], folder: Path, key: str) -> None:
+    """Train the group (resuming its ``last.ckpt`` when ``folder`` holds one of the same ``key``), then write
+    every run's own checkpoint from the group's."""
+    folder.mkdir(parents=True, exist_ok=True)
+    marker = folder / "group.json"
+    recorded = json.loads(marker.read_text()) if marker.is_file() else {}
+    if recorded.get("key") != key:
+        recorded = {}
+    templates = [build_template(args) for args in fit]
+    check_group(templates)
+    ckpt = folder / "checkpoints" / LAST
+    resume = bool(recorded) and ckpt.is_file()
+    versions = recorded.get("versions")
+    if not versions or len(versions) != len(templates):
+        versions = [claim_version(t.root)[0] for t in templates]
+        marker.write_text(json.dumps({"key": key, "versions": versions}))
+    loggers = [TensorBoardLogger(save_dir=str(t.root.parent.parent), name=f"{t.root.parent.name}/{t.root.name}",
+                                 version=v, default_hp_metric=False) for t, v in zip(templates, versions)]
+    for t, logger in zip(templates, loggers):
+        logger.log_hyperparams(dict(t.model.hparams))
+
+    def write(r: int, metrics: dict, step: int) -> None:
+        loggers[r].log_metrics(metrics, step)
+
+    module = StackedVAE([t.model for t in templates], [t.rng_state for t in templates], writer=write)
+    data = GroupData([t.datamodule for t in templates])
+    cfg = templates[0].cli.config
+    every = cfg.get("checkpoint_every_n_steps")
+    show = _trainer_config(templates[0]).get("enable_progress_bar") is not False
+    bars = [c for c in _configured_callbacks(templates[0]) if isinstance(c, ProgressBar)][-1:] if show else []
+    callbacks = [*bars, *runner.fit_callbacks(None, every, str(folder / "checkpoints"), resume)]
+    trainer = LightningCLI.instantiate_trainer(templates[0].cli, logger=False, callbacks=callbacks,
+                                               default_root_dir=str(folder), enable_model_summary=False)
+    try:
+        trainer.fit(module, datamodule=data, ckpt_path=str(ckpt) if resume else None, weights_only=True)
+    finally:
+        for logger in loggers:
+            logger.finalize("success")
+        if ckpt.is_file():
+            write_run_checkpoints(load_checkpoint(ckpt), templates, versions)
+
+
+def split_checkpoint(group: dict, r: int, template: Template) -> dict:
+    """Run ``r``'s own ``CategoricalVAE`` checkpoint from a group checkpoint: its parameters, Adam state,
+    position in its data, noise state and epoch sums under the single-run keys, the group's loop progress,
+    and the run's own hyperparameters; no callback states (they belong to the group's folder)."""
+    model = template.model
+    names = [n for n, _ in model.named_parameters()]
+    sd = {n: group["state_dict"][f"stacked.{i}"][r].clone() for i, n in enumerate(names)}
+    sd.update({k: v for k, v in model.state_dict().items() if k not in sd})
+    optimizer = group["optimizer_states"][0]
+    state = {i: {k: (v[r].clone() if k != "step" else v.clone()) for k, v in s.items()}
+             for i, s in optimizer["state"].items()}
+    loops = copy.deepcopy(group["loops"])
+    loader = loops["fit_loop"].get("state_dict", {}).get("combined_loader")
+    if loader:
+        loops["fit_loop"]["state_dict"]["combined_loader"] = [loader[0]["runs"][r]]
+    sums = group["state_dict"]
+
+    def mean_state(total: str, weight: str) -> dict:
+        w = sums[weight].clone()
+        return {"states": {"mean_value": sums[total][r].clone(), "weight": w}, "update_count": int(w > 0)}
+
+    return {
+        "epoch": group["epoch"], "global_step": group["global_step"],
+        "pytorch-lightning_version": group["pytorch-lightning_version"],
+        "state_dict": sd, "loops": loops, "callbacks": {},
+        "optimizer_states": [{"state": state, "param_groups": copy.deepcopy(optimizer["param_groups"])}],
+        "lr_schedulers": [], "hparams_name": None, "hyper_parameters": dict(model.hparams),
+        "datamodule_hparams_name": "kwargs", "datamodule_hyper_parameters": dict(template.datamodule.hparams),
+        "catvae_rng": dict(group["catvae_streams"][r]),
+        "catvae_task": {"class": type(model).__qualname__, "estimator": model.estimator.name},
+        "catvae_metrics": {"train_loss": mean_state("train_loss_sum", "train_weight"),
+                           "train_nelbo_exact": mean_state("train_exact_sum", "train_exact_weight")},
+    }
+
+
+def write_run_checkpoints(group: dict, templates: list[Template], versions: list[int]) -> None:
+    """Every run's ``version_N/checkpoints/last.ckpt`` from the group checkpoint (each written to a temporary
+    file first, then renamed: a crash leaves the previous file or the new one, never half of one)."""
+    for r, (t, v) in enumerate(zip(templates, versions)):
+        path = t.root / f"version_{v}" / "checkpoints" / LAST
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp")
+        torch.save(split_checkpoint(group, r, t), tmp)
+        os.replace(tmp, path)
+
+
+def group_main(text: str) -> int:
+    """The group's process: fit the group, then ``catvae test --ckpt_path last`` for each run (the unbatched
+    sweep's test, on the run's own checkpoint). Exit status as ``catvae``'s."""
+    from .execute import tie_to_parent
+
+    if not tie_to_parent():
+        return 128 + int(signal.SIGTERM)
+    sys.argv = sys.argv[:1]
+    job = json.loads(text)
+    rc = runner.handle(fit_group, job["fit"], Path(job["folder"]), job["key"])
+    if rc:
+        return rc
+    for test in job["test"]:
+        print(f"$ catvae {' '.join(test)}", flush=True)
+        rc = runner.run(test)
+        if rc:
+            return rc
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover - the entry point is catvae.compare.__main__
+    sys.exit(group_main(sys.argv[1]))

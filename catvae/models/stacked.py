@@ -1,0 +1,331 @@
+r"""Many categorical VAEs trained as one stacked model (``catvae compare --batched``).
+
+``R`` runs of one architecture — any mix of estimators, estimator hyperparameters and seeds — share one
+process and one optimizer step: every weight of :class:`~catvae.CategoricalVAE` becomes a tensor with a
+leading run dimension (``[R, out, in]``), and each layer is one batched matmul
+``h_r ↦ h_r W_rᵀ + b_r`` (``torch.baddbmm``) over all runs. At the VAE's sizes one run is a few hundred small
+kernels, far too little work for a GPU; ``R`` runs stacked are the same number of kernels doing ``R`` times
+the work.
+
+What stays per run, so that every run trains as it would alone:
+
+* its data order (its own :class:`~catvae.data.loader.TensorBatches`, stacked by
+  :class:`~catvae.data.loader.StackedBatches`);
+* its noise: run ``r``'s estimator and exact draws come from run ``r``'s own state of the global
+  generators (:class:`RunStreams`), started where ``catvae fit`` would start it (the state after building
+  the run's model under its seed). Each estimator is called on its run's ``[B, L, K]`` slice of the
+  logits, so its samples are those of the single-run path given the same logits, whatever the other runs do;
+* its estimator (a module per run; the model reads only capability flags: ``pathwise``, ``exact_draws``).
+
+The objective is the sum of the runs' batch-mean negative ELBOs, whose gradient with respect to run
+``r``'s slice is exactly run ``r``'s gradient; Adam is elementwise, so one Adam over the stacked tensors
+is one Adam per run. The whole step therefore depends on run ``r``'s inputs alone (the equivalence tests:
+``tests/test_batched.py``).
+
+Per-run outputs (TensorBoard scalars with the single-run tags, per-run checkpoints) are written by
+:mod:`catvae.compare.batched`; this module keeps the per-run epoch sums as buffers (so a group checkpoint
+resumes them) and hands finished values to its ``writer``.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Sequence
+
+import lightning as L
+import torch
+from torch import Tensor, nn
+
+from estimators.base import ConfigError
+from estimators.functional import log_softmax, sample_one_hot, softmax
+from estimators.rng import seeded
+
+from ..errors import TrainingDiverged
+from .vae import CategoricalVAE, bernoulli_nll
+
+__all__ = ["RunStreams", "StackedVAE", "ARCHITECTURE"]
+
+#: the hyperparameters every run of a stack shares (the model's shape and its optimizer)
+ARCHITECTURE = ("latent_dim", "n_categories", "encoder_hidden", "decoder_hidden", "activation", "lr", "image_size",
+                "exact_nelbo_every_n_steps", "optimizer", "lr_scheduler")
+
+
+def _rng_state(device: torch.device) -> dict[str, Tensor]:
+    state = {"torch": torch.get_rng_state()}
+    if device.type == "cuda":
+        state["cuda"] = torch.cuda.get_rng_state(device)
+    return state
+
+
+def _set_rng_state(state: dict[str, Tensor], device: torch.device) -> None:
+    torch.set_rng_state(state["torch"])
+    if device.type == "cuda" and "cuda" in state:
+        torch.cuda.set_rng_state(state["cuda"], device)
+
+
+class RunStreams:
+    """One random stream per run: inside ``with streams.run(r, device)`` the global generators (CPU, and
+    ``device`` when it is a CUDA device) hold run ``r``'s state, which is kept for its next draws; the
+    caller's state is restored afterwards. Code that draws from the global generator (every estimator,
+    :func:`~estimators.functional.sample_one_hot`) thus draws run ``r``'s numbers, exactly as it would in a
+    single-run process whose generator had that state. A run without a CUDA state yet gets one seeded from
+    its CPU stream the first time it draws on a GPU."""
+
+    def __init__(self, states: Sequence[dict[str, Tensor]]) -> None:
+        self.states = [dict(s) for s in states]
+
+    def __len__(self) -> int:
+        return len(self.states)
+
+    def run(self, r: int, device: torch.device):
+        return _RunStream(self, r, device)
+
+
+class _RunStream:
+    def __init__(self, streams: RunStreams, r: int, device: torch.device) -> None:
+        self.streams, self.r, self.device = streams, r, device
+
+    def __enter__(self) -> None:
+        self.saved = _rng_state(self.device)
+        state = self.streams.states[self.r]
+        _set_rng_state(state, self.device)
+        if self.device.type == "cuda" and "cuda" not in state:
+            torch.cuda.manual_seed(int(torch.randint(0, 2**62, (1,)).item()))
+
+    def __exit__(self, *exc) -> None:
+        self.streams.states[self.r] = _rng_state(self.device)
+        _set_rng_state(self.saved, self.device)
+
+
+class StackedVAE(L.LightningModule):
+    """``R`` :class:`~catvae.CategoricalVAE` runs as one LightningModule (module docstring).
+
+    Args:
+        models: the runs, as built by ``catvae fit`` (their initial weights and estimators are taken); they
+            must agree on :data:`ARCHITECTURE`.
+        rng_states: each run's starting noise state (``{"torch": ..., "cuda": ...}``), default the
+            current global state for every run.
+        writer: ``writer(r, metrics, step)`` receives run ``r``'s finished scalars (the single-run tags); by
+            default they are dropped.
+
+    The parameters are ``stacked.<i>``, the ``i``-th parameter of the runs' ``CategoricalVAE`` stacked on a
+    new first dimension (:meth:`run_state_dict` gives run ``r``'s back under its own names).
+    """
+
+    def __init__(self, models: Sequence[CategoricalVAE], rng_states: Sequence[dict] | None = None,
+                 writer: Callable[[int, dict[str, float], int], None] | None = None) -> None:
+        super().__init__()
+        if not models:
+            raise ConfigError("a stacked model needs at least one run")
+        first = models[0]
+        for j, m in enumerate(models):
+            if not isinstance(m, CategoricalVAE):
+                raise ConfigError(f"--batched stacks CategoricalVAE runs only; run {j} is a {type(m).__name__}")
+            differ = [k for k in ARCHITECTURE if m.hparams.get(k) != first.hparams.get(k)]
+            if differ:
+                raise ConfigError(f"the runs of a batched group must share {', '.join(differ)}: run {j} has "
+                                  f"{differ[0]}={m.hparams.get(differ[0])!r}, run 0 {first.hparams.get(differ[0])!r}; "
+                                  "put them in different settings")
+        if first.hparams.get("optimizer") is not None or first.hparams.get("lr_scheduler") is not None:
+            raise ConfigError("--batched trains with the default Adam(lr) and a constant learning rate: drop "
+                              "--model.init_args.optimizer / lr_scheduler, or run without --batched")
+        self.R = len(models)
+        self.latent_dim, self.n_categories = first.latent_dim, first.n_categories
+        self.exact_every = first.hparams.exact_nelbo_every_n_steps
+        self.lr = first.hparams.lr
+        self.eval_seed = first.eval_seed
+        self.estimators = nn.ModuleList([m.estimator for m in models])
+        self.names = [name for name, _ in first.named_parameters()]
+        self.stacked = nn.ParameterList(
+            [nn.Parameter(torch.stack([dict(m.named_parameters())[n].detach() for m in models]).clone())
+             for n in self.names])
+        self.encoder_layers = self._layers(first.encoder, "encoder.")
+        self.decoder_layers = self._layers(first.decoder, "decoder.")
+        self.streams = RunStreams(rng_states or [_rng_state(torch.device("cpu"))] * self.R)
+        self.writer = writer
+        for name in ("train_loss_sum", "train_exact_sum", "val_sum"):
+            self.register_buffer(name, torch.zeros(self.R))
+        for name in ("train_weight", "train_exact_weight", "val_weight"):
+            self.register_buffer(name, torch.zeros(()))
+        self._epoch_t0: float | None = None
+
+    def _layers(self, seq: nn.Sequential, prefix: str) -> list[tuple[int, int, nn.Module | None]]:
+        """``(weight index, bias index, activation after it or None)`` of each Linear of ``seq``."""
+        out = []
+        modules = list(seq)
+        for i, module in enumerate(modules):
+            if isinstance(module, nn.Linear):
+                act = modules[i + 1] if i + 1 < len(modules) and not isinstance(modules[i + 1], nn.Linear) else None
+                out.append((self.names.index(f"{prefix}{i}.weight"), self.names.index(f"{prefix}{i}.bias"), act))
+        return out
+
+    # -- the stacked networks ----------------------------------------------------------------------
+    def _mlp(self, layers, h: Tensor) -> Tensor:
+        """All runs: ``h [R, N, in] -> [R, N, out]``, one ``baddbmm`` per layer."""
+        for w, b, act in layers:
+            h = torch.baddbmm(self.stacked[b].unsqueeze(1), h, self.stacked[w].transpose(1, 2))
+            if act is not None:
+                h = act(h)
+        return h
+
+    def _mlp_run(self, layers, r: int, h: Tensor) -> Tensor:
+        """Run ``r`` alone: ``h [..., in] -> [..., out]`` with its slice of every weight."""
+        for w, b, act in layers:
+            h = nn.functional.linear(h, self.stacked[w][r], self.stacked[b][r])
+            if act is not None:
+                h = act(h)
+        return h
+
+    def encode(self, x: Tensor) -> Tensor:
+        """Posterior logits of every run, ``x [R, B, D] -> [R, B, L, K]``."""
+        return self._mlp(self.encoder_layers, x).view(self.R, x.shape[1], self.latent_dim, self.n_categories)
+
+    def decode(self, z: Tensor) -> Tensor:
+        """Pixel logits of every run, ``z [R, B, L, K] -> [R, B, D]``."""
+        return self._mlp(self.decoder_layers, z.flatten(-2))
+
+    def kl(self, logits: Tensor) -> Tensor:
+        """``Σ_l KL(q_l ‖ Uniform(K))`` per example (as :meth:`CategoricalVAE.kl`)."""
+        log_q = log_softmax(logits)
+        return (log_q.exp() * (log_q + math.log(self.n_categories))).sum(dim=(-1, -2))
+
+    def _run_objective(self, r: int, x: Tensor, kl: Tensor) -> Callable[[Tensor], Tensor]:
+        """Run ``r``'s negative ELBO of samples ``[*lead, B, L, K]`` (for an estimator's ``surrogate``)."""
+        return lambda z: bernoulli_nll(self._mlp_run(self.decoder_layers, r, z.flatten(-2)), x) + kl
+
+    def losses(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """Each run's training objective (batch mean of the negative ELBO of its estimator's samples, carrying
+        its estimator's gradient), ``[R]``, and the posterior logits ``[R, B, L, K]``."""
+        logits = self.encode(x)
+        kl = self.kl(logits)
+        samples, surrogate = [], {}
+        for r, est in enumerate(self.estimators):
+            with self.streams.run(r, logits.device):
+                if est.pathwise:
+                    samples.append(est(logits[r]))
+                else:  # a score-function estimator needs the objective: run r's decoder alone
+                    surrogate[r] = est.surrogate(logits[r], self._run_objective(r, x[r], kl[r])).mean()
+                    samples.append(torch.zeros_like(logits[r]))
+        nelbo = bernoulli_nll(self.decode(torch.stack(samples)), x) + kl  # [R, B]
+        losses = nelbo.mean(dim=1)
+        if surrogate:
+            losses = torch.stack([surrogate.get(r, losses[r]) for r in range(self.R)])
+        return losses, logits
+
+    @torch.no_grad()
+    def exact_means(self, x: Tensor, logits: Tensor, losses: Tensor) -> Tensor:
+        """Each run's batch-mean negative ELBO with an exact draw ``Z ~ q(z|x)`` (``train/nelbo_exact``),
+        ``[R]``: its training loss where its estimator draws exactly (``exact_draws``, no second draw, as in
+        :meth:`CategoricalVAE._nelbo_exact`), else a second draw from its stream through its decoder."""
+        exact = [est.exact_draws for est in self.estimators]
+        if all(exact):
+            return losses.detach()
+        samples = []
+        for r in range(self.R):
+            if exact[r]:
+                samples.append(torch.zeros_like(logits[r]))
+                continue
+            with self.streams.run(r, logits.device):
+                samples.append(sample_one_hot(softmax(logits[r])))
+        means = (bernoulli_nll(self.decode(torch.stack(samples)), x) + self.kl(logits)).mean(dim=1)
+        return torch.where(torch.tensor(exact, device=x.device), losses.detach(), means)
+
+    # -- Lightning ----------------------------------------------------------------------------------
+    def training_step(self, x: Tensor, batch_idx: int) -> Tensor:
+        step = self.global_step
+        losses, logits = self.losses(x)
+        total = losses.sum()
+        if total.device.type == "cpu" and not math.isfinite(float(total.detach())):
+            bad = [r for r in range(self.R) if not math.isfinite(float(losses[r]))]
+            raise TrainingDiverged(f"the training loss of run(s) {bad} became non-finite at step {step}")
+        B = x.shape[1]
+        self.train_loss_sum += losses.detach() * B
+        self.train_weight += B
+        if self.exact_every and step % self.exact_every == 0:
+            self.train_exact_sum += self.exact_means(x, logits.detach(), losses) * B
+            self.train_exact_weight += B
+        every = self.trainer.log_every_n_steps
+        if every and (step + 1) % every == 0:
+            self._write({"train/loss_step": losses.detach()}, step)
+        return total
+
+    def _write(self, values: dict[str, Tensor], step: int) -> None:
+        """Hand each run its values (one host read for all runs)."""
+        if self.writer is None:
+            return
+        table = {k: v.tolist() for k, v in values.items()}
+        for r in range(self.R):
+            self.writer(r, {k: v[r] if isinstance(v, list) else v for k, v in table.items()}, step)
+
+    def _now(self) -> float:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        return time.perf_counter()
+
+    def on_train_start(self) -> None:
+        self._epoch_t0 = None  # an epoch resumed in the middle has no start in this process
+
+    def on_train_epoch_start(self) -> None:
+        self._epoch_t0 = self._now()
+
+    def on_train_epoch_end(self) -> None:
+        step = self.global_step - 1
+        if float(self.train_weight) > 0:
+            values = {"train/loss_epoch": self.train_loss_sum / self.train_weight}
+            if float(self.train_exact_weight) > 0:
+                values["train/nelbo_exact"] = self.train_exact_sum / self.train_exact_weight
+            if self._epoch_t0 is not None:
+                # the group's epoch time shared by its runs: each run's amortized cost, comparable across group sizes
+                values["time/epoch_s"] = torch.full((self.R,), (self._now() - self._epoch_t0) / self.R)
+            self._write(values, step)
+        for name in ("train_loss_sum", "train_exact_sum", "train_weight", "train_exact_weight"):
+            getattr(self, name).zero_()
+
+    def validation_step(self, x: Tensor, batch_idx: int) -> None:
+        xs = x.unsqueeze(0).expand(self.R, *x.shape)
+        logits = self.encode(xs)
+        samples = []
+        for r in range(self.R):  # each run's draws as the single-run path's (CategoricalVAE.eval_rng)
+            with seeded(self.eval_seed + batch_idx, self.device):
+                samples.append(sample_one_hot(softmax(logits[r])))
+        nelbo = bernoulli_nll(self.decode(torch.stack(samples)), xs) + self.kl(logits)
+        self.val_sum += nelbo.sum(dim=1)
+        self.val_weight += x.shape[0]
+
+    def on_validation_epoch_end(self) -> None:
+        if not self.trainer.sanity_checking and float(self.val_weight) > 0:
+            self._write({"val/nelbo": self.val_sum / self.val_weight,
+                         "val/n_examples": self.val_weight.expand(self.R)}, self.global_step - 1)
+        self.val_sum.zero_()
+        self.val_weight.zero_()
+
+    def configure_optimizers(self):
+        """One Adam over the stacked tensors (elementwise: one Adam per run), fused as
+        :meth:`catvae.core.EstimatorTask.adam`."""
+        fused = self.device.type in ("cpu", "cuda")
+        return torch.optim.Adam(self.parameters(), lr=self.lr, fused=fused or None)
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        for name, param in zip(self.names, self.stacked):
+            finite = torch.isfinite(param).flatten(1).all(dim=1)
+            if not bool(finite.all()):
+                bad = (~finite).nonzero().flatten().tolist()
+                raise TrainingDiverged(f"parameter {name} of run(s) {bad} became non-finite by step "
+                                       f"{self.global_step}; the checkpoint was not written")
+        checkpoint["catvae_streams"] = [dict(s) for s in self.streams.states]
+        checkpoint["catvae_task"] = {"class": type(self).__qualname__, "runs": self.R,
+                                     "estimators": [est.name for est in self.estimators]}
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        task = checkpoint.get("catvae_task") or {}
+        if task.get("class") != type(self).__qualname__ or task.get("runs") != self.R:
+            raise ConfigError(f"the group checkpoint holds {task.get('runs')} runs of {task.get('class')}, not "
+                              f"{self.R} of {type(self).__qualname__}: delete the group's folder to start it over")
+        self.streams = RunStreams(checkpoint["catvae_streams"])
+
+    def run_state_dict(self, r: int, state_dict: dict | None = None) -> dict[str, Tensor]:
+        """Run ``r``'s parameters under the names of :class:`CategoricalVAE` (from ``state_dict``, a saved
+        group state, or the live parameters)."""
+        source = state_dict if state_dict is not None else self.state_dict()
+        return {n: source[f"stacked.{i}"][r].clone() for i, n in enumerate(self.names)}
