@@ -16,6 +16,10 @@ and on SIGINT/SIGTERM), and a rerun of the sweep resumes it exactly; the runs' o
 from it when the group stops (finished, or interrupted: then they are loadable, but the group is what
 resumes).
 
+A batched run has no ``best-*.ckpt`` (the best checkpoint by validation NELBO of ``catvae fit``): keeping it
+would write a full checkpoint of most runs at most validations, more I/O than the whole training at
+Table 3's sizes. Evaluate ``last`` (as ``compare`` does), or train the run alone to have its best.
+
 Group size: all the runs of a setting by default, fewer when they would not fit (:func:`group_size`:
 ``--group-size`` caps it by hand).
 """
@@ -224,9 +228,10 @@ def payload(runs: list[Run], out: Path) -> str:
 
 
 # -- in the group's process ---------------------------------------------------------------------------
-def fit_group(fit: list[list[str]], folder: Path, key: str) -> None:
+def fit_group(fit: list[list[str]], folder: Path, key: str, callbacks: list | None = None) -> None:
     """Train the group (resuming its ``last.ckpt`` when ``folder`` holds one of the same ``key``), then write
-    every run's own checkpoint from the group's."""
+    every run's own checkpoint from the group's (also when stopped). ``fit``: each run's ``catvae fit``
+    arguments; ``callbacks``: more Lightning callbacks for the group's trainer (the tests inject faults)."""
     folder.mkdir(parents=True, exist_ok=True)
     marker = folder / "group.json"
     recorded = json.loads(marker.read_text()) if marker.is_file() else {}
@@ -254,7 +259,8 @@ def fit_group(fit: list[list[str]], folder: Path, key: str) -> None:
     every = cfg.get("checkpoint_every_n_steps")
     show = _trainer_config(templates[0]).get("enable_progress_bar") is not False
     bars = [c for c in _configured_callbacks(templates[0]) if isinstance(c, ProgressBar)][-1:] if show else []
-    callbacks = [*bars, *runner.fit_callbacks(None, every, str(folder / "checkpoints"), resume)]
+    callbacks = [*bars, *(callbacks or []), *runner.fit_callbacks(None, every, str(folder / "checkpoints"), resume)]
+    templates[0].cli.save_config_callback = None  # each run's config is its own; the group has none to save
     trainer = LightningCLI.instantiate_trainer(templates[0].cli, logger=False, callbacks=callbacks,
                                                default_root_dir=str(folder), enable_model_summary=False)
     try:

@@ -1,0 +1,233 @@
+"""``compare --batched``: many runs as one stacked model (catvae.models.stacked, catvae.compare.batched).
+
+The acceptance of the batched sweep: (a) a group of one run trains as the single-run step does, (b) runs of a
+group are independent, (c) a group of 2 seeds x 3 estimators lands where the separate runs land, (d) an
+interrupted and resumed group equals an uninterrupted one, and the sweep's results folder is the unbatched one.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import statistics
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import ROOT, needs_mnist
+from faults import SignalAt
+from lightning.pytorch.utilities.exceptions import SIGTERMException
+
+from catvae import CategoricalVAE
+from catvae.cli import main
+from catvae.compare import batched as B
+from catvae.compare import load_spec
+from catvae.errors import ConfigError
+from catvae.models.stacked import StackedVAE
+from catvae.runs import load_checkpoint
+
+SPEC = ROOT / "configs" / "compare"
+D = 24  # pixels of the synthetic data
+
+
+def _model(seed: int, estimator: str, latent_dim: int = 6) -> tuple[CategoricalVAE, dict]:
+    """A small VAE built under ``seed`` as ``catvae fit`` builds one, and the noise state right after."""
+    torch.manual_seed(seed)
+    model = CategoricalVAE(estimator=estimator, latent_dim=latent_dim, n_categories=3, encoder_hidden=(32,),
+                           decoder_hidden=(32,), image_size=D)
+    return model, {"torch": torch.get_rng_state()}
+
+
+def _data(seed: int, steps: int, batch: int = 16) -> torch.Tensor:
+    gen = torch.Generator().manual_seed(1000 + seed)
+    return (torch.rand(steps, batch, D, generator=gen) > 0.5).float()
+
+
+def _single(seed: int, estimator: str, data: torch.Tensor) -> tuple[CategoricalVAE, list[float]]:
+    """The single-run training step (CategoricalVAE.make_step: loss, exact NELBO, backward, Adam) on ``data``."""
+    model, state = _model(seed, estimator)
+    torch.set_rng_state(state["torch"])
+    step = model.make_step(model.adam())
+    return model, [float(step(x)["loss"]) for x in data]
+
+
+def _stacked(specs: list[tuple[int, str]], data: list[torch.Tensor]) -> tuple[StackedVAE, list[list[float]]]:
+    """The stacked step of StackedVAE (as its training_step: losses, exact NELBOs, backward, one Adam)."""
+    built = [_model(seed, est) for seed, est in specs]
+    group = StackedVAE([m for m, _ in built], [s for _, s in built])
+    optimizer = group.configure_optimizers()
+    losses = []
+    for x in torch.stack(data, dim=1):
+        optimizer.zero_grad()
+        loss, logits = group.losses(x)
+        group.exact_means(x, logits.detach(), loss)
+        loss.sum().backward()
+        optimizer.step()
+        losses.append(loss.detach().tolist())
+    return group, [list(col) for col in zip(*losses)]
+
+
+@pytest.mark.parametrize("estimator", ["redge_cov", "gumbel", "rloo"])
+def test_a_group_of_one_trains_as_the_single_run_step(estimator):
+    """(a) 120 steps of a group of one run (baddbmm, its noise stream, its estimator on its slice) against the
+    single-run step on the same data and noise: the same parameters to float tolerance (on this CPU: equal)."""
+    data = _data(0, 120)
+    single, single_losses = _single(0, estimator, data)
+    group, group_losses = _stacked([(0, estimator)], [data])
+    for name, value in single.state_dict().items():
+        torch.testing.assert_close(group.run_state_dict(0)[name], value, rtol=1e-5, atol=1e-6)
+    assert single_losses[-1] < single_losses[0]  # it trained
+    torch.testing.assert_close(torch.tensor(group_losses[0]), torch.tensor(single_losses), rtol=1e-5, atol=1e-4)
+
+
+@pytest.mark.parametrize("change", ["seed", "data", "estimator", "score-function estimator"])
+def test_changing_one_run_leaves_the_others_bitwise_unchanged(change):
+    """(b) Runs 0 and 1 of a group of three, after 30 steps, whatever run 2's seed, data or estimator."""
+    steps = 30
+    base = [(0, "redge"), (1, "gumbel"), (2, "st")]
+    data = [_data(s, steps) for s, _ in base]
+    other = list(base)
+    other_data = list(data)
+    if change == "seed":
+        other[2] = (7, "st")
+    elif change == "data":
+        other_data[2] = _data(99, steps)
+    else:
+        other[2] = (2, "redge_max" if change == "estimator" else "rloo")
+    a, _ = _stacked(base, data)
+    b, _ = _stacked(other, other_data)
+    for r in (0, 1):
+        for name, value in a.run_state_dict(r).items():
+            assert torch.equal(b.run_state_dict(r)[name], value), (r, name)
+    assert not torch.equal(a.run_state_dict(2)["encoder.0.weight"], b.run_state_dict(2)["encoder.0.weight"])
+
+
+def test_a_group_of_two_seeds_by_three_estimators_lands_within_seed_noise_of_separate_runs():
+    """(c) 300 steps: each estimator's mean loss over the last 50 steps, in the group and trained separately,
+    differ by less than twice the spread over seeds (its standard error, generously)."""
+    steps, seeds, ests = 300, [0, 1], ["redge_cov", "gumbel", "reinmax"]
+    specs = [(s, e) for e in ests for s in seeds]
+    _, group_losses = _stacked(specs, [_data(s, steps) for s, _ in specs])
+    for e in ests:
+        grouped = [statistics.mean(group_losses[specs.index((s, e))][-50:]) for s in seeds]
+        separate = [statistics.mean(_single(s, e, _data(s, steps))[1][-50:]) for s in seeds]
+        noise = statistics.stdev(separate)
+        assert abs(statistics.mean(grouped) - statistics.mean(separate)) <= 2 * noise + 1e-3, (e, grouped, separate)
+        assert statistics.mean(separate) < _single(0, e, _data(0, 1))[1][0]  # the runs trained
+
+
+def test_a_stack_refuses_runs_of_different_architectures():
+    with pytest.raises(ConfigError, match="must share latent_dim"):
+        StackedVAE([_model(0, "st")[0], _model(0, "st", latent_dim=5)[0]])
+
+
+def test_groups_are_cut_per_setting_and_by_memory(monkeypatch):
+    runs = load_spec(SPEC / "table3.yaml")
+    groups = B.plan(runs, {"l48_k2": 8, "l30_k10": 24, "l32_k64": 5})
+    assert [len(g) for g in groups] == [8, 8, 8, 24, 5, 5, 5, 5, 4]
+    assert all(len({r.setting for r in g}) == 1 for g in groups)
+    assert [r for g in groups for r in g] == runs  # every run once, in spec order
+    model = CategoricalVAE(latent_dim=32, n_categories=64)
+    per_run = B.run_bytes(model, 200)
+    assert per_run > 4 * 4 * sum(p.numel() for p in model.parameters())  # parameters, gradient, Adam, activations
+    template = B.Template(model, type("DM", (), {"batch_size": 200})(), None, {}, Path("."))
+    monkeypatch.setattr(B, "_trainer_config", lambda t: {"accelerator": "cpu"})
+    monkeypatch.setattr(B, "available_bytes", lambda device: 10 * per_run + 1)
+    assert B.group_size(template) == 10
+    assert B.group_size(template, limit=3) == 3
+    monkeypatch.setattr(B, "available_bytes", lambda device: 1)
+    assert B.group_size(template) == 1
+
+
+def _tiny_args(tmp: Path, seed: int, estimator: str, steps: int) -> list[str]:
+    return ["--config", str(ROOT / "configs/mnist/l48_k2.yaml"), f"--model.estimator={estimator}",
+            "--model.init_args.encoder_hidden=[64]", "--model.init_args.decoder_hidden=[64]",
+            "--data.train_subset=1000", "--data.batch_size=100", "--data.eval_batch_size=500",
+            "--trainer.limit_val_batches=1", "--trainer.log_every_n_steps=5", "--trainer.enable_progress_bar=false",
+            "--runs_dir", str(tmp / "runs"), "--experiment_name", f"{estimator}/seed{seed}",
+            "--seed_everything", str(seed), "--trainer.max_steps", str(steps), "--trainer.max_epochs", "-1"]
+
+
+def _run_states(tmp: Path, specs) -> dict:
+    out = {}
+    for seed, est in specs:
+        ckpt = load_checkpoint(next((tmp / "runs" / est / f"seed{seed}").glob("*/version_*/checkpoints/last.ckpt")))
+        out[(seed, est)] = ckpt
+    return out
+
+
+@needs_mnist
+@pytest.mark.slow
+def test_an_interrupted_and_resumed_group_equals_an_uninterrupted_one(tmp_path):
+    """(d) SIGTERM after step 13 (mid-epoch: 10 steps per epoch), then the group resumed from its last.ckpt:
+    every run's final checkpoint (parameters, Adam, noise) and epoch curves equal the uninterrupted group's."""
+    specs = [(0, "redge_cov"), (1, "gumbel"), (0, "rloo")]
+    straight, stopped = tmp_path / "straight", tmp_path / "stopped"
+    B.fit_group([_tiny_args(straight, s, e, 25) for s, e in specs], straight / "group", "k")
+    fit = [_tiny_args(stopped, s, e, 25) for s, e in specs]
+    with pytest.raises(SIGTERMException):
+        B.fit_group(fit, stopped / "group", "k", callbacks=[SignalAt(13)])
+    assert load_checkpoint(stopped / "group/checkpoints/last.ckpt")["global_step"] == 13
+    halfway = _run_states(stopped, specs)
+    assert all(c["global_step"] == 13 for c in halfway.values())  # the runs' own checkpoints exist when stopped
+    B.fit_group(fit, stopped / "group", "k")
+    a, b = _run_states(straight, specs), _run_states(stopped, specs)
+    for key in specs:
+        assert a[key]["global_step"] == b[key]["global_step"] == 25
+        for name, value in a[key]["state_dict"].items():
+            assert torch.equal(b[key]["state_dict"][name], value), (key, name)
+        assert torch.equal(a[key]["catvae_rng"]["torch"], b[key]["catvae_rng"]["torch"])
+        for i, state in a[key]["optimizer_states"][0]["state"].items():
+            assert torch.equal(b[key]["optimizer_states"][0]["state"][i]["exp_avg_sq"], state["exp_avg_sq"])
+    from catvae.compare.execute import collect
+
+    run = load_spec(SPEC / "quick.yaml")[0]
+    curves = [collect(next((t / "runs" / "gumbel" / "seed1").glob("*/version_*")), run)["curves"]
+              for t in (straight, stopped)]
+    assert curves[0]["train/loss_epoch"] == curves[1]["train/loss_epoch"] and len(curves[0]["train/loss_epoch"]) == 3
+    assert curves[0]["val/nelbo"] == curves[1]["val/nelbo"]
+
+
+@needs_mnist
+@pytest.mark.slow
+def test_batched_quick_sweep_gives_the_unbatched_results_folder(tmp_path, capsys):
+    """``compare --batched --quick`` end to end: the same runs folder layout, results.csv columns and values (to
+    float tolerance; bitwise on this CPU) as the unbatched sweep; a run's last.ckpt is an ordinary
+    CategoricalVAE checkpoint (``catvae fit --ckpt_path`` continues it); a rerun has nothing left to do."""
+    plain, batched = tmp_path / "plain", tmp_path / "batched"
+    args = ["compare", str(SPEC / "quick.yaml"), "--quick", "--seeds", "0"]
+    assert main([*args, "--out", str(plain), "--parallel", "2"]) == 0
+    assert main([*args, "--out", str(batched), "--batched"]) == 0
+    assert "3 to run in 1 group(s)" in capsys.readouterr().out
+    rows = [list(csv.DictReader(open(p / "results.csv"))) for p in (plain, batched)]
+    assert [r["estimator"] for r in rows[1]] == ["st", "gumbel", "redge_cov"] and rows[0][0].keys() == rows[1][0].keys()
+    for p, b in zip(*rows):
+        for col in ("train_loss", "train_nelbo_exact", "test_nelbo", "test_log_likelihood"):
+            assert float(b[col]) == pytest.approx(float(p[col]), rel=1e-5), col
+        assert float(b["epoch_s"]) > 0
+
+    def layout(folder):
+        # all but the logs and, unbatched only, the best-by-validation checkpoint (module docstring of batched)
+        return {str(f.relative_to(folder)) for f in (folder / "runs").rglob("*") if "events" not in f.name
+                and f.suffix != ".yaml" and f.name != "log.txt" and not f.name.startswith("best-")}
+
+    assert layout(plain) == layout(batched)
+    assert {p.name for p in plain.glob("*.png")} == {p.name for p in batched.glob("*.png")}
+    result = json.loads((batched / "runs/l48_k2/redge_cov/seed0/result.json").read_text())
+    assert len(result["curves"]["train/loss_epoch"]) == 3 and len(result["curves"]["val/nelbo"]) == 3
+    # the run's own checkpoint, resumed by the ordinary single-run command for 10 more steps
+    run = load_spec(SPEC / "quick.yaml", quick=True, seeds=[0])[2]
+    assert main(["fit", *run.cli_args(batched), "--trainer.max_steps", "40", "--trainer.max_epochs", "-1",
+                 "--ckpt_path", "last"]) == 0
+    assert load_checkpoint(batched / result["run_dir"] / "checkpoints/last.ckpt")["global_step"] == 40
+    capsys.readouterr()
+    assert main([*args, "--out", str(batched), "--batched"]) == 0
+    assert "3 already finished, 0 to run in 0 group(s)" in capsys.readouterr().out
+
+
+def test_batched_options_are_checked(tmp_path, capsys):
+    spec = str(SPEC / "quick.yaml")
+    for bad, fragment in ((["--group-size", "2"], "needs --batched"), (["--batched", "--group-size", "0"], ">= 1"),
+                          (["--batched", "--parallel", "2"], "drop --parallel")):
+        assert main(["compare", spec, "--out", str(tmp_path), *bad]) == 2
+        assert fragment in capsys.readouterr().err
