@@ -1,4 +1,5 @@
-"""Benchmarks that print numbers: ``catvae bench estimators``, ``train``, ``step`` and ``overhead``."""
+"""Benchmarks that print numbers: ``catvae bench estimators``, ``train``, ``step``, ``variance``, ``sweep`` and
+``overhead``."""
 
 from __future__ import annotations
 
@@ -359,6 +360,64 @@ def bench_step(args: argparse.Namespace) -> None:
             print(f"{name:<15}{f'L={latent_dim},K={n_categories}':<12}{t * 1e3:>9.2f}{t * 300:>9.2f}{ratio:>10.2f}x")
 
 
+#: the estimators of the paper's Table 3 (Table 5 defaults), which ``bench sweep`` cycles through to fill a group
+TABLE3 = ("st", "gumbel", "reinmax", "redge", "redge_max", "redge_cov", "redge_max_cov")
+
+
+def _sizes(text: str) -> list[int]:
+    try:
+        sizes = [int(v) for v in text.split(",")]
+    except ValueError:
+        sizes = []
+    if not sizes or min(sizes) < 1:
+        raise ConfigError(f"--sizes {text!r}: expected group sizes >= 1, e.g. 1,7,21")
+    return sizes
+
+
+def bench_sweep(args: argparse.Namespace) -> None:
+    """A group of R runs as one stacked model (``compare --batched``) against the same R runs stepped one after
+    the other (what separate processes sharing the device amount to), in interleaved rounds: run-steps per
+    second in aggregate and per run. The runs cycle through Table 3's seven estimators, seeds 0..R-1; the step
+    is the whole training step (forward, estimators, exact NELBO, backward, Adam) on one batch of 200."""
+    _at_least_one(args, "rounds", "inner")
+    device = _device(args.device)
+    latent_dim, n_categories = _shape(args.setting)
+    capture = args.fast_step and device.type == "cuda"
+    print(f"batched group vs separate runs, L={latent_dim}, K={n_categories}, batch 200, device "
+          f"{_device_name(device)}, torch {torch.__version__}, threads {torch.get_num_threads()}, "
+          f"{'CUDA graph' if capture else 'eager'}; median of {args.rounds} interleaved rounds of {args.inner} steps")
+    print(f"{'runs':>5}{'group ms/step':>15}{'separate ms':>13}{'group runs·steps/s':>20}{'separate':>10}"
+          f"{'speed-up':>10}{'per run steps/s':>17}")
+    for R in _sizes(args.sizes):
+        tg, ts = _sweep_times(R, latent_dim, n_categories, device, args)
+        print(f"{R:>5}{tg * 1e3:>15.2f}{ts * 1e3:>13.2f}{R / tg:>20.1f}{R / ts:>10.1f}{ts / tg:>9.2f}x{1 / tg:>17.1f}")
+
+
+def _sweep_times(R: int, latent_dim: int, n_categories: int, device: torch.device,
+                 args: argparse.Namespace) -> tuple[float, float]:
+    """Seconds per step of a group of ``R`` runs, and of the same runs stepped one after the other."""
+    from .fast import StepRunner
+    from .models.stacked import StackedVAE
+
+    capture = args.fast_step and device.type == "cuda"
+    models = []
+    for r in range(R):
+        torch.manual_seed(r)
+        models.append(CategoricalVAE(estimators.build(TABLE3[r % len(TABLE3)]), latent_dim=latent_dim,
+                                     n_categories=n_categories, fast_step=args.fast_step).to(device))
+    x = (torch.rand(R, 200, 784, device=device) < 0.13).float()  # MNIST's share of lit pixels
+    group = StackedVAE(models).to(device)
+    singles = [functools.partial(StepRunner(m.make_step(m.adam(capturable=capture)), capture=capture), x[r])
+               for r, m in enumerate(models)]
+    group_opt = torch.optim.Adam(group.parameters(), lr=group.lr, capturable=capture, fused=None if capture else True)
+    runner = StepRunner(group.make_step(group_opt), capture=capture,
+                        generators=(lambda: group.streams.graph_generators(device)) if capture else None)
+    calls = {"group": functools.partial(runner, x), "separate": lambda: [s() for s in singles]}
+    _interleaved(calls, 1, args.warmup, device)
+    times = _interleaved(calls, args.rounds, args.inner, device)
+    return statistics.median(times["group"]), statistics.median(times["separate"])
+
+
 VARIANCE_ESTIMATORS = ("gumbel", "gumbel_rao:k=1", "gumbel_rao:k=10", "gumbel_rao:k=100", "rloo:n_samples=2",
                        "rloo:n_samples=8", "rloo:n_samples=32")
 
@@ -489,6 +548,16 @@ def _add_train_parser(bsub) -> None:
     v.add_argument("--seed", type=int, default=0)
     v.add_argument("--data_dir", default=None, help="default: $CATVAE_DATA_DIR, else ./data")
     v.set_defaults(func=bench_variance)
+    w = bsub.add_parser("sweep", help="a batched group of R runs (compare --batched) vs the same runs stepped "
+                                      "separately: aggregate and per-run steps/s")
+    w.add_argument("--sizes", default="1,7,21", help="group sizes (default 1,7,21; 35 = Table 3 with 5 seeds)")
+    w.add_argument("--setting", default="48x2", help="LxK latent shape (default 48x2)")
+    w.add_argument("--rounds", type=int, default=5)
+    w.add_argument("--inner", type=int, default=5, help="steps per round")
+    w.add_argument("--warmup", type=int, default=3)
+    w.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    w.add_argument("--fast_step", action="store_true", help="capture each step in a CUDA graph (on a GPU)")
+    w.set_defaults(func=bench_sweep)
     o = bsub.add_parser("overhead", help="host time per step of catvae fit's loop around a no-op step (the floor "
                                          "of a CUDA-graph epoch)")
     o.add_argument("--setting", default="48x2", help="LxK latent shape")

@@ -30,8 +30,12 @@ class StepRunner:
     optimizer created with ``capturable=True``.
     """
 
-    def __init__(self, step: Callable[[Tensor], dict[str, Tensor]], capture: bool = True, warmup: int = 3) -> None:
+    def __init__(self, step: Callable[[Tensor], dict[str, Tensor]], capture: bool = True, warmup: int = 3,
+                 generators: Callable[[], list] | None = None) -> None:
         self.step, self.capture, self.warmup = step, capture, warmup
+        #: the CUDA generator states the step swaps in besides the default one (``graphsafe_set_state``), which
+        #: the graph must know before capture; a function, called at capture time
+        self.generators = generators
         self.calls = 0
         self.graph: torch.cuda.CUDAGraph | None = None
         self._static_x: Tensor | None = None
@@ -67,6 +71,8 @@ class StepRunner:
     def _capture(self, x: Tensor) -> dict[str, Tensor]:
         self._static_x = x.clone()
         self.graph = torch.cuda.CUDAGraph()
+        for generator in self.generators() if self.generators is not None else []:
+            self.graph.register_generator_state(generator)
         with torch.cuda.graph(self.graph):
             self._static_out = self.step(self._static_x)
         self.graph.replay()  # capturing does not execute: run this batch's step now

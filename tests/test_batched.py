@@ -52,18 +52,11 @@ def _single(seed: int, estimator: str, data: torch.Tensor) -> tuple[CategoricalV
 
 
 def _stacked(specs: list[tuple[int, str]], data: list[torch.Tensor]) -> tuple[StackedVAE, list[list[float]]]:
-    """The stacked step of StackedVAE (as its training_step: losses, exact NELBOs, backward, one Adam)."""
+    """The stacked step of StackedVAE (make_step: losses, exact NELBOs, backward, one Adam)."""
     built = [_model(seed, est) for seed, est in specs]
     group = StackedVAE([m for m, _ in built], [s for _, s in built])
-    optimizer = group.configure_optimizers()
-    losses = []
-    for x in torch.stack(data, dim=1):
-        optimizer.zero_grad()
-        loss, logits = group.losses(x)
-        group.exact_means(x, logits.detach(), loss)
-        loss.sum().backward()
-        optimizer.step()
-        losses.append(loss.detach().tolist())
+    step = group.make_step(group.configure_optimizers())
+    losses = [step(x)["loss"].tolist() for x in torch.stack(data, dim=1)]
     return group, [list(col) for col in zip(*losses)]
 
 
@@ -231,3 +224,24 @@ def test_batched_options_are_checked(tmp_path, capsys):
                           (["--batched", "--parallel", "2"], "drop --parallel")):
         assert main(["compare", spec, "--out", str(tmp_path), *bad]) == 2
         assert fragment in capsys.readouterr().err
+
+
+@needs_mnist
+@pytest.mark.slow
+def test_the_fast_step_group_trains_as_the_default_one_and_its_runs_resume_alone(tmp_path):
+    """``fast_step`` (the step that StepRunner captures in a CUDA graph on a GPU; eager here, through manual
+    optimization and ReplayOptimizer): the same per-run checkpoints as the default group, and a run's checkpoint
+    resumes in the single-run ``catvae fit`` (fast_step too) for 5 more steps."""
+    specs = [(0, "redge"), (1, "reinmax")]
+    default, fast = tmp_path / "default", tmp_path / "fast"
+    B.fit_group([_tiny_args(default, s, e, 12) for s, e in specs], default / "group", "k")
+    fast_args = [[*_tiny_args(fast, s, e, 12), "--model.init_args.fast_step=true"] for s, e in specs]
+    B.fit_group(fast_args, fast / "group", "k")
+    a, b = _run_states(default, specs), _run_states(fast, specs)
+    for key in specs:
+        assert b[key]["global_step"] == 12
+        for name, value in a[key]["state_dict"].items():
+            assert torch.equal(b[key]["state_dict"][name], value), (key, name)
+    more = [arg if arg != "12" else "17" for arg in fast_args[1]]
+    assert main(["fit", *more, "--ckpt_path", "last"]) == 0
+    assert _run_states(fast, specs)[(1, "reinmax")]["global_step"] == 17

@@ -47,7 +47,7 @@ from .. import runner
 from ..core import EstimatorTask
 from ..data.loader import StackedBatches
 from ..errors import ConfigError
-from ..models.stacked import StackedVAE
+from ..models.stacked import StackedVAE, run_slice
 from ..runs import LAST, claim_version, load_checkpoint
 from .spec import Run
 
@@ -278,10 +278,11 @@ def split_checkpoint(group: dict, r: int, template: Template) -> dict:
     and the run's own hyperparameters; no callback states (they belong to the group's folder)."""
     model = template.model
     names = [n for n, _ in model.named_parameters()]
-    sd = {n: group["state_dict"][f"stacked.{i}"][r].clone() for i, n in enumerate(names)}
+    transposed = group["catvae_task"]["transposed"]
+    sd = {n: run_slice(group["state_dict"][f"stacked.{i}"], r, transposed[i]) for i, n in enumerate(names)}
     sd.update({k: v for k, v in model.state_dict().items() if k not in sd})
     optimizer = group["optimizer_states"][0]
-    state = {i: {k: (v[r].clone() if k != "step" else v.clone()) for k, v in s.items()}
+    state = {i: {k: (run_slice(v, r, transposed[i]) if k != "step" else v.clone()) for k, v in s.items()}
              for i, s in optimizer["state"].items()}
     loops = copy.deepcopy(group["loops"])
     loader = loops["fit_loop"].get("state_dict", {}).get("combined_loader")

@@ -42,13 +42,14 @@ from estimators.functional import log_softmax, sample_one_hot, softmax
 from estimators.rng import seeded
 
 from ..errors import TrainingDiverged
+from ..fast import ReplayOptimizer, StepRunner
 from .vae import CategoricalVAE, bernoulli_nll
 
-__all__ = ["RunStreams", "StackedVAE", "ARCHITECTURE"]
+__all__ = ["ARCHITECTURE", "RunStreams", "StackedVAE", "run_slice"]
 
 #: the hyperparameters every run of a stack shares (the model's shape and its optimizer)
 ARCHITECTURE = ("latent_dim", "n_categories", "encoder_hidden", "decoder_hidden", "activation", "lr", "image_size",
-                "exact_nelbo_every_n_steps", "optimizer", "lr_scheduler")
+                "exact_nelbo_every_n_steps", "optimizer", "lr_scheduler", "fast_step")
 
 
 def _rng_state(device: torch.device) -> dict[str, Tensor]:
@@ -70,16 +71,53 @@ class RunStreams:
     caller's state is restored afterwards. Code that draws from the global generator (every estimator,
     :func:`~estimators.functional.sample_one_hot`) thus draws run ``r``'s numbers, exactly as it would in a
     single-run process whose generator had that state. A run without a CUDA state yet gets one seeded from
-    its CPU stream the first time it draws on a GPU."""
+    its CPU stream the first time it draws on a GPU.
+
+    For a step captured in a CUDA graph (:meth:`graph_generators`), each run's CUDA stream is a generator
+    state object that the step swaps into the device's default generator with ``graphsafe_set_state``
+    (PyTorch >= 2.5), which capture allows and replay advances, instead of copying states in and out (which
+    capture forbids). Both hold the same Philox seed and offset: a captured step draws the numbers of the
+    eager one.
+    """
 
     def __init__(self, states: Sequence[dict[str, Tensor]]) -> None:
-        self.states = [dict(s) for s in states]
+        self._states = [dict(s) for s in states]
+        self._graph: list | None = None  # per-run CUDA generator states, once switched to graph-safe swapping
+        self._default = None
 
     def __len__(self) -> int:
-        return len(self.states)
+        return len(self._states)
+
+    @property
+    def states(self) -> list[dict[str, Tensor]]:
+        """Every run's current state (``{"torch": ..., "cuda": ...}``, byte tensors: what a checkpoint holds)."""
+        if self._graph is not None:
+            for state, gen in zip(self._states, self._graph):
+                state["cuda"] = gen.get_state()
+        return self._states
 
     def run(self, r: int, device: torch.device):
         return _RunStream(self, r, device)
+
+    def graph_generators(self, device: torch.device) -> list:
+        """Switch the CUDA streams of ``device`` to graph-safe generator states (once) and return them, for
+        :class:`~catvae.fast.StepRunner` to register with the graph before capture."""
+        if self._graph is None:
+            default = torch.cuda.default_generators[device.index if device.index is not None else 0]
+            if not hasattr(default, "graphsafe_set_state"):
+                raise ConfigError(f"capturing a batched step needs PyTorch >= 2.5 (graph-safe generator states), "
+                                  f"this is {torch.__version__}: drop --model.init_args.fast_step")
+            gens = []
+            for state in self.states:
+                gen = default.clone_state()
+                if "cuda" in state:
+                    gen.set_state(state["cuda"])
+                else:
+                    cpu = torch.Generator().set_state(state["torch"])
+                    gen.manual_seed(int(torch.randint(0, 2**62, (1,), generator=cpu)))
+                gens.append(gen)
+            self._graph, self._default = gens, default
+        return self._graph
 
 
 class _RunStream:
@@ -87,14 +125,23 @@ class _RunStream:
         self.streams, self.r, self.device = streams, r, device
 
     def __enter__(self) -> None:
+        streams = self.streams
+        if streams._graph is not None and self.device.type == "cuda":
+            self.saved = streams._default.graphsafe_get_state()
+            streams._default.graphsafe_set_state(streams._graph[self.r])
+            return
         self.saved = _rng_state(self.device)
-        state = self.streams.states[self.r]
+        state = streams._states[self.r]
         _set_rng_state(state, self.device)
         if self.device.type == "cuda" and "cuda" not in state:
             torch.cuda.manual_seed(int(torch.randint(0, 2**62, (1,)).item()))
 
     def __exit__(self, *exc) -> None:
-        self.streams.states[self.r] = _rng_state(self.device)
+        streams = self.streams
+        if streams._graph is not None and self.device.type == "cuda":
+            streams._default.graphsafe_set_state(self.saved)
+            return
+        streams._states[self.r] = _rng_state(self.device)
         _set_rng_state(self.saved, self.device)
 
 
@@ -110,7 +157,10 @@ class StackedVAE(L.LightningModule):
             default they are dropped.
 
     The parameters are ``stacked.<i>``, the ``i``-th parameter of the runs' ``CategoricalVAE`` stacked on a
-    new first dimension (:meth:`run_state_dict` gives run ``r``'s back under its own names).
+    new first dimension, Linear weights transposed to ``[R, in, out]`` so that each layer is
+    ``baddbmm(b, h, W)`` on contiguous operands (with ``nn.Linear``'s ``[out, in]`` the CPU batched matmul
+    ran 20-25 % slower than the runs' own ``addmm``, forward and backward; transposed it is as fast, measured
+    on docs/performance.md's CPU). :meth:`run_state_dict` gives run ``r``'s back under its own names and layout.
     """
 
     def __init__(self, models: Sequence[CategoricalVAE], rng_states: Sequence[dict] | None = None,
@@ -137,11 +187,18 @@ class StackedVAE(L.LightningModule):
         self.eval_seed = first.eval_seed
         self.estimators = nn.ModuleList([m.estimator for m in models])
         self.names = [name for name, _ in first.named_parameters()]
+        #: the parameters stored transposed (the Linear weights: ``[R, in, out]``, see the class docstring)
+        self.transposed = [p.dim() == 2 for _, p in first.named_parameters()]
         self.stacked = nn.ParameterList(
-            [nn.Parameter(torch.stack([dict(m.named_parameters())[n].detach() for m in models]).clone())
-             for n in self.names])
+            [nn.Parameter(torch.stack([_layout(dict(m.named_parameters())[n].detach(), t) for m in models]).contiguous())
+             for n, t in zip(self.names, self.transposed)])
         self.encoder_layers = self._layers(first.encoder, "encoder.")
         self.decoder_layers = self._layers(first.decoder, "decoder.")
+        self.register_buffer("exact_mask", torch.tensor([est.exact_draws for est in self.estimators]), persistent=False)
+        self.fast_step = bool(first.hparams.fast_step)
+        if self.fast_step:
+            self.automatic_optimization = False
+            self._runner = None
         self.streams = RunStreams(rng_states or [_rng_state(torch.device("cpu"))] * self.R)
         self.writer = writer
         for name in ("train_loss_sum", "train_exact_sum", "val_sum"):
@@ -164,7 +221,7 @@ class StackedVAE(L.LightningModule):
     def _mlp(self, layers, h: Tensor) -> Tensor:
         """All runs: ``h [R, N, in] -> [R, N, out]``, one ``baddbmm`` per layer."""
         for w, b, act in layers:
-            h = torch.baddbmm(self.stacked[b].unsqueeze(1), h, self.stacked[w].transpose(1, 2))
+            h = torch.baddbmm(self.stacked[b].unsqueeze(1), h, self.stacked[w])
             if act is not None:
                 h = act(h)
         return h
@@ -172,7 +229,7 @@ class StackedVAE(L.LightningModule):
     def _mlp_run(self, layers, r: int, h: Tensor) -> Tensor:
         """Run ``r`` alone: ``h [..., in] -> [..., out]`` with its slice of every weight."""
         for w, b, act in layers:
-            h = nn.functional.linear(h, self.stacked[w][r], self.stacked[b][r])
+            h = torch.matmul(h, self.stacked[w][r]) + self.stacked[b][r]
             if act is not None:
                 h = act(h)
         return h
@@ -229,26 +286,60 @@ class StackedVAE(L.LightningModule):
             with self.streams.run(r, logits.device):
                 samples.append(sample_one_hot(softmax(logits[r])))
         means = (bernoulli_nll(self.decode(torch.stack(samples)), x) + self.kl(logits)).mean(dim=1)
-        return torch.where(torch.tensor(exact, device=x.device), losses.detach(), means)
+        return torch.where(self.exact_mask, losses.detach(), means)
+
+    def make_step(self, optimizer: torch.optim.Optimizer) -> Callable[[Tensor], dict[str, Tensor]]:
+        """The whole training step of every run on a batch ``[R, B, D]`` as one function (``zero_grad``, forward,
+        estimators, exact NELBOs unless ``exact_nelbo_every_n_steps`` is 0, backward, ``optimizer``'s update),
+        returning the runs' ``loss`` and ``nelbo_exact`` (``[R]``) without reading them back: what
+        :class:`~catvae.fast.StepRunner` captures in a CUDA graph (``fast_step``), and what ``catvae bench sweep``
+        times."""
+
+        def step(x: Tensor) -> dict[str, Tensor]:
+            optimizer.zero_grad(set_to_none=True)
+            losses, logits = self.losses(x)
+            out = {"loss": losses.detach()}
+            if self.exact_every:
+                out["nelbo_exact"] = self.exact_means(x, logits.detach(), losses)
+            losses.sum().backward()
+            optimizer.step()
+            return out
+
+        return step
 
     # -- Lightning ----------------------------------------------------------------------------------
-    def training_step(self, x: Tensor, batch_idx: int) -> Tensor:
+    def training_step(self, x: Tensor, batch_idx: int) -> Tensor | None:
         step = self.global_step
-        losses, logits = self.losses(x)
-        total = losses.sum()
-        if total.device.type == "cpu" and not math.isfinite(float(total.detach())):
+        due = self.exact_every and step % self.exact_every == 0
+        if self.fast_step:
+            out = self._fast_training_step(x)
+            losses = out["loss"]
+            exact = out.get("nelbo_exact") if due else None
+        else:
+            losses, logits = self.losses(x)
+            exact = self.exact_means(x, logits.detach(), losses) if due else None
+        if losses.device.type == "cpu" and not math.isfinite(float(losses.detach().sum())):
             bad = [r for r in range(self.R) if not math.isfinite(float(losses[r]))]
             raise TrainingDiverged(f"the training loss of run(s) {bad} became non-finite at step {step}")
         B = x.shape[1]
         self.train_loss_sum += losses.detach() * B
         self.train_weight += B
-        if self.exact_every and step % self.exact_every == 0:
-            self.train_exact_sum += self.exact_means(x, logits.detach(), losses) * B
+        if exact is not None:
+            self.train_exact_sum += exact * B
             self.train_exact_weight += B
         every = self.trainer.log_every_n_steps
         if every and (step + 1) % every == 0:
             self._write({"train/loss_step": losses.detach()}, step)
-        return total
+        return None if self.fast_step else losses.sum()
+
+    def _fast_training_step(self, x: Tensor) -> dict[str, Tensor]:
+        if self._runner is None:
+            cuda = self.device.type == "cuda"
+            self._runner = StepRunner(self.make_step(self._step_optimizer),
+                                      generators=(lambda: self.streams.graph_generators(self.device)) if cuda else None)
+        out: dict[str, Tensor] = {}
+        self.optimizers().step(closure=lambda: out.update(self._runner(x)))
+        return out
 
     def _write(self, values: dict[str, Tensor], step: int) -> None:
         """Hand each run its values (one host read for all runs)."""
@@ -302,9 +393,15 @@ class StackedVAE(L.LightningModule):
 
     def configure_optimizers(self):
         """One Adam over the stacked tensors (elementwise: one Adam per run), fused as
-        :meth:`catvae.core.EstimatorTask.adam`."""
-        fused = self.device.type in ("cpu", "cuda")
-        return torch.optim.Adam(self.parameters(), lr=self.lr, fused=fused or None)
+        :meth:`catvae.core.EstimatorTask.adam`; with ``fast_step``, capturable on a GPU and run inside the
+        captured step (:class:`~catvae.fast.ReplayOptimizer`)."""
+        capturable = self.fast_step and self.device.type == "cuda"
+        fused = not capturable and self.device.type in ("cpu", "cuda")
+        optimizer = torch.optim.Adam(self.parameters(), lr=self.lr, fused=fused or None, capturable=capturable)
+        if not self.fast_step:
+            return optimizer
+        self._step_optimizer, self._runner = optimizer, None  # a new fit: the captured step must use this one
+        return ReplayOptimizer(optimizer)
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         for name, param in zip(self.names, self.stacked):
@@ -315,7 +412,8 @@ class StackedVAE(L.LightningModule):
                                        f"{self.global_step}; the checkpoint was not written")
         checkpoint["catvae_streams"] = [dict(s) for s in self.streams.states]
         checkpoint["catvae_task"] = {"class": type(self).__qualname__, "runs": self.R,
-                                     "estimators": [est.name for est in self.estimators]}
+                                     "estimators": [est.name for est in self.estimators],
+                                     "transposed": list(self.transposed)}
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         task = checkpoint.get("catvae_task") or {}
@@ -328,4 +426,13 @@ class StackedVAE(L.LightningModule):
         """Run ``r``'s parameters under the names of :class:`CategoricalVAE` (from ``state_dict``, a saved
         group state, or the live parameters)."""
         source = state_dict if state_dict is not None else self.state_dict()
-        return {n: source[f"stacked.{i}"][r].clone() for i, n in enumerate(self.names)}
+        return {n: run_slice(source[f"stacked.{i}"], r, t) for i, (n, t) in enumerate(zip(self.names, self.transposed))}
+
+
+def _layout(param: Tensor, transposed: bool) -> Tensor:
+    return param.t() if transposed else param
+
+
+def run_slice(stacked: Tensor, r: int, transposed: bool) -> Tensor:
+    """Run ``r``'s tensor (a parameter, or an optimizer moment of one) in :class:`CategoricalVAE`'s layout."""
+    return stacked[r].t().contiguous() if transposed else stacked[r].clone()
