@@ -21,7 +21,7 @@ ifneq ($(wildcard ../shared/data),)
 export CATVAE_DATA_DIR ?= $(abspath ../shared/data)
 endif
 
-.PHONY: setup demo test test-fast bench lint clean gpu-pack gpu-check
+.PHONY: setup demo test test-fast bench lint clean gpu-pack gpu-check gpu-table3
 
 setup: $(STAMP)
 
@@ -67,6 +67,12 @@ DEVICE ?= cuda
 QUICK ?=
 gpu-check:
 	$(PYTHON) -m catvae.gpu_check --out $(OUT) --device $(DEVICE) $(QUICK)
+
+# Table 3 with 5 seeds (105 runs x 60,000 steps) batched on one GPU (catvae compare --batched), stopped at BUDGET
+# seconds and resumed by the same command; its tables land in $(OUT)/table3_gpu/. QUICK=--quick tries it anywhere.
+BUDGET ?= 580
+gpu-table3:
+	$(PYTHON) -m catvae.gpu_check --out $(OUT) --table3 configs/compare/table3_gpu.yaml --budget_s $(BUDGET) $(QUICK)
 
 lint: setup
 	$(BIN)/ruff check catvae estimators callbacks tests

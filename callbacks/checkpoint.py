@@ -35,16 +35,17 @@ class RunCheckpoint(ModelCheckpoint):
         self.resuming = resuming
 
     @classmethod
-    def last(cls, every_n_steps: int = 1000, dirpath: str | None = None, resuming: bool = False) -> list[RunCheckpoint]:
-        """``last.ckpt`` every ``every_n_steps`` optimizer steps and at the end of every epoch (after its
-        validation): two instances writing the same file, because one ``ModelCheckpoint`` rejects step and
+    def last(cls, every_n_steps: int = 1000, dirpath: str | None = None, resuming: bool = False,
+             every_n_epochs: int = 1) -> list[RunCheckpoint]:
+        """``last.ckpt`` every ``every_n_steps`` optimizer steps and at the end of every ``every_n_epochs``-th epoch
+        (after its validation): two instances writing the same file, because one ``ModelCheckpoint`` rejects step and
         epoch triggers together ("should be mutually exclusive"). Each is a top-1 checkpoint with the fixed
         name ``last`` and no monitor, written at every trigger and replacing itself.
         ``ModelCheckpoint(save_last=True)`` is not used: in Lightning 2.6 it writes ``last.ckpt`` at an
         epoch end only if a top-k checkpoint was written at the same step."""
         common = {"dirpath": dirpath, "filename": "last", "monitor": None, "save_top_k": 1,
                   "enable_version_counter": False, "resuming": resuming}
-        return [cls(every_n_train_steps=every_n_steps, **common), cls(every_n_epochs=1, **common)]
+        return [cls(every_n_train_steps=every_n_steps, **common), cls(every_n_epochs=every_n_epochs, **common)]
 
     @classmethod
     def best(cls, monitor: str, dirpath: str | None = None, resuming: bool = False) -> RunCheckpoint:

@@ -9,7 +9,11 @@ GPU run needs, in order of importance, and keeps whatever it measured when a lat
 2. a 20-second smoke test (``bench train --fast_step`` on two estimators); nothing else runs if it fails;
 3. the tables, each written to its own file under ``--out`` as soon as it is measured, stderr to
    ``<part>.err``; a failing part is recorded and the next one runs; a part that would not finish
-   within ``--budget_s`` is skipped (``summary.txt`` says which).
+   within ``--budget_s`` is skipped (``summary.txt`` says which). First the batched sweep's CUDA checks
+   (a captured group step equals the eager one) and ``bench sweep`` at group sizes 1, 7, 21, 35.
+
+``--table3 SPEC`` runs a batched compare spec instead (``make gpu-table3``: Table 3 with 5 seeds), stopped
+with SIGTERM at ``--budget_s`` (it checkpoints; the same command resumes it), its tables copied to ``--out``.
 
 Prepare it here with ``make gpu-pack`` (MNIST gzipped into ``.gpu/``, the wheels into ``.whl/``), run it
 there with ``carry: [".gpu", ".whl"]`` and ``python3 -m catvae.gpu_check --out $OUT``. ``--device cpu
@@ -25,6 +29,7 @@ import argparse
 import gzip
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -126,6 +131,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--carried", default=str(ROOT / ".gpu"), help="folder with MNIST/raw/*.gz (make gpu-pack)")
     p.add_argument("--wheels", default=str(ROOT / ".whl"), help="folder with the wheels (make gpu-pack)")
     p.add_argument("--data_dir", default="/tmp/catvae-data", help="where MNIST is unpacked")
+    p.add_argument("--table3", metavar="SPEC", help="instead of the checks: run this compare spec batched (e.g. "
+                                                   "configs/compare/table3_gpu.yaml) within --budget_s; rerun to resume")
+    p.add_argument("--results", default=str(ROOT / "results" / "gpu"),
+                   help="with --table3: the sweep's folder (kept on the machine; its tables are copied to --out)")
     args = p.parse_args(argv)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -136,6 +145,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     recipe = Recipe(args)
     py, dev, q = sys.executable, args.device, args.quick
+    if args.table3:
+        return table3(recipe, args)
     machine = subprocess.run(["nvidia-smi", "--query-gpu=name,driver_version,memory.total", "--format=csv,noheader"],
                              capture_output=True, text=True) if shutil.which("nvidia-smi") else None
     (out / "machine.txt").write_text((machine.stdout if machine else "no nvidia-smi\n") + subprocess.run(
@@ -155,7 +166,13 @@ def main(argv: list[str] | None = None) -> int:
            dev.startswith("cuda") else "cpu", "--trainer.devices", "1", "--runs_dir", str(out / "runs"),
            "--trainer.enable_progress_bar", "false", "--trainer.max_epochs", "-1", "--checkpoint_every_n_steps", "300",
            *(["--data.train_subset", "1000", "--data.batch_size", "100", "--trainer.limit_val_batches", "1"] if q else [])]
+    sweep = [py, "-m", "catvae", "bench", "sweep", "--device", dev, "--fast_step",
+             *(["--sizes", "1,2", "--rounds", "1", "--inner", "2", "--warmup", "1"] if q else [])]
     parts = [
+        ("tests_batched", 40, [py, "-m", "pytest", "-q", "-p", "no:cacheprovider", "tests/test_batched.py", "-m",
+                               "not slow"]),
+        ("bench_sweep_48x2", 60, [*sweep, "--setting", "48x2", *([] if q else ["--sizes", "1,7,21,35"])]),
+        ("bench_sweep_32x64", 90, [*sweep, "--setting", "32x64", *([] if q else ["--sizes", "1,7,21,35"])]),
         ("bench_train_fast_step", 150, [*bench, *both, "--fast_step", "--estimators", *ESTIMATORS]),
         ("fit_fast_step", 60, [*fit, "--trainer.max_steps", "20" if q else "600"]),
         ("fit_fast_step_resume", 40, [*fit, "--trainer.max_steps", "30" if q else "900", "--ckpt_path", "last"]),
@@ -176,6 +193,33 @@ def main(argv: list[str] | None = None) -> int:
         failed += not recipe.part(name, 5 if q else estimate, command)
     recipe.note(f"done in {recipe.elapsed():.0f} s; {failed} part(s) failed or skipped")
     return 1 if failed else 0
+
+
+def table3(recipe: Recipe, args: argparse.Namespace) -> int:
+    """``catvae compare SPEC --batched`` until done or ``--budget_s`` (then stopped: it checkpoints, and the same
+    command resumes it); the tables, figures and per-run results are copied to ``--out/<spec>/`` either way."""
+    spec = Path(args.table3)
+    results = Path(args.results) / (spec.stem + ("_quick" if args.quick else ""))
+    command = [sys.executable, "-m", "catvae", "compare", str(spec), "--batched", "--out", str(results),
+               *(["--quick"] if args.quick else [])]
+    budget = max(10.0, args.budget_s - recipe.elapsed())
+    print(f"[{recipe.elapsed():5.0f} s] {' '.join(command)} (at most {budget:.0f} s)", flush=True)
+    log = recipe.out / f"{spec.stem}.txt"
+    with open(log, "w") as out:
+        proc = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env=recipe.env, cwd=ROOT)
+        try:
+            code = proc.wait(timeout=budget)
+        except subprocess.TimeoutExpired:
+            proc.send_signal(signal.SIGTERM)  # the sweep checkpoints its running group and exits
+            code = proc.wait()
+    copied = recipe.out / spec.stem
+    for path in [*results.glob("results.*"), *results.glob("*.png"), *results.glob("runs/*/*/*/result.json")]:
+        target = copied / path.relative_to(results)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(path, target)
+    recipe.note(f"{'ok' if code == 0 else f'stopped or failed (exit {code})'} {spec.stem}: {recipe.elapsed():.0f} s; "
+                f"tables in {copied}; rerun the same command to resume")
+    return 0 if code == 0 else 1
 
 
 if __name__ == "__main__":

@@ -65,6 +65,12 @@ def _set_rng_state(state: dict[str, Tensor], device: torch.device) -> None:
         torch.cuda.set_rng_state(state["cuda"], device)
 
 
+def _cuda_seed(state: dict[str, Tensor]) -> int:
+    """The seed of a run's CUDA stream when it has none yet (a run built without CUDA): drawn from a copy of its
+    CPU stream, which stays where it is."""
+    return int(torch.randint(0, 2**62, (1,), generator=torch.Generator().set_state(state["torch"])))
+
+
 class RunStreams:
     """One random stream per run: inside ``with streams.run(r, device)`` the global generators (CPU, and
     ``device`` when it is a CUDA device) hold run ``r``'s state, which is kept for its next draws; the
@@ -113,8 +119,7 @@ class RunStreams:
                 if "cuda" in state:
                     gen.set_state(state["cuda"])
                 else:
-                    cpu = torch.Generator().set_state(state["torch"])
-                    gen.manual_seed(int(torch.randint(0, 2**62, (1,), generator=cpu)))
+                    gen.manual_seed(_cuda_seed(state))
                 gens.append(gen)
             self._graph, self._default = gens, default
         return self._graph
@@ -134,7 +139,7 @@ class _RunStream:
         state = streams._states[self.r]
         _set_rng_state(state, self.device)
         if self.device.type == "cuda" and "cuda" not in state:
-            torch.cuda.manual_seed(int(torch.randint(0, 2**62, (1,)).item()))
+            torch.cuda.manual_seed(_cuda_seed(state))
 
     def __exit__(self, *exc) -> None:
         streams = self.streams
