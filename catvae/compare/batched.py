@@ -12,9 +12,9 @@ What a group leaves behind is what the unbatched sweep leaves: every run has its
 ``catvae fit --ckpt_path`` take it; its noise state is the run's own), and each run is tested by ``catvae test
 --ckpt_path last`` exactly as the unbatched sweep tests it. The group itself checkpoints into
 ``groups/<setting>/<group>/checkpoints/last.ckpt`` (every ``--checkpoint_every_n_steps`` steps, at the end, and
-on SIGINT/SIGTERM; not every epoch as a single run does, since a group checkpoint holds every run), and a rerun of the sweep resumes it exactly; the runs' own checkpoints are written
-from it when the group stops (finished, or interrupted: then they are loadable, but the group is what
-resumes).
+on SIGINT/SIGTERM; not every epoch as a single run does, since a group checkpoint holds every run), and a
+rerun of the sweep resumes it exactly; the runs' own checkpoints are written from it when the group stops
+(finished, or interrupted: then they are loadable, but the group is what resumes).
 
 A batched run has no ``best-*.ckpt`` (the best checkpoint by validation NELBO of ``catvae fit``): keeping it
 would write a full checkpoint of most runs at most validations, more I/O than the whole training at
