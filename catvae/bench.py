@@ -27,7 +27,9 @@ from estimators.rng import seeded
 
 from .data import MNISTDataModule
 from .data.paths import resolve_data_dir
+from .fast import StepRunner
 from .models import CategoricalVAE
+from .models.stacked import StackedVAE
 from .models.vae import mlp
 from .runner import default_callbacks, fit_callbacks
 from .sample import binarized_test_images, load_vae
@@ -396,9 +398,6 @@ def bench_sweep(args: argparse.Namespace) -> None:
 def _sweep_times(R: int, latent_dim: int, n_categories: int, device: torch.device,
                  args: argparse.Namespace) -> tuple[float, float]:
     """Seconds per step of a group of ``R`` runs, and of the same runs stepped one after the other."""
-    from .fast import StepRunner
-    from .models.stacked import StackedVAE
-
     capture = args.fast_step and device.type == "cuda"
     models = []
     for r in range(R):

@@ -22,7 +22,9 @@ from catvae import CategoricalVAE
 from catvae.cli import main
 from catvae.compare import batched as B
 from catvae.compare import load_spec
+from catvae.compare.execute import collect
 from catvae.errors import ConfigError
+from catvae.fast import StepRunner
 from catvae.models.stacked import StackedVAE
 from catvae.runs import load_checkpoint
 
@@ -175,8 +177,6 @@ def test_an_interrupted_and_resumed_group_equals_an_uninterrupted_one(tmp_path):
         assert torch.equal(a[key]["catvae_rng"]["torch"], b[key]["catvae_rng"]["torch"])
         for i, state in a[key]["optimizer_states"][0]["state"].items():
             assert torch.equal(b[key]["optimizer_states"][0]["state"][i]["exp_avg_sq"], state["exp_avg_sq"])
-    from catvae.compare.execute import collect
-
     run = load_spec(SPEC / "quick.yaml")[0]
     curves = [collect(next((t / "runs" / "gumbel" / "seed1").glob("*/version_*")), run)["curves"]
               for t in (straight, stopped)]
@@ -251,8 +251,6 @@ def test_the_fast_step_group_trains_as_the_default_one_and_its_runs_resume_alone
 
 
 def _cuda_group(specs, steps: int, capture: bool) -> StackedVAE:
-    from catvae.fast import StepRunner
-
     built = [_model(seed, est) for seed, est in specs]
     group = StackedVAE([m for m, _ in built], [s for _, s in built]).cuda()
     optimizer = torch.optim.Adam(group.parameters(), lr=group.lr, capturable=True)

@@ -49,6 +49,7 @@ from ..data.loader import StackedBatches
 from ..errors import ConfigError
 from ..models.stacked import StackedVAE, run_slice
 from ..runs import LAST, claim_version, load_checkpoint
+from .child import tie_to_parent
 from .spec import Run
 
 __all__ = ["GroupData", "Template", "build_template", "fit_group", "group_size", "plan", "split_checkpoint"]
@@ -329,8 +330,6 @@ def write_run_checkpoints(group: dict, templates: list[Template], versions: list
 def group_main(text: str) -> int:
     """The group's process: fit the group, then ``catvae test --ckpt_path last`` for each run (the unbatched
     sweep's test, on the run's own checkpoint). Exit status as ``catvae``'s."""
-    from .execute import tie_to_parent
-
     if not tie_to_parent():
         return 128 + int(signal.SIGTERM)
     sys.argv = sys.argv[:1]

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import json
 import os
 import signal
@@ -21,13 +20,14 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from .. import runner
 from ..errors import ConfigError
 from ..runs import load_checkpoint
+from . import batched
+from .child import child_env, tie_to_parent
 from .report import fmt
 from .spec import Run
 
 __all__ = ["Interrupted", "collect", "estimator_hparams", "execute", "finish", "finished", "gather", "run_all", "run_child",
            "run_groups"]
 
-_PACKAGE_ROOT = str(Path(__file__).resolve().parents[2])  # the folder holding the catvae package
 
 def _versions(folder: Path) -> list[Path]:
     found = [p for p in folder.glob("*/version_*") if p.name.split("_")[-1].isdigit()]
@@ -86,7 +86,7 @@ def execute(run: Run, out: Path, threads: int, children: _Children | None = None
     fit = ["fit", *run.cli_args(out), "--trainer.max_steps", str(run.steps), "--trainer.max_epochs", "-1",
            *(["--ckpt_path", "last"] if resume else [])]
     test = ["test", *run.cli_args(out), "--ckpt_path", "last"]
-    env = _child_env(threads)
+    env = child_env(threads)
     t0 = time.perf_counter()
     with open(folder / "log.txt", "a") as log:
         log.write(f"\n$ catvae {' '.join(fit)}\n$ catvae {' '.join(test)}\n")
@@ -103,14 +103,6 @@ def execute(run: Run, out: Path, threads: int, children: _Children | None = None
         tail = (folder / "log.txt").read_text().strip().splitlines()[-3:]
         raise RuntimeError(f"exit {returncode}: {' | '.join(tail)}")
     return finish(run, out, fit, test, time.perf_counter() - t0)
-
-
-def _child_env(threads: int) -> dict:
-    env = {**os.environ, "PYTHONUNBUFFERED": "1", "CATVAE_COMPARE_PARENT": str(os.getpid()),
-           # the run imports this very catvae (a source checkout without an install too), from any directory
-           "PYTHONPATH": os.pathsep.join(p for p in (_PACKAGE_ROOT, os.environ.get("PYTHONPATH")) if p)}
-    env.setdefault("OMP_NUM_THREADS", str(threads))
-    return env
 
 
 def finish(run: Run, out: Path, fit: list[str], test: list[str], wall_s: float) -> dict:
@@ -254,8 +246,6 @@ def run_groups(runs: list[Run], out: Path, group_limit: int | None = None) -> tu
     """``compare --batched``: every unfinished run, each setting's runs trained together in groups
     (:mod:`catvae.compare.batched`), one group at a time, each in its own process; then each run is tested and
     collected as :func:`run_all` does. ``(results, failures, stop signal or None)``."""
-    from . import batched  # Lightning's CLI machinery: only when batching
-
     results, todo = {}, []
     for i, run in enumerate(runs):
         done = finished(run, out)
@@ -288,7 +278,7 @@ def run_groups(runs: list[Run], out: Path, group_limit: int | None = None) -> tu
                 with open(folder / "log.txt", "a") as log:
                     proc = children.start([sys.executable, "-m", "catvae.compare", "--_group",
                                            batched.payload(group, out)],
-                                          stdout=log, stderr=subprocess.STDOUT, env=_child_env(os.cpu_count() or 1))
+                                          stdout=log, stderr=subprocess.STDOUT, env=child_env(os.cpu_count() or 1))
                     try:
                         returncode = proc.wait()
                     finally:
@@ -322,14 +312,6 @@ def _install(handler) -> dict | object:
         return {}
     handlers = handler if isinstance(handler, dict) else {s: handler for s in (signal.SIGINT, signal.SIGTERM)}
     return {s: signal.signal(s, h) for s, h in handlers.items()}
-
-
-def tie_to_parent() -> bool:
-    """On Linux, have this process get SIGTERM (checkpoint and stop) when the sweep dies, even by SIGKILL;
-    ``False`` when the sweep is already gone."""
-    with contextlib.suppress(OSError, AttributeError):
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, int(signal.SIGTERM))  # PR_SET_PDEATHSIG
-    return str(os.getppid()) == os.environ.get("CATVAE_COMPARE_PARENT", str(os.getppid()))
 
 
 def run_child(payload: str) -> int:
