@@ -169,8 +169,8 @@ def main(argv: list[str] | None = None) -> int:
     sweep = [py, "-m", "catvae", "bench", "sweep", "--device", dev, "--fast_step",
              *(["--sizes", "1,2", "--rounds", "1", "--inner", "2", "--warmup", "1"] if q else [])]
     parts = [
-        ("tests_batched", 40, [py, "-m", "pytest", "-q", "-p", "no:cacheprovider", "tests/test_batched.py", "-m",
-                               "not slow"]),
+        ("tests_batched_cuda", 40, [py, "-m", "pytest", "-q", "-p", "no:cacheprovider", "tests/test_batched.py", "-k",
+                                    "cuda", "-rs"]),
         ("bench_sweep_48x2", 60, [*sweep, "--setting", "48x2", *([] if q else ["--sizes", "1,7,21,35"])]),
         ("bench_sweep_32x64", 90, [*sweep, "--setting", "32x64", *([] if q else ["--sizes", "1,7,21,35"])]),
         ("bench_train_fast_step", 150, [*bench, *both, "--fast_step", "--estimators", *ESTIMATORS]),

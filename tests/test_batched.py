@@ -227,6 +227,12 @@ def test_batched_options_are_checked(tmp_path, capsys):
                           (["--batched", "--parallel", "2"], "drop --parallel")):
         assert main(["compare", spec, "--out", str(tmp_path), *bad]) == 2
         assert fragment in capsys.readouterr().err
+    gmm = tmp_path / "gmm.yaml"
+    gmm.write_text(f"steps: 5\nsettings: {{k20: {ROOT / 'configs/gmm/k20.yaml'}}}\nestimators: [st]\n"
+                   "metrics: [{tag: test/nelbo_nc}]\ncurves: []\n")
+    assert main(["compare", str(gmm), "--out", str(tmp_path / "gmm"), "--batched"]) == 2
+    assert "stacks CategoricalVAE runs; this spec trains GMMTask" in capsys.readouterr().err
+    assert not list((tmp_path / "gmm").glob("runs/*"))  # refused before anything ran
 
 
 @needs_mnist

@@ -47,6 +47,7 @@ from .. import runner
 from ..core import EstimatorTask
 from ..data.loader import StackedBatches
 from ..errors import ConfigError
+from ..models import CategoricalVAE
 from ..models.stacked import StackedVAE, run_slice
 from ..runs import LAST, claim_version, load_checkpoint
 from .child import tie_to_parent
@@ -186,7 +187,11 @@ def available_bytes(device: str) -> int:
 
 def group_size(template: Template, limit: int | None = None) -> int:
     """Runs per group: as many as :func:`run_bytes` says fit in :func:`available_bytes` of the device the runs
-    will train on, at most ``limit`` (``--group-size``), at least 1."""
+    will train on, at most ``limit`` (``--group-size``), at least 1. :class:`ConfigError` for a task that does
+    not stack (only the VAE does)."""
+    if not isinstance(template.model, CategoricalVAE):
+        raise ConfigError(f"--batched stacks CategoricalVAE runs; this spec trains {type(template.model).__name__}: "
+                          "run it without --batched (its runs are single-parameter benchmarks, fast alone)")
     accelerator = _trainer_config(template).get("accelerator") or "auto"
     device = "cuda" if accelerator in ("auto", "gpu", "cuda") and torch.cuda.is_available() else "cpu"
     batch = getattr(template.datamodule, "batch_size", 1)
