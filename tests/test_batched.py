@@ -131,7 +131,9 @@ def test_groups_are_cut_per_setting_and_by_memory(monkeypatch):
     template = B.Template(model, type("DM", (), {"batch_size": 200})(), None, {}, Path("."))
     monkeypatch.setattr(B, "_trainer_config", lambda t: {"accelerator": "cpu"})
     monkeypatch.setattr(B, "available_bytes", lambda device: 10 * per_run + 1)
-    assert B.group_size(template) == 10
+    assert B.group_size(template) == 10  # at L=32, K=64 the CPU cache cap is 10 as well
+    monkeypatch.setattr(B, "available_bytes", lambda device: 100 * per_run + 1)
+    assert B.group_size(template) == B.CPU_GROUP_LATENT_BYTES // (200 * 32 * 64 * 4) == 10
     assert B.group_size(template, limit=3) == 3
     monkeypatch.setattr(B, "available_bytes", lambda device: 1)
     assert B.group_size(template) == 1

@@ -161,6 +161,12 @@ class GroupData(L.LightningDataModule):
         return self.datamodules[0].val_dataloader()
 
 
+#: on CPU, a group's latent-sized tensors (``[R, B, L, K]`` float32) are kept under this size: a CPU step is
+#: compute-bound, so a group only saves processes, and past the caches it loses (``catvae bench sweep`` at
+#: L = 32, K = 64 on docs/performance.md's CPU: 21 runs at 0.83-0.87x of separate runs, 7-14 at 0.92-1.02x)
+CPU_GROUP_LATENT_BYTES = 16 * 2**20
+
+
 def run_bytes(model: EstimatorTask, batch_size: int) -> int:
     """A generous estimate of one run's memory in a group: parameters, gradients and Adam's two moments (4 ×
     the parameters), and the step's activations (each layer's input and output, the logits and samples, a
@@ -187,8 +193,8 @@ def available_bytes(device: str) -> int:
 
 def group_size(template: Template, limit: int | None = None) -> int:
     """Runs per group: as many as :func:`run_bytes` says fit in :func:`available_bytes` of the device the runs
-    will train on, at most ``limit`` (``--group-size``), at least 1. :class:`ConfigError` for a task that does
-    not stack (only the VAE does)."""
+    will train on (on CPU also :data:`CPU_GROUP_LATENT_BYTES`), at most ``limit`` (``--group-size``), at least
+    1. :class:`ConfigError` for a task that does not stack (only the VAE does)."""
     if not isinstance(template.model, CategoricalVAE):
         raise ConfigError(f"--batched stacks CategoricalVAE runs; this spec trains {type(template.model).__name__}: "
                           "run it without --batched (its runs are single-parameter benchmarks, fast alone)")
@@ -196,6 +202,9 @@ def group_size(template: Template, limit: int | None = None) -> int:
     device = "cuda" if accelerator in ("auto", "gpu", "cuda") and torch.cuda.is_available() else "cpu"
     batch = getattr(template.datamodule, "batch_size", 1)
     fits = max(1, available_bytes(device) // run_bytes(template.model, batch))
+    if device == "cpu":  # where a group gains nothing, keep its latent-sized tensors within the caches
+        latent = batch * template.model.latent_dim * template.model.n_categories * 4
+        fits = min(fits, max(1, CPU_GROUP_LATENT_BYTES // latent))
     return max(1, min(fits, limit)) if limit else fits
 
 

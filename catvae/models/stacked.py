@@ -262,13 +262,16 @@ class StackedVAE(L.LightningModule):
         logits = self.encode(x)
         kl = self.kl(logits)
         samples, surrogate = [], {}
+        # unbind, not logits[r]: one backward node for all runs (R selects would each fill a full-size zero gradient,
+        # R² work: 0.62 s of a 1 s step at R = 21, L = 32, K = 64 on CPU, measured)
+        per_run, kl_run = logits.unbind(0), kl.unbind(0)
         for r, est in enumerate(self.estimators):
             with self.streams.run(r, logits.device):
                 if est.pathwise:
-                    samples.append(est(logits[r]))
+                    samples.append(est(per_run[r]))
                 else:  # a score-function estimator needs the objective: run r's decoder alone
-                    surrogate[r] = est.surrogate(logits[r], self._run_objective(r, x[r], kl[r])).mean()
-                    samples.append(torch.zeros_like(logits[r]))
+                    surrogate[r] = est.surrogate(per_run[r], self._run_objective(r, x[r], kl_run[r])).mean()
+                    samples.append(torch.zeros_like(per_run[r]))
         nelbo = bernoulli_nll(self.decode(torch.stack(samples)), x) + kl  # [R, B]
         losses = nelbo.mean(dim=1)
         if surrogate:
