@@ -20,3 +20,15 @@ class RecordTrainer(L.Callback):
 
     def setup(self, trainer, pl_module, stage):
         RecordTrainer.last = trainer
+
+
+@pytest.fixture(scope="session")
+def quick_sweep(tmp_path_factory):
+    """The quick spec's unbatched sweep with one seed (``catvae compare configs/compare/quick.yaml --quick --seeds 0
+    --parallel 2``), run once for the tests that read it (about 45 s on 2 cores): its results folder."""
+    from catvae.cli import main
+
+    out = tmp_path_factory.mktemp("quick_sweep") / "cmp"
+    assert main(["compare", str(ROOT / "configs" / "compare" / "quick.yaml"), "--quick", "--seeds", "0", "--out", str(out),
+                 "--parallel", "2"]) == 0
+    return out

@@ -188,13 +188,12 @@ def test_an_interrupted_and_resumed_group_equals_an_uninterrupted_one(tmp_path):
 
 @needs_mnist
 @pytest.mark.slow
-def test_batched_quick_sweep_gives_the_unbatched_results_folder(tmp_path, capsys):
+def test_batched_quick_sweep_gives_the_unbatched_results_folder(quick_sweep, tmp_path, capsys):
     """``compare --batched --quick`` end to end: the same runs folder layout, results.csv columns and values (to
     float tolerance; bitwise on this CPU) as the unbatched sweep; a run's last.ckpt is an ordinary
     CategoricalVAE checkpoint (``catvae fit --ckpt_path`` continues it); a rerun has nothing left to do."""
-    plain, batched = tmp_path / "plain", tmp_path / "batched"
+    plain, batched = quick_sweep, tmp_path / "batched"
     args = ["compare", str(SPEC / "quick.yaml"), "--quick", "--seeds", "0"]
-    assert main([*args, "--out", str(plain), "--parallel", "2"]) == 0
     assert main([*args, "--out", str(batched), "--batched"]) == 0
     assert "3 to run in 1 group(s)" in capsys.readouterr().out
     rows = [list(csv.DictReader(open(p / "results.csv"))) for p in (plain, batched)]

@@ -51,7 +51,21 @@ def test_bench_step_interleaves_estimators_and_prints_paired_ratios(capsys):
         assert ratio.endswith("x") and (name != "gumbel" or ratio == "1.00x")
 
 
-@pytest.mark.parametrize("tool", ["train", "overhead", "step"])
+def test_bench_sweep_prints_group_and_separate_throughput_per_size(capsys):
+    assert 0 == main(["bench", "sweep", "--sizes", "1,3", "--setting", "4x3", "--rounds", "2", "--inner", "1",
+                      "--warmup", "1", "--device", "cpu"])
+    rows = [line.split() for line in capsys.readouterr().out.splitlines() if line.split()[:1] in (["1"], ["3"])]
+    assert [r[0] for r in rows] == ["1", "3"]
+    for runs, group_ms, separate_ms, group_rate, separate_rate, speedup, per_run in rows:
+        assert float(group_rate) == pytest.approx(int(runs) * 1000 / float(group_ms), rel=0.01)
+        assert float(separate_rate) == pytest.approx(int(runs) * 1000 / float(separate_ms), rel=0.01)
+        assert float(speedup[:-1]) == pytest.approx(float(separate_ms) / float(group_ms), abs=0.01)
+        assert float(per_run) == pytest.approx(1000 / float(group_ms), rel=0.01)
+    assert main(["bench", "sweep", "--sizes", "0,7", "--device", "cpu"]) == 2
+    assert "--sizes '0,7'" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("tool", ["train", "overhead", "step", "sweep"])
 def test_bench_rejects_bad_arguments(capsys, tool):
     assert main(["bench", tool, "--rounds", "0", "--device", "cpu"]) == 2
     err = capsys.readouterr().err.strip().splitlines()

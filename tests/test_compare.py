@@ -101,10 +101,8 @@ def test_a_spec_names_its_columns_figures_and_per_seed_arguments(tmp_path, capsy
 
 @needs_mnist
 @pytest.mark.slow
-def test_quick_sweep_end_to_end_and_resume(tmp_path, capsys):
-    out = tmp_path / "cmp"
-    # one seed keeps the test near a minute on a 2-core CPU (each run is a fresh `catvae` process)
-    assert main(["compare", str(SPEC / "quick.yaml"), "--quick", "--seeds", "0", "--out", str(out), "--parallel", "2"]) == 0
+def test_quick_sweep_end_to_end_and_resume(quick_sweep, capsys):
+    out = quick_sweep  # one seed keeps the sweep near a minute on a 2-core CPU (each run is a fresh `catvae` process)
     rows = list(csv.DictReader(open(out / "results.csv")))
     assert [r["estimator"] for r in rows] == ["st", "gumbel", "redge_cov"]
     for r in rows:

@@ -63,10 +63,12 @@ def test_the_table3_mode_runs_a_batched_spec_and_copies_its_tables(tmp_path):
     out, results = tmp_path / "out", tmp_path / "results"
     (tmp_path / "data" / "MNIST").mkdir(parents=True)
     (tmp_path / "data" / "MNIST" / "raw").symlink_to(DATA / "MNIST" / "raw")
-    assert gpu_check.main(["--out", str(out), "--data_dir", str(tmp_path / "data"), "--table3",
-                           str(ROOT / "configs/compare/quick.yaml"), "--quick", "--results", str(results),
-                           "--budget_s", "300"]) == 0
-    assert (out / "quick" / "results.md").is_file() and (out / "quick" / "results.csv").is_file()
-    assert len(list((out / "quick" / "runs").rglob("result.json"))) == 6
-    assert (results / "quick_quick" / "groups").is_dir()  # batched
-    assert "ok quick" in (out / "summary.txt").read_text()
+    spec = tmp_path / "small.yaml"  # the quick spec with two estimators, one seed, 10 steps
+    spec.write_text(f"base: {ROOT / 'configs/compare/quick.yaml'}\nseeds: [0]\nquick: {{steps: 10}}\nestimators: "
+                    f"[{ROOT / 'configs/estimators/st.yaml'}, {ROOT / 'configs/estimators/redge.yaml'}]\n")
+    assert gpu_check.main(["--out", str(out), "--data_dir", str(tmp_path / "data"), "--table3", str(spec), "--quick",
+                           "--results", str(results), "--budget_s", "300"]) == 0
+    assert (out / "small" / "results.md").is_file() and (out / "small" / "results.csv").is_file()
+    assert len(list((out / "small" / "runs").rglob("result.json"))) == 2
+    assert (results / "small_quick" / "groups").is_dir()  # batched
+    assert "ok small" in (out / "summary.txt").read_text()

@@ -195,17 +195,23 @@ def gather(runs: list[Run], folders: list[Path]) -> tuple[list[dict], list[str]]
     return results, missing
 
 
-def run_all(runs: list[Run], out: Path, parallel: int) -> tuple[list[dict], list[str], int | None]:
-    """Run every unfinished run (``parallel`` at a time): ``(results, failures, stop signal or None)``.
-    SIGINT/SIGTERM stop the sweep: running runs are checkpointed, nothing new starts."""
-    results, failures = {}, []
-    todo = []
+def _split_finished(runs: list[Run], out: Path) -> tuple[dict[int, dict], list[int]]:
+    """``({index: result} of the finished runs, [indices of the others])``."""
+    results, todo = {}, []
     for i, run in enumerate(runs):
         done = finished(run, out)
         if done is not None:
             results[i] = done
         else:
             todo.append(i)
+    return results, todo
+
+
+def run_all(runs: list[Run], out: Path, parallel: int) -> tuple[list[dict], list[str], int | None]:
+    """Run every unfinished run (``parallel`` at a time): ``(results, failures, stop signal or None)``.
+    SIGINT/SIGTERM stop the sweep: running runs are checkpointed, nothing new starts."""
+    results, todo = _split_finished(runs, out)
+    failures = []
     print(f"catvae compare: {len(runs)} runs, {len(runs) - len(todo)} already finished, {len(todo)} to run "
           f"({parallel} at a time) -> {out}", flush=True)
     lock = threading.Lock()
@@ -246,13 +252,7 @@ def run_groups(runs: list[Run], out: Path, group_limit: int | None = None) -> tu
     """``compare --batched``: every unfinished run, each setting's runs trained together in groups
     (:mod:`catvae.compare.batched`), one group at a time, each in its own process; then each run is tested and
     collected as :func:`run_all` does. ``(results, failures, stop signal or None)``."""
-    results, todo = {}, []
-    for i, run in enumerate(runs):
-        done = finished(run, out)
-        if done is not None:
-            results[i] = done
-        else:
-            todo.append(i)
+    results, todo = _split_finished(runs, out)
     sizes = {}
     for i in todo:
         if runs[i].setting not in sizes:
