@@ -45,12 +45,14 @@ class CrashAtEpochEnd(L.Callback):
 
 
 class PoisonAt(L.Callback):
-    """Set the first parameter of the module to NaN right after optimizer step ``step`` (a diverged update)."""
+    """Set the first parameter of the module to NaN right after optimizer step ``step`` (a diverged update); with
+    ``run``, only that run's slice of it (a batched group's first dimension)."""
 
-    def __init__(self, step: int) -> None:
-        self.step = step
+    def __init__(self, step: int, run: int | None = None) -> None:
+        self.step, self.run = step, run
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         if trainer.global_step == self.step:
             with torch.no_grad():
-                next(pl_module.parameters()).fill_(float("nan"))
+                param = next(pl_module.parameters())
+                (param if self.run is None else param[self.run]).fill_(float("nan"))

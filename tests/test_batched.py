@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import torch
 from conftest import ROOT, needs_mnist
-from faults import SignalAt
+from faults import PoisonAt, SignalAt
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from catvae import CategoricalVAE
@@ -23,7 +23,7 @@ from catvae.cli import main
 from catvae.compare import batched as B
 from catvae.compare import load_spec
 from catvae.compare.execute import collect
-from catvae.errors import ConfigError
+from catvae.errors import ConfigError, TrainingDiverged
 from catvae.fast import StepRunner
 from catvae.models.stacked import StackedVAE
 from catvae.runs import load_checkpoint
@@ -184,6 +184,31 @@ def test_an_interrupted_and_resumed_group_equals_an_uninterrupted_one(tmp_path):
               for t in (straight, stopped)]
     assert curves[0]["train/loss_epoch"] == curves[1]["train/loss_epoch"] and len(curves[0]["train/loss_epoch"]) == 3
     assert curves[0]["val/nelbo"] == curves[1]["val/nelbo"]
+
+
+@needs_mnist
+@pytest.mark.slow
+def test_a_diverged_run_is_left_out_and_the_others_train_on_unchanged(tmp_path, capsys):
+    """Run 1's weights set to NaN after step 6: the estimator's check catches its logits at step 6, the run is left
+    out (no checkpoint, recorded in group.json), and runs 0 and 2 end bitwise where they end without the fault;
+    when every run diverges the group stops with TrainingDiverged."""
+    specs = [(0, "gumbel"), (1, "redge"), (2, "st")]
+    straight, poisoned = tmp_path / "straight", tmp_path / "poisoned"
+    B.fit_group([_tiny_args(straight, s, e, 15) for s, e in specs], straight / "group", "k")
+    B.fit_group([_tiny_args(poisoned, s, e, 15) for s, e in specs], poisoned / "group", "k",
+                callbacks=[PoisonAt(6, run=1)])
+    assert "run 1 of the group (redge) diverged: its posterior logits became non-finite at step 6" in \
+        capsys.readouterr().err
+    assert B.diverged_runs(poisoned / "group") == {1: 6}
+    assert not list((poisoned / "runs" / "redge").rglob("last.ckpt"))
+    a, b = _run_states(straight, [specs[0], specs[2]]), _run_states(poisoned, [specs[0], specs[2]])
+    for key in (specs[0], specs[2]):
+        assert b[key]["global_step"] == 15
+        for name, value in a[key]["state_dict"].items():
+            assert torch.equal(b[key]["state_dict"][name], value), (key, name)
+    with pytest.raises(TrainingDiverged, match="every run of the group diverged"):
+        B.fit_group([_tiny_args(tmp_path / "all", s, e, 15) for s, e in specs], tmp_path / "all" / "group", "k",
+                    callbacks=[PoisonAt(6)])
 
 
 @needs_mnist

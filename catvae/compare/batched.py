@@ -16,6 +16,10 @@ on SIGINT/SIGTERM; not every epoch as a single run does, since a group checkpoin
 rerun of the sweep resumes it exactly; the runs' own checkpoints are written from it when the group stops
 (finished, or interrupted: then they are loadable, but the group is what resumes).
 
+A run that diverges (its logits or loss non-finite on CPU, its parameters at a checkpoint on a GPU) is left out
+from then on — no checkpoint of its own, recorded in ``group.json`` and reported by the sweep as failed — and
+the group's other runs train on, unchanged; a group stops only when all its runs diverged.
+
 A batched run has no ``best-*.ckpt`` (the best checkpoint by validation NELBO of ``catvae fit``): keeping it
 would write a full checkpoint of most runs at most validations, more I/O than the whole training at
 Table 3's sizes. Evaluate ``last`` (as ``compare`` does), or train the run alone to have its best.
@@ -53,7 +57,8 @@ from ..runs import LAST, claim_version, load_checkpoint
 from .child import tie_to_parent
 from .spec import Run
 
-__all__ = ["GroupData", "Template", "build_template", "fit_group", "group_size", "plan", "split_checkpoint"]
+__all__ = ["GroupData", "Template", "build_template", "diverged_runs", "fit_group", "group_size", "plan",
+           "split_checkpoint"]
 
 #: the callbacks a batched group replaces by its own per-run logging (any other configured callback is refused)
 _REPLACED = (LearningRateMonitor, Throughput, HParamsSummary)
@@ -291,7 +296,12 @@ def fit_group(fit: list[list[str]], folder: Path, key: str, callbacks: list | No
         for logger in loggers:
             logger.finalize("success")
         if ckpt.is_file():
-            write_run_checkpoints(load_checkpoint(ckpt), templates, versions)
+            group = load_checkpoint(ckpt)
+            write_run_checkpoints(group, templates, versions)
+            diverged = group["state_dict"].get("diverged_at")
+            steps = {r: int(s) for r, s in enumerate(diverged.tolist())} if diverged is not None else {}
+            marker.write_text(json.dumps({"key": key, "versions": versions,
+                                          "diverged": {r: s for r, s in steps.items() if s >= 0}}))
 
 
 def split_checkpoint(group: dict, r: int, template: Template) -> dict:
@@ -332,13 +342,24 @@ def split_checkpoint(group: dict, r: int, template: Template) -> dict:
 
 def write_run_checkpoints(group: dict, templates: list[Template], versions: list[int]) -> None:
     """Every run's ``version_N/checkpoints/last.ckpt`` from the group checkpoint (each written to a temporary
-    file first, then renamed: a crash leaves the previous file or the new one, never half of one)."""
+    file first, then renamed: a crash leaves the previous file or the new one, never half of one); none for a
+    run that diverged."""
+    diverged = group["state_dict"].get("diverged_at")
     for r, (t, v) in enumerate(zip(templates, versions)):
+        if diverged is not None and int(diverged[r]) >= 0:
+            continue  # its last good checkpoint, if a stop wrote one, stays
         path = t.root / f"version_{v}" / "checkpoints" / LAST
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(".tmp")
         torch.save(split_checkpoint(group, r, t), tmp)
         os.replace(tmp, path)
+
+
+def diverged_runs(folder: Path) -> dict[int, int]:
+    """``{run index: step}`` of the runs of the group in ``folder`` that diverged (left out, the others went on)."""
+    marker = folder / "group.json"
+    recorded = json.loads(marker.read_text()) if marker.is_file() else {}
+    return {int(r): int(step) for r, step in (recorded.get("diverged") or {}).items()}
 
 
 def group_main(text: str) -> int:
@@ -351,7 +372,10 @@ def group_main(text: str) -> int:
     rc = runner.handle(fit_group, job["fit"], Path(job["folder"]), job["key"])
     if rc:
         return rc
-    for test in job["test"]:
+    diverged = diverged_runs(Path(job["folder"]))
+    for r, test in enumerate(job["test"]):
+        if r in diverged:
+            continue
         print(f"$ catvae {' '.join(test)}", flush=True)
         rc = runner.run(test)
         if rc:

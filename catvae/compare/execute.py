@@ -294,7 +294,12 @@ def run_groups(runs: list[Run], out: Path, group_limit: int | None = None) -> tu
                 failures.append(f"group of {names}: exit {returncode}: {' | '.join(tail)}")
                 print(f"[group {g + 1}/{len(groups)}] FAILED ({names}): see {folder / 'log.txt'}", flush=True)
                 continue
-            for run in group:
+            diverged = batched.diverged_runs(folder)
+            for r, run in enumerate(group):
+                if r in diverged:
+                    failures.append(f"{run.experiment}: training diverged at step {diverged[r]} (the other runs of its "
+                                    f"group went on; its state is in {folder / 'checkpoints'})")
+                    continue
                 try:
                     results[index[id(run)]] = finish(run, out, batched.fit_args(run, out), batched.test_args(run, out),
                                                      wall / len(group))

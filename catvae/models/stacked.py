@@ -30,6 +30,7 @@ resumes them) and hands finished values to its ``writer``.
 from __future__ import annotations
 
 import math
+import sys
 import time
 from collections.abc import Callable, Sequence
 
@@ -37,7 +38,7 @@ import lightning as L
 import torch
 from torch import Tensor, nn
 
-from estimators.base import ConfigError
+from estimators.base import ConfigError, NonFiniteLogitsError
 from estimators.functional import log_softmax, sample_one_hot, softmax
 from estimators.rng import seeded
 
@@ -200,6 +201,10 @@ class StackedVAE(L.LightningModule):
         self.encoder_layers = self._layers(first.encoder, "encoder.")
         self.decoder_layers = self._layers(first.decoder, "decoder.")
         self.register_buffer("exact_mask", torch.tensor([est.exact_draws for est in self.estimators]), persistent=False)
+        #: the step at which each run diverged (-1: it did not); a diverged run is left out of the objective and
+        #: of the outputs, the others go on (their computations never read its numbers)
+        self.register_buffer("diverged_at", torch.full((self.R,), -1, dtype=torch.long))
+        self._dead: set[int] = set()
         self.fast_step = bool(first.hparams.fast_step)
         if self.fast_step:
             self.automatic_optimization = False
@@ -266,12 +271,19 @@ class StackedVAE(L.LightningModule):
         # R² work: 0.62 s of a 1 s step at R = 21, L = 32, K = 64 on CPU, measured)
         per_run, kl_run = logits.unbind(0), kl.unbind(0)
         for r, est in enumerate(self.estimators):
-            with self.streams.run(r, logits.device):
-                if est.pathwise:
-                    samples.append(est(per_run[r]))
-                else:  # a score-function estimator needs the objective: run r's decoder alone
-                    surrogate[r] = est.surrogate(per_run[r], self._run_objective(r, x[r], kl_run[r])).mean()
-                    samples.append(torch.zeros_like(per_run[r]))
+            if r in self._dead:  # its logits are not finite: no estimator call (its stream stays where it stopped)
+                samples.append(torch.zeros_like(per_run[r]))
+                continue
+            try:
+                with self.streams.run(r, logits.device):
+                    if est.pathwise:
+                        samples.append(est(per_run[r]))
+                    else:  # a score-function estimator needs the objective: run r's decoder alone
+                        surrogate[r] = est.surrogate(per_run[r], self._run_objective(r, x[r], kl_run[r])).mean()
+                        samples.append(torch.zeros_like(per_run[r]))
+            except NonFiniteLogitsError:  # the estimator's own check (CPU), before it drew anything
+                self._mark_diverged([r], self.global_step, "its posterior logits became non-finite")
+                samples.append(torch.zeros_like(per_run[r]))
         nelbo = bernoulli_nll(self.decode(torch.stack(samples)), x) + kl  # [R, B]
         losses = nelbo.mean(dim=1)
         if surrogate:
@@ -288,13 +300,28 @@ class StackedVAE(L.LightningModule):
             return losses.detach()
         samples = []
         for r in range(self.R):
-            if exact[r]:
+            if exact[r] or r in self._dead:
                 samples.append(torch.zeros_like(logits[r]))
                 continue
             with self.streams.run(r, logits.device):
                 samples.append(sample_one_hot(softmax(logits[r])))
         means = (bernoulli_nll(self.decode(torch.stack(samples)), x) + self.kl(logits)).mean(dim=1)
         return torch.where(self.exact_mask, losses.detach(), means)
+
+    def objective(self, losses: Tensor) -> Tensor:
+        """What the step minimizes: the sum of the runs' losses, diverged runs left out (gradient 0)."""
+        return torch.where(self.diverged_at < 0, losses, torch.zeros_like(losses)).sum()
+
+    def _mark_diverged(self, runs: list[int], step: int, what: str) -> None:
+        """Leave ``runs`` out from now on (their numbers are not finite), warn, and stop when no run is left."""
+        for r in runs:
+            self.diverged_at[r] = step
+            self._dead.add(r)
+            print(f"catvae: run {r} of the group ({self.estimators[r].name}) diverged: {what} at step {step}; the "
+                  "other runs go on", file=sys.stderr, flush=True)
+        if len(self._dead) == self.R:
+            raise TrainingDiverged(f"every run of the group diverged ({what} by step {step}); the last good state is "
+                                   "the group's last.ckpt")
 
     def make_step(self, optimizer: torch.optim.Optimizer) -> Callable[[Tensor], dict[str, Tensor]]:
         """The whole training step of every run on a batch ``[R, B, D]`` as one function (``zero_grad``, forward,
@@ -309,7 +336,7 @@ class StackedVAE(L.LightningModule):
             out = {"loss": losses.detach()}
             if self.exact_every:
                 out["nelbo_exact"] = self.exact_means(x, logits.detach(), losses)
-            losses.sum().backward()
+            self.objective(losses).backward()
             optimizer.step()
             return out
 
@@ -326,9 +353,12 @@ class StackedVAE(L.LightningModule):
         else:
             losses, logits = self.losses(x)
             exact = self.exact_means(x, logits.detach(), losses) if due else None
-        if losses.device.type == "cpu" and not math.isfinite(float(losses.detach().sum())):
-            bad = [r for r in range(self.R) if not math.isfinite(float(losses[r]))]
-            raise TrainingDiverged(f"the training loss of run(s) {bad} became non-finite at step {step}")
+        if losses.device.type == "cpu":  # one host read per step, as the single-run path's check
+            alive = torch.where(self.diverged_at < 0, losses.detach(), torch.zeros_like(losses))
+            if not math.isfinite(float(alive.sum())):
+                finite = torch.isfinite(alive).tolist()
+                self._mark_diverged([r for r in range(self.R) if not finite[r]], step, "its training loss became "
+                                    f"{float(losses[finite.index(False)])}")
         B = x.shape[1]
         self.train_loss_sum += losses.detach() * B
         self.train_weight += B
@@ -338,7 +368,7 @@ class StackedVAE(L.LightningModule):
         every = self.trainer.log_every_n_steps
         if every and (step + 1) % every == 0:
             self._write({"train/loss_step": losses.detach()}, step)
-        return None if self.fast_step else losses.sum()
+        return None if self.fast_step else self.objective(losses)
 
     def _fast_training_step(self, x: Tensor) -> dict[str, Tensor]:
         if self._runner is None:
@@ -355,6 +385,8 @@ class StackedVAE(L.LightningModule):
             return
         table = {k: v.tolist() for k, v in values.items()}
         for r in range(self.R):
+            if r in self._dead:
+                continue
             self.writer(r, {k: v[r] if isinstance(v, list) else v for k, v in table.items()}, step)
 
     def _now(self) -> float:
@@ -412,12 +444,13 @@ class StackedVAE(L.LightningModule):
         return ReplayOptimizer(optimizer)
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
-        for name, param in zip(self.names, self.stacked):
-            finite = torch.isfinite(param).flatten(1).all(dim=1)
-            if not bool(finite.all()):
-                bad = (~finite).nonzero().flatten().tolist()
-                raise TrainingDiverged(f"parameter {name} of run(s) {bad} became non-finite by step "
-                                       f"{self.global_step}; the checkpoint was not written")
+        finite = torch.ones(self.R, dtype=torch.bool, device=self.device)
+        for param in self.stacked:
+            finite &= torch.isfinite(param).flatten(1).all(dim=1)
+        bad = [r for r in (~finite).nonzero().flatten().tolist() if r not in self._dead]
+        if bad:  # found here on a GPU, where no step reads the loss back
+            self._mark_diverged(bad, self.global_step, "a parameter became non-finite")
+            checkpoint["state_dict"]["diverged_at"] = self.diverged_at.detach().clone().cpu()
         checkpoint["catvae_streams"] = [dict(s) for s in self.streams.states]
         checkpoint["catvae_task"] = {"class": type(self).__qualname__, "runs": self.R,
                                      "estimators": [est.name for est in self.estimators],
@@ -429,6 +462,8 @@ class StackedVAE(L.LightningModule):
             raise ConfigError(f"the group checkpoint holds {task.get('runs')} runs of {task.get('class')}, not "
                               f"{self.R} of {type(self).__qualname__}: delete the group's folder to start it over")
         self.streams = RunStreams(checkpoint["catvae_streams"])
+        diverged = checkpoint["state_dict"].get("diverged_at")
+        self._dead = set() if diverged is None else {r for r, step in enumerate(diverged.tolist()) if step >= 0}
 
     def run_state_dict(self, r: int, state_dict: dict | None = None) -> dict[str, Tensor]:
         """Run ``r``'s parameters under the names of :class:`CategoricalVAE` (from ``state_dict``, a saved
