@@ -11,6 +11,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from . import rng
+
 __all__ = [
     "k_major",
     "to_k_major",
@@ -95,7 +97,7 @@ def sample_one_hot(probs: Tensor, dim: int = -1) -> Tensor:
     """
     shape = list(probs.shape)
     shape[dim] = 1
-    u = torch.rand(shape, dtype=probs.dtype, device=probs.device)
+    u = rng.rand(shape, dtype=probs.dtype, device=probs.device)
     cdf = probs.cumsum(dim=dim)
     if dim in (-1, probs.dim() - 1):  # a binary search per row: the same count, fewer passes at large K
         index = torch.searchsorted(cdf, u)
@@ -107,7 +109,7 @@ def sample_one_hot(probs: Tensor, dim: int = -1) -> Tensor:
 
 def gumbel_noise(like: Tensor) -> Tensor:
     """I.i.d. ``Gumbel(0, 1)`` noise ``G = −log(−log U)`` shaped like ``like``."""
-    return -torch.rand_like(like).log_().neg_().log_()
+    return -rng.rand(like.shape, dtype=like.dtype, device=like.device).log_().neg_().log_()
 
 
 def conditional_gumbel_logits(logits: Tensor, sample: Tensor, k: int) -> Tensor:
@@ -121,7 +123,7 @@ def conditional_gumbel_logits(logits: Tensor, sample: Tensor, k: int) -> Tensor:
     """
     with torch.no_grad():
         # log E = log(−log U), U ~ Uniform(0, 1): 4-5× faster on CPU than Tensor.exponential_ (measured)
-        u = torch.rand((k, *logits.shape), dtype=logits.dtype, device=logits.device)
+        u = rng.rand((k, *logits.shape), dtype=logits.dtype, device=logits.device, outer=k)
         log_e = u.clamp_min_(torch.finfo(u.dtype).tiny).log_().neg_().log_()
         top = torch.logsumexp(logits, dim=-1, keepdim=True) - (log_e * sample).sum(-1, keepdim=True)
         lower = log_e - logits

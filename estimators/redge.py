@@ -37,6 +37,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from . import rng
 from .base import CategoricalEstimator, register
 from .constraints import boolean, integer, interval, one_of, optional, unit_interval, validate
 from .functional import (
@@ -187,7 +188,7 @@ class DDIMEstimator(CategoricalEstimator):
     def _sample(self, logits: Tensor, hard: bool) -> Tensor:
         if self.fused:
             return _FusedDDIM.apply(logits, self, hard)
-        return self._reference(logits, torch.randn_like(logits), hard)
+        return self._reference(logits, rng.randn(logits.shape, dtype=logits.dtype, device=logits.device), hard)
 
     # -- plain autograd transcription of the equations (also the oracle for the fused path) --
     def _reference(self, phi: Tensor, eps: Tensor, hard: bool) -> Tensor:
@@ -229,7 +230,7 @@ class _FusedDDIM(torch.autograd.Function):
     @staticmethod
     def forward(ctx, phi: Tensor, est: DDIMEstimator, hard: bool) -> Tensor:
         shape, km = phi.shape, k_major(phi)
-        eps = torch.randn_like(phi)  # drawn in the caller's layout: the same noise as _reference
+        eps = rng.randn(phi.shape, dtype=phi.dtype, device=phi.device)  # the caller's layout: _reference's noise
         if km:
             phi, eps = to_k_major(phi), to_k_major(eps)
         dim = 0 if km else -1

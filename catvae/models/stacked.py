@@ -38,9 +38,9 @@ import lightning as L
 import torch
 from torch import Tensor, nn
 
+from estimators import rng
 from estimators.base import ConfigError, NonFiniteLogitsError
 from estimators.functional import log_softmax, sample_one_hot, softmax
-from estimators.rng import seeded
 
 from ..errors import TrainingDiverged
 from ..fast import ReplayOptimizer, StepRunner
@@ -60,95 +60,78 @@ def _rng_state(device: torch.device) -> dict[str, Tensor]:
     return state
 
 
-def _set_rng_state(state: dict[str, Tensor], device: torch.device) -> None:
-    torch.set_rng_state(state["torch"])
-    if device.type == "cuda" and "cuda" in state:
-        torch.cuda.set_rng_state(state["cuda"], device)
-
-
 def _cuda_seed(state: dict[str, Tensor]) -> int:
     """The seed of a run's CUDA stream when it has none yet (a run built without CUDA): drawn from a copy of its
     CPU stream, which stays where it is."""
     return int(torch.randint(0, 2**62, (1,), generator=torch.Generator().set_state(state["torch"])))
 
 
-class RunStreams:
-    """One random stream per run: inside ``with streams.run(r, device)`` the global generators (CPU, and
-    ``device`` when it is a CUDA device) hold run ``r``'s state, which is kept for its next draws; the
-    caller's state is restored afterwards. Code that draws from the global generator (every estimator,
-    :func:`~estimators.functional.sample_one_hot`) thus draws run ``r``'s numbers, exactly as it would in a
-    single-run process whose generator had that state. A run without a CUDA state yet gets one seeded from
-    its CPU stream the first time it draws on a GPU.
+def _key(device: torch.device) -> str:
+    return "cuda" if device.type == "cuda" else "torch"
 
-    For a step captured in a CUDA graph (:meth:`graph_generators`), each run's CUDA stream is a generator
-    state object that the step swaps into the device's default generator with ``graphsafe_set_state``
-    (PyTorch >= 2.5), which capture allows and replay advances, instead of copying states in and out (which
-    capture forbids). Both hold the same Philox seed and offset: a captured step draws the numbers of the
-    eager one.
-    """
+
+class RunStreams:
+    """One random stream per run: a ``torch.Generator`` per run on the device the runs train on, started from the
+    run's state (``{"torch": CPU state, "cuda": CUDA state}``, the global generators' states where ``catvae fit``
+    would start drawing), for :func:`estimators.rng.streams`. Run ``r``'s draws then are the numbers a single-run
+    process draws from its global generator in that state. A run without a CUDA state gets one seeded from its
+    CPU stream. On a GPU the generators are what a captured step registers with its CUDA graph (so replays
+    advance them)."""
 
     def __init__(self, states: Sequence[dict[str, Tensor]]) -> None:
         self._states = [dict(s) for s in states]
-        self._graph: list | None = None  # per-run CUDA generator states, once switched to graph-safe swapping
-        self._default = None
+        self._gens: list[torch.Generator] | None = None
+        self._device: torch.device | None = None
 
     def __len__(self) -> int:
         return len(self._states)
 
-    @property
-    def states(self) -> list[dict[str, Tensor]]:
-        """Every run's current state (``{"torch": ..., "cuda": ...}``, byte tensors: what a checkpoint holds)."""
-        if self._graph is not None:
-            for state, gen in zip(self._states, self._graph):
-                state["cuda"] = gen.get_state()
-        return self._states
-
-    def run(self, r: int, device: torch.device):
-        return _RunStream(self, r, device)
-
-    def graph_generators(self, device: torch.device) -> list:
-        """Switch the CUDA streams of ``device`` to graph-safe generator states (once) and return them, for
-        :class:`~catvae.fast.StepRunner` to register with the graph before capture."""
-        if self._graph is None:
-            default = torch.cuda.default_generators[device.index if device.index is not None else 0]
-            if not hasattr(default, "graphsafe_set_state"):
-                raise ConfigError(f"capturing a batched step needs PyTorch >= 2.5 (graph-safe generator states), "
-                                  f"this is {torch.__version__}: drop --model.init_args.fast_step")
+    def generators(self, device: torch.device) -> list[torch.Generator]:
+        """The runs' generators on ``device`` (made once per device, continuing the saved states)."""
+        device = torch.device(device)
+        if self._gens is None or device != self._device:
+            self._sync()
+            key = _key(device)
             gens = []
-            for state in self.states:
-                gen = default.clone_state()
-                if "cuda" in state:
-                    gen.set_state(state["cuda"])
+            for state in self._states:
+                gen = torch.Generator(device=device)
+                if key in state:
+                    gen.set_state(state[key])
                 else:
                     gen.manual_seed(_cuda_seed(state))
                 gens.append(gen)
-            self._graph, self._default = gens, default
-        return self._graph
+            self._gens, self._device = gens, device
+        return self._gens
+
+    def _sync(self) -> None:
+        if self._gens is not None:
+            for state, gen in zip(self._states, self._gens):
+                state[_key(self._device)] = gen.get_state()
+
+    @property
+    def states(self) -> list[dict[str, Tensor]]:
+        """Every run's current state (byte tensors: what a checkpoint holds)."""
+        self._sync()
+        return self._states
 
 
-class _RunStream:
-    def __init__(self, streams: RunStreams, r: int, device: torch.device) -> None:
-        self.streams, self.r, self.device = streams, r, device
+def _blocks(estimators, dead: set[int]) -> list[tuple[int, int, str]]:
+    """The runs cut into consecutive blocks ``(start, end, kind)`` that one call serves: ``dead`` (a diverged
+    run, alone), ``score`` (a score-function estimator: its objective is its run's own, so alone), or
+    ``pathwise`` (runs whose estimators are the same class with the same hyperparameters: one call on their
+    stacked logits, each run's noise from its own stream)."""
+    out: list[tuple[int, int, str]] = []
+    for r, est in enumerate(estimators):
+        kind = "dead" if r in dead else ("pathwise" if est.pathwise else "score")
+        if out and kind == "pathwise" and out[-1][2] == "pathwise" and _same(estimators[out[-1][0]], est):
+            out[-1] = (out[-1][0], r + 1, kind)
+        else:
+            out.append((r, r + 1, kind))
+    return out
 
-    def __enter__(self) -> None:
-        streams = self.streams
-        if streams._graph is not None and self.device.type == "cuda":
-            self.saved = streams._default.graphsafe_get_state()
-            streams._default.graphsafe_set_state(streams._graph[self.r])
-            return
-        self.saved = _rng_state(self.device)
-        state = streams._states[self.r]
-        _set_rng_state(state, self.device)
-        if self.device.type == "cuda" and "cuda" not in state:
-            torch.cuda.manual_seed(_cuda_seed(state))
 
-    def __exit__(self, *exc) -> None:
-        streams = self.streams
-        if streams._graph is not None and self.device.type == "cuda":
-            streams._default.graphsafe_set_state(self.saved)
-            return
-        streams._states[self.r] = _rng_state(self.device)
-        _set_rng_state(self.saved, self.device)
+def _same(a, b) -> bool:
+    return type(a) is type(b) and a.hparams() == b.hparams()
 
 
 class StackedVAE(L.LightningModule):
@@ -205,6 +188,7 @@ class StackedVAE(L.LightningModule):
         #: of the outputs, the others go on (their computations never read its numbers)
         self.register_buffer("diverged_at", torch.full((self.R,), -1, dtype=torch.long))
         self._dead: set[int] = set()
+        self._blocks: list[tuple[int, int, str]] | None = None
         self.fast_step = bool(first.hparams.fast_step)
         if self.fast_step:
             self.automatic_optimization = False
@@ -263,49 +247,64 @@ class StackedVAE(L.LightningModule):
 
     def losses(self, x: Tensor) -> tuple[Tensor, Tensor]:
         """Each run's training objective (batch mean of the negative ELBO of its estimator's samples, carrying
-        its estimator's gradient), ``[R]``, and the posterior logits ``[R, B, L, K]``."""
+        its estimator's gradient), ``[R]``, and the posterior logits ``[R, B, L, K]``.
+
+        The estimators run by blocks of consecutive runs with the same estimator (:func:`_blocks`): one call on
+        the block's logits ``[n, B, L, K]`` under :func:`estimators.rng.streams` of the block's runs."""
         logits = self.encode(x)
         kl = self.kl(logits)
+        gens = self.streams.generators(logits.device)
+        blocks = self._block_list()
+        # split, not logits[a:b]: one backward node for all blocks (a slice per run or block fills a full-size zero
+        # gradient each: 0.62 s of a 1 s step at R = 21, L = 32, K = 64 on CPU with per-run slices, measured)
+        parts = logits.split([b - a for a, b, _ in blocks])
         samples, surrogate = [], {}
-        # unbind, not logits[r]: one backward node for all runs (R selects would each fill a full-size zero gradient,
-        # R² work: 0.62 s of a 1 s step at R = 21, L = 32, K = 64 on CPU, measured)
-        per_run, kl_run = logits.unbind(0), kl.unbind(0)
-        for r, est in enumerate(self.estimators):
-            if r in self._dead:  # its logits are not finite: no estimator call (its stream stays where it stopped)
-                samples.append(torch.zeros_like(per_run[r]))
-                continue
+
+        def call(a: int, b: int, kind: str, part: Tensor) -> Tensor:
+            if kind == "dead":  # its logits are not finite: no estimator call (its stream stays where it stopped)
+                return torch.zeros_like(part)
+            with rng.streams(gens[a:b]):
+                if kind == "pathwise":
+                    return self.estimators[a](part)
+                # a score-function estimator needs the objective: its run's decoder alone
+                surrogate[a] = self.estimators[a].surrogate(part[0], self._run_objective(a, x[a], kl[a])).mean()
+                return torch.zeros_like(part)
+
+        for (a, b, kind), part in zip(blocks, parts):
             try:
-                with self.streams.run(r, logits.device):
-                    if est.pathwise:
-                        samples.append(est(per_run[r]))
-                    else:  # a score-function estimator needs the objective: run r's decoder alone
-                        surrogate[r] = est.surrogate(per_run[r], self._run_objective(r, x[r], kl_run[r])).mean()
-                        samples.append(torch.zeros_like(per_run[r]))
-            except NonFiniteLogitsError:  # the estimator's own check (CPU), before it drew anything
-                self._mark_diverged([r], self.global_step, "its posterior logits became non-finite")
-                samples.append(torch.zeros_like(per_run[r]))
-        nelbo = bernoulli_nll(self.decode(torch.stack(samples)), x) + kl  # [R, B]
+                samples.append(call(a, b, kind, part))
+            except NonFiniteLogitsError:  # the estimator's own check (CPU), before the block drew anything
+                bad = [r for r in range(a, b) if not bool(torch.isfinite(logits[r].detach()).all())]
+                self._mark_diverged(bad, self.global_step, "its posterior logits became non-finite")
+                samples += [call(r, r + 1, "dead" if r in self._dead else kind, part[r - a : r - a + 1])
+                            for r in range(a, b)]
+        nelbo = bernoulli_nll(self.decode(torch.cat(samples)), x) + kl  # [R, B]
         losses = nelbo.mean(dim=1)
         if surrogate:
             losses = torch.stack([surrogate.get(r, losses[r]) for r in range(self.R)])
         return losses, logits
 
+    def _block_list(self) -> list[tuple[int, int, str]]:
+        if self._blocks is None:
+            self._blocks = _blocks(self.estimators, self._dead)
+        return self._blocks
+
     @torch.no_grad()
     def exact_means(self, x: Tensor, logits: Tensor, losses: Tensor) -> Tensor:
         """Each run's batch-mean negative ELBO with an exact draw ``Z ~ q(z|x)`` (``train/nelbo_exact``),
         ``[R]``: its training loss where its estimator draws exactly (``exact_draws``, no second draw, as in
-        :meth:`CategoricalVAE._nelbo_exact`), else a second draw from its stream through its decoder."""
-        exact = [est.exact_draws for est in self.estimators]
-        if all(exact):
+        :meth:`CategoricalVAE._nelbo_exact`), else a second draw from its stream through its decoder (one draw
+        for all those runs)."""
+        drawn = [r for r, est in enumerate(self.estimators) if not est.exact_draws and r not in self._dead]
+        if not drawn:
             return losses.detach()
-        samples = []
-        for r in range(self.R):
-            if exact[r] or r in self._dead:
-                samples.append(torch.zeros_like(logits[r]))
-                continue
-            with self.streams.run(r, logits.device):
-                samples.append(sample_one_hot(softmax(logits[r])))
-        means = (bernoulli_nll(self.decode(torch.stack(samples)), x) + self.kl(logits)).mean(dim=1)
+        gens = self.streams.generators(logits.device)
+        index = torch.tensor(drawn, device=logits.device) if len(drawn) < self.R else None
+        with rng.streams([gens[r] for r in drawn]):
+            z = sample_one_hot(softmax(logits if index is None else logits.index_select(0, index)))
+        if index is not None:
+            z = torch.zeros_like(logits).index_copy_(0, index, z)
+        means = (bernoulli_nll(self.decode(z), x) + self.kl(logits)).mean(dim=1)
         return torch.where(self.exact_mask, losses.detach(), means)
 
     def objective(self, losses: Tensor) -> Tensor:
@@ -314,6 +313,7 @@ class StackedVAE(L.LightningModule):
 
     def _mark_diverged(self, runs: list[int], step: int, what: str) -> None:
         """Leave ``runs`` out from now on (their numbers are not finite), warn, and stop when no run is left."""
+        self._blocks = None
         for r in runs:
             self.diverged_at[r] = step
             self._dead.add(r)
@@ -374,7 +374,7 @@ class StackedVAE(L.LightningModule):
         if self._runner is None:
             cuda = self.device.type == "cuda"
             self._runner = StepRunner(self.make_step(self._step_optimizer),
-                                      generators=(lambda: self.streams.graph_generators(self.device)) if cuda else None)
+                                      generators=(lambda: self.streams.generators(self.device)) if cuda else None)
         out: dict[str, Tensor] = {}
         self.optimizers().step(closure=lambda: out.update(self._runner(x)))
         return out
@@ -416,11 +416,12 @@ class StackedVAE(L.LightningModule):
     def validation_step(self, x: Tensor, batch_idx: int) -> None:
         xs = x.unsqueeze(0).expand(self.R, *x.shape)
         logits = self.encode(xs)
-        samples = []
-        for r in range(self.R):  # each run's draws as the single-run path's (CategoricalVAE.eval_rng)
-            with seeded(self.eval_seed + batch_idx, self.device):
-                samples.append(sample_one_hot(softmax(logits[r])))
-        nelbo = bernoulli_nll(self.decode(torch.stack(samples)), xs) + self.kl(logits)
+        # each run's draws as the single-run path's (CategoricalVAE.eval_rng: the global generator seeded with
+        # eval_seed + batch_idx): a generator per run in that state
+        seed = self.eval_seed + batch_idx
+        with rng.streams([torch.Generator(device=self.device).manual_seed(seed) for _ in range(self.R)]):
+            z = sample_one_hot(softmax(logits))
+        nelbo = bernoulli_nll(self.decode(z), xs) + self.kl(logits)
         self.val_sum += nelbo.sum(dim=1)
         self.val_weight += x.shape[0]
 
@@ -464,6 +465,7 @@ class StackedVAE(L.LightningModule):
         self.streams = RunStreams(checkpoint["catvae_streams"])
         diverged = checkpoint["state_dict"].get("diverged_at")
         self._dead = set() if diverged is None else {r for r, step in enumerate(diverged.tolist()) if step >= 0}
+        self._blocks = None
 
     def run_state_dict(self, r: int, state_dict: dict | None = None) -> dict[str, Tensor]:
         """Run ``r``'s parameters under the names of :class:`CategoricalVAE` (from ``state_dict``, a saved
