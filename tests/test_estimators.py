@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import math
+import re
+from pathlib import Path
 
 import pytest
 import torch
 from scipy import stats
 
 import estimators as E
-from estimators import exact
+from estimators import exact, rng
 from estimators.functional import conditional_gumbel_logits, cov_matvec, gumbel_noise, reinmax_grad
 from estimators.redge import DDIMEstimator, DiffusionSchedule, _Base
 
@@ -518,3 +520,35 @@ def test_extreme_logits_and_large_k_are_finite(name, K):
         E.build(name, hard=hard).surrogate(logits, f).sum().backward()
         assert torch.isfinite(seen[0]).all()
         assert torch.isfinite(logits.grad).all()
+
+
+def test_per_run_streams_draw_each_run_as_alone():
+    """``rng.streams``: in a draw ``[*outer, R, ...]`` run r's part is what its generator draws alone, in the same
+    order (so a stacked estimator call gives each run its single-run noise); outside, the global generator."""
+    def gen(seed):
+        return torch.Generator().manual_seed(seed)
+
+    with rng.streams([gen(1), gen(2), gen(3)]):
+        u = rng.rand((3, 4, 5))
+        k = rng.randn((7, 3, 4, 2), outer=7)
+    for r, seed in enumerate((1, 2, 3)):
+        g = gen(seed)
+        assert torch.equal(u[r], torch.rand((4, 5), generator=g))
+        assert torch.equal(k[:, r], torch.randn((7, 4, 2), generator=g))  # the same generator, continuing
+    torch.manual_seed(0)
+    a = rng.rand((2, 3))
+    torch.manual_seed(0)
+    assert torch.equal(a, torch.rand((2, 3)))
+    with pytest.raises(ValueError, match="does not split into 1 x 2 runs"), rng.streams([gen(1), gen(2)]):
+        rng.rand((3, 5))
+
+
+def test_estimators_draw_only_through_estimators_rng():
+    """Every random number of an estimator goes through ``estimators.rng`` (what a batched group's per-run streams
+    rely on): no other module of the package calls torch's samplers directly."""
+    package = Path(E.__file__).parent
+    sampler = re.compile(r"torch\.(rand|randn|randint|rand_like|randn_like|multinomial|bernoulli|normal)\(|"
+                         r"\.(uniform_|normal_|exponential_|bernoulli_|random_)\(")
+    offenders = [f"{p.name}:{i}" for p in package.glob("*.py") if p.name != "rng.py"
+                 for i, line in enumerate(p.read_text().splitlines(), 1) if sampler.search(line.split("#")[0])]
+    assert not offenders, offenders

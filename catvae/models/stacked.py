@@ -2,7 +2,7 @@ r"""Many categorical VAEs trained as one stacked model (``catvae compare --batch
 
 ``R`` runs of one architecture — any mix of estimators, estimator hyperparameters and seeds — share one
 process and one optimizer step: every weight of :class:`~catvae.CategoricalVAE` becomes a tensor with a
-leading run dimension (``[R, out, in]``), and each layer is one batched matmul
+leading run dimension (``[R, in, out]``), and each layer is one batched matmul
 ``h_r ↦ h_r W_rᵀ + b_r`` (``torch.baddbmm``) over all runs. At the VAE's sizes one run is a few hundred small
 kernels, far too little work for a GPU; ``R`` runs stacked are the same number of kernels doing ``R`` times
 the work.
@@ -11,11 +11,14 @@ What stays per run, so that every run trains as it would alone:
 
 * its data order (its own :class:`~catvae.data.loader.TensorBatches`, stacked by
   :class:`~catvae.data.loader.StackedBatches`);
-* its noise: run ``r``'s estimator and exact draws come from run ``r``'s own state of the global
-  generators (:class:`RunStreams`), started where ``catvae fit`` would start it (the state after building
-  the run's model under its seed). Each estimator is called on its run's ``[B, L, K]`` slice of the
-  logits, so its samples are those of the single-run path given the same logits, whatever the other runs do;
-* its estimator (a module per run; the model reads only capability flags: ``pathwise``, ``exact_draws``).
+* its noise: run ``r``'s estimator and exact draws come from run ``r``'s own generator (:class:`RunStreams`),
+  started where ``catvae fit`` would start drawing (the global state after building the run's model under its
+  seed). Consecutive runs with the same estimator (class and hyperparameters) are one estimator call on their
+  stacked ``[n, B, L, K]`` logits, inside :func:`estimators.rng.streams`, which draws each run's part of the
+  noise from its own generator in the single-run order: each run's samples are those of the single-run path
+  given the same logits, whatever the other runs are;
+* its estimator (a module per run; the model reads only capability flags: ``pathwise``, ``exact_draws``; a
+  score-function estimator is called for its run alone, with that run's objective).
 
 The objective is the sum of the runs' batch-mean negative ELBOs, whose gradient with respect to run
 ``r``'s slice is exactly run ``r``'s gradient; Adam is elementwise, so one Adam over the stacked tensors
