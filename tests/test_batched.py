@@ -14,11 +14,11 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import ROOT, needs_mnist
+from conftest import DATA, ROOT, needs_mnist
 from faults import PoisonAt, SignalAt
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
-from catvae import CategoricalVAE
+from catvae import CategoricalVAE, gpu_check
 from catvae.cli import main
 from catvae.compare import batched as B
 from catvae.compare import load_spec
@@ -219,13 +219,23 @@ def test_a_diverged_run_is_left_out_and_the_others_train_on_unchanged(tmp_path, 
 @needs_mnist
 @pytest.mark.slow
 def test_batched_quick_sweep_gives_the_unbatched_results_folder(quick_sweep, tmp_path, capsys):
-    """``compare --batched --quick`` end to end: the same runs folder layout, results.csv columns and values (to
-    float tolerance; bitwise on this CPU) as the unbatched sweep; a run's last.ckpt is an ordinary
-    CategoricalVAE checkpoint (``catvae fit --ckpt_path`` continues it); a rerun has nothing left to do."""
-    plain, batched = quick_sweep, tmp_path / "batched"
-    args = ["compare", str(SPEC / "quick.yaml"), "--quick", "--seeds", "0"]
-    assert main([*args, "--out", str(batched), "--batched"]) == 0
-    assert "3 to run in 1 group(s)" in capsys.readouterr().out
+    """``compare --batched --quick`` end to end, run by the GPU recipe's table mode (``make gpu-table3``: its
+    tables copied to --out): the same runs folder layout, results.csv columns and values (to float tolerance;
+    bitwise on this CPU) as the unbatched sweep; a run's last.ckpt is an ordinary CategoricalVAE checkpoint
+    (``catvae fit --ckpt_path`` continues it); a rerun has nothing left to do."""
+    spec = tmp_path / "quick_seed0.yaml"  # the quick spec with the unbatched sweep's one seed
+    spec.write_text(f"base: {SPEC / 'quick.yaml'}\nquick: {{seeds: [0]}}\n")
+    (tmp_path / "data" / "MNIST").mkdir(parents=True)
+    (tmp_path / "data" / "MNIST" / "raw").symlink_to(DATA / "MNIST" / "raw")
+    out, results = tmp_path / "out", tmp_path / "results"
+    assert gpu_check.main(["--out", str(out), "--data_dir", str(tmp_path / "data"), "--table3", str(spec), "--quick",
+                           "--results", str(results), "--budget_s", "300"]) == 0
+    assert "3 to run in 1 group(s)" in (out / "quick_seed0.txt").read_text()
+    assert "ok quick_seed0" in (out / "summary.txt").read_text()
+    copied = out / "quick_seed0"
+    assert (copied / "results.md").is_file() and len(list((copied / "runs").rglob("result.json"))) == 3
+    plain, batched = quick_sweep, results / "quick_seed0_quick"
+    assert (batched / "groups").is_dir()
     rows = [list(csv.DictReader(open(p / "results.csv"))) for p in (plain, batched)]
     assert [r["estimator"] for r in rows[1]] == ["st", "gumbel", "redge_cov"] and rows[0][0].keys() == rows[1][0].keys()
     for p, b in zip(*rows):
@@ -248,7 +258,7 @@ def test_batched_quick_sweep_gives_the_unbatched_results_folder(quick_sweep, tmp
                  "--ckpt_path", "last"]) == 0
     assert load_checkpoint(batched / result["run_dir"] / "checkpoints/last.ckpt")["global_step"] == 40
     capsys.readouterr()
-    assert main([*args, "--out", str(batched), "--batched"]) == 0
+    assert main(["compare", str(spec), "--quick", "--out", str(batched), "--batched"]) == 0
     assert "3 already finished, 0 to run in 0 group(s)" in capsys.readouterr().out
 
 

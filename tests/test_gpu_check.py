@@ -9,9 +9,6 @@ import argparse
 import gzip
 import sys
 
-import pytest
-from conftest import DATA, ROOT, needs_mnist
-
 from catvae import gpu_check
 
 
@@ -55,20 +52,3 @@ def test_a_failing_part_is_recorded_and_the_next_one_runs(tmp_path):
     assert "FAILED (exit 1; see broken.err) broken" in summary and "ok       table" in summary
     assert "SKIPPED too_long" in summary
 
-
-@needs_mnist
-@pytest.mark.slow
-def test_the_table3_mode_runs_a_batched_spec_and_copies_its_tables(tmp_path):
-    """``--table3 SPEC`` (``make gpu-table3``): the spec batched, its tables and per-run results in --out."""
-    out, results = tmp_path / "out", tmp_path / "results"
-    (tmp_path / "data" / "MNIST").mkdir(parents=True)
-    (tmp_path / "data" / "MNIST" / "raw").symlink_to(DATA / "MNIST" / "raw")
-    spec = tmp_path / "small.yaml"  # the quick spec with two estimators, one seed, 10 steps
-    spec.write_text(f"base: {ROOT / 'configs/compare/quick.yaml'}\nseeds: [0]\nquick: {{steps: 10}}\nestimators: "
-                    f"[{ROOT / 'configs/estimators/st.yaml'}, {ROOT / 'configs/estimators/redge.yaml'}]\n")
-    assert gpu_check.main(["--out", str(out), "--data_dir", str(tmp_path / "data"), "--table3", str(spec), "--quick",
-                           "--results", str(results), "--budget_s", "300"]) == 0
-    assert (out / "small" / "results.md").is_file() and (out / "small" / "results.csv").is_file()
-    assert len(list((out / "small" / "runs").rglob("result.json"))) == 2
-    assert (results / "small_quick" / "groups").is_dir()  # batched
-    assert "ok small" in (out / "summary.txt").read_text()
