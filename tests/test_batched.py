@@ -220,9 +220,9 @@ def test_a_diverged_run_is_left_out_and_the_others_train_on_unchanged(tmp_path, 
 @pytest.mark.slow
 def test_batched_quick_sweep_gives_the_unbatched_results_folder(quick_sweep, tmp_path, capsys):
     """``compare --batched --quick`` end to end, run by the GPU recipe's table mode (``make gpu-table3``: its
-    tables copied to --out): the same runs folder layout, results.csv columns and values (to float tolerance;
-    bitwise on this CPU) as the unbatched sweep; a run's last.ckpt is an ordinary CategoricalVAE checkpoint
-    (``catvae fit --ckpt_path`` continues it); a rerun has nothing left to do."""
+    tables copied to --out): the same runs folder layout, results.csv columns and values (to float rounding: the
+    group's test pass draws what ``catvae test`` draws for each run) as the unbatched sweep; a run's last.ckpt is
+    an ordinary CategoricalVAE checkpoint (``catvae fit --ckpt_path`` continues it); a rerun has nothing to do."""
     spec = tmp_path / "quick_seed0.yaml"  # the quick spec with the unbatched sweep's one seed
     spec.write_text(f"base: {SPEC / 'quick.yaml'}\nquick: {{seeds: [0]}}\n")
     (tmp_path / "data" / "MNIST").mkdir(parents=True)

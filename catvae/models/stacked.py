@@ -53,7 +53,8 @@ __all__ = ["ARCHITECTURE", "RunStreams", "StackedVAE", "run_slice"]
 
 #: the hyperparameters every run of a stack shares (the model's shape and its optimizer)
 ARCHITECTURE = ("latent_dim", "n_categories", "encoder_hidden", "decoder_hidden", "activation", "lr", "image_size",
-                "exact_nelbo_every_n_steps", "optimizer", "lr_scheduler", "fast_step")
+                "exact_nelbo_every_n_steps", "optimizer", "lr_scheduler", "fast_step", "n_importance_samples",
+                "importance_chunk")
 
 
 def _rng_state(device: torch.device) -> dict[str, Tensor]:
@@ -202,6 +203,10 @@ class StackedVAE(L.LightningModule):
             self.register_buffer(name, torch.zeros(self.R))
         for name in ("train_weight", "train_exact_weight", "val_weight"):
             self.register_buffer(name, torch.zeros(()))
+        for name in ("test_nelbo_sum", "test_ll_sum"):  # reset by every test, never in a checkpoint
+            self.register_buffer(name, torch.zeros(self.R), persistent=False)
+        self.register_buffer("test_weight", torch.zeros(()), persistent=False)
+        self.n_importance, self.importance_chunk = first.hparams.n_importance_samples, first.hparams.importance_chunk
         self._epoch_t0: float | None = None
 
     def _layers(self, seq: nn.Sequential, prefix: str) -> list[tuple[int, int, nn.Module | None]]:
@@ -434,6 +439,44 @@ class StackedVAE(L.LightningModule):
                          "val/n_examples": self.val_weight.expand(self.R)}, self.global_step - 1)
         self.val_sum.zero_()
         self.val_weight.zero_()
+
+    @torch.no_grad()
+    def log_likelihood(self, x: Tensor, logits: Tensor) -> Tensor:
+        r"""Each run's importance-weighted ``log p(x)`` (as :meth:`CategoricalVAE.log_likelihood`, with the draws of
+        the current :func:`estimators.rng.streams`), ``x [R, B, D]``, ``logits [R, B, L, K]`` -> ``[R, B]``."""
+        R, B = logits.shape[:2]
+        log_q = log_softmax(logits)
+        probs = log_q.exp()
+        log_prior = -self.latent_dim * math.log(self.n_categories)
+        weights = []
+        for start in range(0, self.n_importance, self.importance_chunk):
+            s = min(self.importance_chunk, self.n_importance - start)
+            z = sample_one_hot(probs.unsqueeze(1).expand(R, s, *probs.shape[1:]))  # each run: [s, B, L, K]
+            xs = x.unsqueeze(1).expand(R, s, *x.shape[1:]).reshape(R, s * B, -1)
+            log_px = -bernoulli_nll(self.decode(z.reshape(R, s * B, *z.shape[-2:])), xs).view(R, s, B)
+            weights.append(log_px + log_prior - (z * log_q.unsqueeze(1)).sum(dim=(-1, -2)))
+        return torch.logsumexp(torch.cat(weights, dim=1), dim=1) - math.log(self.n_importance)
+
+    def test_step(self, x: Tensor, batch_idx: int) -> None:
+        """``test/nelbo`` and ``test/log_likelihood`` of every run, with each run's draws those of ``catvae test``
+        on its own checkpoint (a generator per run seeded as :meth:`CategoricalVAE.eval_rng` seeds the global
+        one, continuing from the exact-draw NELBO to the importance samples)."""
+        xs = x.unsqueeze(0).expand(self.R, *x.shape)
+        seed = self.eval_seed + batch_idx
+        with rng.streams([torch.Generator(device=self.device).manual_seed(seed) for _ in range(self.R)]):
+            logits = self.encode(xs)
+            nelbo = bernoulli_nll(self.decode(sample_one_hot(softmax(logits))), xs) + self.kl(logits)
+            ll = self.log_likelihood(xs, logits)
+        self.test_nelbo_sum += nelbo.sum(dim=1)
+        self.test_ll_sum += ll.sum(dim=1)
+        self.test_weight += x.shape[0]
+
+    def on_test_epoch_end(self) -> None:
+        if float(self.test_weight) > 0:
+            self._write({"test/nelbo": self.test_nelbo_sum / self.test_weight,
+                         "test/log_likelihood": self.test_ll_sum / self.test_weight}, self.global_step)
+        for name in ("test_nelbo_sum", "test_ll_sum", "test_weight"):
+            getattr(self, name).zero_()
 
     def configure_optimizers(self):
         """One Adam over the stacked tensors (elementwise: one Adam per run), fused as
