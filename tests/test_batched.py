@@ -27,6 +27,7 @@ from catvae.errors import ConfigError, TrainingDiverged
 from catvae.fast import StepRunner
 from catvae.models.stacked import StackedVAE
 from catvae.runs import load_checkpoint
+from estimators.rng import seeded
 
 SPEC = ROOT / "configs" / "compare"
 D = 24  # pixels of the synthetic data
@@ -117,6 +118,22 @@ def test_a_group_of_two_seeds_by_three_estimators_lands_within_seed_noise_of_sep
         noise = statistics.stdev(separate)
         assert abs(statistics.mean(grouped) - statistics.mean(separate)) <= 2 * noise + 1e-3, (e, grouped, separate)
         assert statistics.mean(separate) < _single(0, e, _data(0, 1))[1][0]  # the runs trained
+
+
+def test_the_group_test_pass_draws_what_each_runs_own_test_draws():
+    """StackedVAE.test_step (test/nelbo, test/log_likelihood of every run in one pass) against each run's
+    CategoricalVAE evaluated alone under its test RNG (eval_rng of batch 0): equal to float rounding."""
+    specs = [(0, "redge_cov"), (1, "gumbel"), (2, "gumbel")]
+    built = [_model(seed, est) for seed, est in specs]
+    group = StackedVAE([m for m, _ in built], [st for _, st in built])
+    x = _data(5, 1, batch=32)[0]
+    group.test_step(x, 0)
+    for r, (model, _) in enumerate(built):
+        with seeded(model.eval_seed):
+            nelbo, ll = model.nelbo(x).mean(), model.log_likelihood(x).mean()
+        torch.testing.assert_close(group.test_nelbo_sum[r] / group.test_weight, nelbo, rtol=1e-6, atol=1e-4)
+        torch.testing.assert_close(group.test_ll_sum[r] / group.test_weight, ll, rtol=1e-6, atol=1e-4)
+    assert group.n_importance == 100 and float(group.test_weight) == 32
 
 
 def test_a_stack_refuses_runs_of_different_architectures():
