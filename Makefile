@@ -69,7 +69,8 @@ gpu-check:
 	$(PYTHON) -m catvae.gpu_check --out $(OUT) --device $(DEVICE) $(QUICK)
 
 # Table 3 with 5 seeds (105 runs x 60,000 steps) batched on one GPU (catvae compare --batched), stopped at BUDGET
-# seconds (540: a device call may last 600 s, and the stop writes the group's checkpoint) and resumed by the same command; its tables land in $(OUT)/table3_gpu/. QUICK=--quick tries it anywhere.
+# seconds (540: a device call may last 600 s, and the stop writes the group's checkpoint) and resumed by the same
+# command; its tables land in $(OUT)/table3_gpu/. QUICK=--quick tries it anywhere.
 BUDGET ?= 540
 gpu-table3:
 	$(PYTHON) -m catvae.gpu_check --out $(OUT) --table3 configs/compare/table3_gpu.yaml --budget_s $(BUDGET) $(QUICK)
