@@ -285,6 +285,13 @@ def test_batched_options_are_checked(tmp_path, capsys):
                           (["--batched", "--parallel", "2"], "drop --parallel")):
         assert main(["compare", spec, "--out", str(tmp_path), *bad]) == 2
         assert fragment in capsys.readouterr().err
+    assert main(["compare", str(SPEC / "table3.yaml"), "--out", str(tmp_path / "t3"), "--batched", "--group-size", "20",
+                 "--dry-run"]) == 0
+    lines = [x for x in capsys.readouterr().out.splitlines() if x.startswith("group ")]
+    sizes = [int(x.split(", ")[1].split()[0]) for x in lines]  # at most 20 (and 10 at L=32, K=64 on a CPU)
+    assert sum(sizes) == 72 and max(sizes) == 20 and sizes[:2] == [20, 4]
+    assert lines[0].startswith(f"group 1/{len(lines)} (l48_k2, 20 runs): st/seed0, st/seed1, st/seed2, gumbel/seed0")
+    assert not (tmp_path / "t3" / "runs").exists()
     gmm = tmp_path / "gmm.yaml"
     gmm.write_text(f"steps: 5\nsettings: {{k20: {ROOT / 'configs/gmm/k20.yaml'}}}\nestimators: [st]\n"
                    "metrics: [{tag: test/nelbo_nc}]\ncurves: []\n")

@@ -43,6 +43,7 @@ import sys
 from pathlib import Path
 
 from ..errors import ConfigError
+from . import batched
 from .execute import collect, execute, gather, run_all, run_groups
 from .report import plot_curves, write_csv, write_markdown
 from .spec import QUICK_STEPS, Run, load_spec
@@ -71,6 +72,12 @@ def compare(args: argparse.Namespace) -> int:
     if shard and args.collect is not None:
         raise ConfigError("--shard runs part of a sweep and --collect assembles one: use one or the other")
     mine = [r for j, r in enumerate(runs) if j % shard[1] == shard[0]] if shard else runs
+    if args.dry_run and args.batched:
+        groups, _ = batched.plan_groups(mine, out, args.group_size)
+        for g, group in enumerate(groups):
+            print(f"group {g + 1}/{len(groups)} ({group[0].setting}, {len(group)} runs): "
+                  + ", ".join(f"{r.label}/seed{r.seed}" for r in group))
+        return 0
     if args.dry_run:
         for run in mine:
             print(f"catvae fit {' '.join(run.cli_args(out))} --trainer.max_steps {run.steps} --trainer.max_epochs -1")
@@ -136,7 +143,7 @@ def add_parser(subparsers) -> None:
                    help=f"a tiny budget ({QUICK_STEPS} steps, 1000 training images, small eval) to check the pipeline")
     p.add_argument("--steps", type=int, help="override the spec's training steps per run")
     p.add_argument("--seeds", help="override the spec's seeds, e.g. 0,1")
-    p.add_argument("--dry-run", action="store_true", help="print the fit commands and exit")
+    p.add_argument("--dry-run", action="store_true", help="print the fit commands (with --batched: the groups) and exit")
     p.add_argument("--shard", help="i/N: run only the runs whose index in the spec is i mod N (a job array over N "
                                    "machines; no table is written)")
     p.add_argument("--collect", nargs="*", metavar="DIR",

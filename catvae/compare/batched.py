@@ -60,7 +60,7 @@ from .child import tie_to_parent
 from .spec import Run
 
 __all__ = ["GroupData", "Template", "build_template", "diverged_runs", "fit_group", "group_size", "plan",
-           "split_checkpoint"]
+           "plan_groups", "split_checkpoint"]
 
 #: the callbacks a batched group replaces by its own per-run logging (any other configured callback is refused)
 _REPLACED = (LearningRateMonitor, Throughput, HParamsSummary)
@@ -228,6 +228,16 @@ def plan(runs: list[Run], size: int | dict[str, int]) -> list[list[Run]]:
         n = size[setting] if isinstance(size, dict) else size
         groups += [members[i : i + n] for i in range(0, len(members), n)]
     return groups
+
+
+def plan_groups(runs: list[Run], out: Path, limit: int | None = None) -> tuple[list[list[Run]], dict[str, int]]:
+    """The groups of ``runs`` (:func:`plan`) with each setting's size from :func:`group_size` (its first run built
+    as ``catvae fit`` would build it), and those sizes."""
+    sizes: dict[str, int] = {}
+    for run in runs:
+        if run.setting not in sizes:
+            sizes[run.setting] = group_size(build_template(fit_args(run, out)), limit)
+    return plan(runs, sizes), sizes
 
 
 def group_key(runs: list[Run]) -> str:

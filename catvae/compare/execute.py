@@ -253,12 +253,7 @@ def run_groups(runs: list[Run], out: Path, group_limit: int | None = None) -> tu
     (:mod:`catvae.compare.batched`), one group at a time, each in its own process; then each run is tested and
     collected as :func:`run_all` does. ``(results, failures, stop signal or None)``."""
     results, todo = _split_finished(runs, out)
-    sizes = {}
-    for i in todo:
-        if runs[i].setting not in sizes:
-            template = batched.build_template(batched.fit_args(runs[i], out))
-            sizes[runs[i].setting] = batched.group_size(template, group_limit)
-    groups = batched.plan([runs[i] for i in todo], sizes)
+    groups, sizes = batched.plan_groups([runs[i] for i in todo], out, group_limit)
     print(f"catvae compare --batched: {len(runs)} runs, {len(runs) - len(todo)} already finished, {len(todo)} to run "
           f"in {len(groups)} group(s) of at most {', '.join(f'{s}: {n}' for s, n in sizes.items()) or '-'} runs "
           f"-> {out}", flush=True)
