@@ -8,6 +8,13 @@ import lightning as L
 import torch
 
 
+def device_clock(pl_module) -> float:
+    """``time.perf_counter()`` once ``pl_module``'s device has finished its queued work (CUDA), for epoch times."""
+    if pl_module.device.type == "cuda":
+        torch.cuda.synchronize(pl_module.device)
+    return time.perf_counter()
+
+
 class Throughput(L.Callback):
     """Logs, once per training epoch, ``time/epoch_s`` (wall time of the epoch, its validation pass and
     checkpoints included) and ``time/samples_per_s`` (training samples of the epoch, all ranks, per
@@ -29,16 +36,11 @@ class Throughput(L.Callback):
 
     def on_train_start(self, trainer, pl_module) -> None:
         self._epoch_t0, self._val_s, self._samples = None, 0.0, 0
-        self._partial_t0 = self._now(pl_module)  # a resumed epoch has no epoch start in this process
+        self._partial_t0 = device_clock(pl_module)  # a resumed epoch has no epoch start in this process
 
-    @staticmethod
-    def _now(pl_module) -> float:
-        if pl_module.device.type == "cuda":
-            torch.cuda.synchronize(pl_module.device)
-        return time.perf_counter()
 
     def on_train_epoch_start(self, trainer, pl_module) -> None:
-        self._epoch_t0 = self._now(pl_module)
+        self._epoch_t0 = device_clock(pl_module)
         self._val_s, self._samples = 0.0, 0
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
@@ -46,14 +48,14 @@ class Throughput(L.Callback):
 
     def on_validation_start(self, trainer, pl_module) -> None:
         if not trainer.sanity_checking:
-            self._val_t0 = self._now(pl_module)
+            self._val_t0 = device_clock(pl_module)
 
     def on_validation_end(self, trainer, pl_module) -> None:
         if not trainer.sanity_checking:
-            self._val_s += self._now(pl_module) - self._val_t0
+            self._val_s += device_clock(pl_module) - self._val_t0
 
     def on_train_epoch_end(self, trainer, pl_module) -> None:
-        now = self._now(pl_module)
+        now = device_clock(pl_module)
         if self._epoch_t0 is not None:
             pl_module.log("time/epoch_s", now - self._epoch_t0, on_step=False, on_epoch=True)
         train_s = now - (self._epoch_t0 if self._epoch_t0 is not None else self._partial_t0) - self._val_s

@@ -409,8 +409,7 @@ def _sweep_times(R: int, latent_dim: int, n_categories: int, device: torch.devic
     group = StackedVAE(models).to(device)
     singles = [functools.partial(StepRunner(m.make_step(m.adam(capturable=capture)), capture=capture), x[r])
                for r, m in enumerate(models)]
-    group_opt = torch.optim.Adam(group.parameters(), lr=group.lr, capturable=capture, fused=None if capture else True)
-    runner = StepRunner(group.make_step(group_opt), capture=capture,
+    runner = StepRunner(group.make_step(group.adam(capturable=capture)), capture=capture,
                         generators=(lambda: group.streams.generators(device)) if capture else None)
     calls = {"group": functools.partial(runner, x), "separate": lambda: [s() for s in singles]}
     _interleaved(calls, 1, args.warmup, device)

@@ -174,10 +174,7 @@ class EstimatorTask(L.LightningModule):
         ``foreach``), and ``Optimizer.load_state_dict`` would restore them: a CPU or default-path checkpoint
         resumed with the captured step on a GPU would fail at capture, a GPU one resumed on CPU in Adam.
         The flags of the optimizer built here win over the file's (a load-state-dict pre-hook)."""
-        fused = not capturable and self.device.type in ("cpu", "cuda")
-        optimizer = torch.optim.Adam(self.parameters(), lr=self.hparams.lr, capturable=capturable, fused=fused or None)
-        optimizer.register_load_state_dict_pre_hook(_keep_kernel_flags)
-        return optimizer
+        return adam(self.parameters(), self.hparams.lr, self.device, capturable)
 
     def save_task_hyperparameters(self) -> None:
         """Check the calling ``__init__``'s arguments against the class's :attr:`arg_constraints` (a
@@ -354,6 +351,15 @@ class EstimatorTask(L.LightningModule):
     def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False):
         self._check_state_dict(state_dict, strict)
         return super().load_state_dict(state_dict, strict=strict, assign=assign)
+
+
+def adam(parameters, lr: float, device: torch.device, capturable: bool = False) -> torch.optim.Adam:
+    """``Adam(lr)`` as :meth:`EstimatorTask.adam` builds it for a module on ``device``: fused on CPU and CUDA unless
+    ``capturable``, and keeping its own kernel flags when it loads a saved state."""
+    fused = not capturable and device.type in ("cpu", "cuda")
+    optimizer = torch.optim.Adam(parameters, lr=lr, capturable=capturable, fused=fused or None)
+    optimizer.register_load_state_dict_pre_hook(_keep_kernel_flags)
+    return optimizer
 
 
 def _detached(value):

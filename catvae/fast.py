@@ -33,8 +33,8 @@ class StepRunner:
     def __init__(self, step: Callable[[Tensor], dict[str, Tensor]], capture: bool = True, warmup: int = 3,
                  generators: Callable[[], list] | None = None) -> None:
         self.step, self.capture, self.warmup = step, capture, warmup
-        #: the CUDA generator states the step swaps in besides the default one (``graphsafe_set_state``), which
-        #: the graph must know before capture; a function, called at capture time
+        #: the CUDA generators the step draws from besides the default one (``torch.Generator`` objects, e.g. one
+        #: per run of a batched group), which the graph must know before capture; a function, called at capture
         self.generators = generators
         self.calls = 0
         self.graph: torch.cuda.CUDAGraph | None = None

@@ -34,20 +34,21 @@ from __future__ import annotations
 
 import math
 import sys
-import time
 from collections.abc import Callable, Sequence
 
 import lightning as L
 import torch
 from torch import Tensor, nn
 
+from callbacks.timing import device_clock
 from estimators import rng
 from estimators.base import ConfigError, NonFiniteLogitsError
 from estimators.functional import log_softmax, sample_one_hot, softmax
 
+from ..core import adam
 from ..errors import TrainingDiverged
 from ..fast import ReplayOptimizer, StepRunner
-from .vae import CategoricalVAE, bernoulli_nll
+from .vae import CategoricalVAE, bernoulli_nll, kl_to_uniform
 
 __all__ = ["ARCHITECTURE", "RunStreams", "StackedVAE", "run_slice"]
 
@@ -244,10 +245,10 @@ class StackedVAE(L.LightningModule):
         """Pixel logits of every run, ``z [R, B, L, K] -> [R, B, D]``."""
         return self._mlp(self.decoder_layers, z.flatten(-2))
 
-    def kl(self, logits: Tensor) -> Tensor:
-        """``Σ_l KL(q_l ‖ Uniform(K))`` per example (as :meth:`CategoricalVAE.kl`)."""
-        log_q = log_softmax(logits)
-        return (log_q.exp() * (log_q + math.log(self.n_categories))).sum(dim=(-1, -2))
+    def nelbo(self, x: Tensor, z: Tensor, kl: Tensor) -> Tensor:
+        """Every run's negative ELBO per example, ``[R, B]``: ``−log p(x|z)`` of samples ``z [R, B, L, K]`` plus the
+        KL term ``kl`` (:func:`~catvae.models.vae.kl_to_uniform` of the logits), as :meth:`CategoricalVAE.nelbo`."""
+        return bernoulli_nll(self.decode(z), x) + kl
 
     def _run_objective(self, r: int, x: Tensor, kl: Tensor) -> Callable[[Tensor], Tensor]:
         """Run ``r``'s negative ELBO of samples ``[*lead, B, L, K]`` (for an estimator's ``surrogate``)."""
@@ -260,7 +261,7 @@ class StackedVAE(L.LightningModule):
         The estimators run by blocks of consecutive runs with the same estimator (:func:`_blocks`): one call on
         the block's logits ``[n, B, L, K]`` under :func:`estimators.rng.streams` of the block's runs."""
         logits = self.encode(x)
-        kl = self.kl(logits)
+        kl = kl_to_uniform(logits)
         gens = self.streams.generators(logits.device)
         blocks = self._block_list()
         # split, not logits[a:b]: one backward node for all blocks (a slice per run or block fills a full-size zero
@@ -286,8 +287,7 @@ class StackedVAE(L.LightningModule):
                 self._mark_diverged(bad, self.global_step, "its posterior logits became non-finite")
                 samples += [call(r, r + 1, "dead" if r in self._dead else kind, part[r - a : r - a + 1])
                             for r in range(a, b)]
-        nelbo = bernoulli_nll(self.decode(torch.cat(samples)), x) + kl  # [R, B]
-        losses = nelbo.mean(dim=1)
+        losses = self.nelbo(x, torch.cat(samples), kl).mean(dim=1)
         if surrogate:
             losses = torch.stack([surrogate.get(r, losses[r]) for r in range(self.R)])
         return losses, logits
@@ -312,12 +312,16 @@ class StackedVAE(L.LightningModule):
             z = sample_one_hot(softmax(logits if index is None else logits.index_select(0, index)))
         if index is not None:
             z = torch.zeros_like(logits).index_copy_(0, index, z)
-        means = (bernoulli_nll(self.decode(z), x) + self.kl(logits)).mean(dim=1)
+        means = self.nelbo(x, z, kl_to_uniform(logits)).mean(dim=1)
         return torch.where(self.exact_mask, losses.detach(), means)
 
     def objective(self, losses: Tensor) -> Tensor:
         """What the step minimizes: the sum of the runs' losses, diverged runs left out (gradient 0)."""
-        return torch.where(self.diverged_at < 0, losses, torch.zeros_like(losses)).sum()
+        return self._alive(losses).sum()
+
+    def _alive(self, losses: Tensor) -> Tensor:
+        """``losses`` with 0 for the diverged runs."""
+        return torch.where(self.diverged_at < 0, losses, torch.zeros_like(losses))
 
     def _mark_diverged(self, runs: list[int], step: int, what: str) -> None:
         """Leave ``runs`` out from now on (their numbers are not finite), warn, and stop when no run is left."""
@@ -362,7 +366,7 @@ class StackedVAE(L.LightningModule):
             losses, logits = self.losses(x)
             exact = self.exact_means(x, logits.detach(), losses) if due else None
         if losses.device.type == "cpu":  # one host read per step, as the single-run path's check
-            alive = torch.where(self.diverged_at < 0, losses.detach(), torch.zeros_like(losses))
+            alive = self._alive(losses.detach())
             if not math.isfinite(float(alive.sum())):
                 finite = torch.isfinite(alive).tolist()
                 self._mark_diverged([r for r in range(self.R) if not finite[r]], step, "its training loss became "
@@ -397,16 +401,11 @@ class StackedVAE(L.LightningModule):
                 continue
             self.writer(r, {k: v[r] if isinstance(v, list) else v for k, v in table.items()}, step)
 
-    def _now(self) -> float:
-        if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
-        return time.perf_counter()
-
     def on_train_start(self) -> None:
         self._epoch_t0 = None  # an epoch resumed in the middle has no start in this process
 
     def on_train_epoch_start(self) -> None:
-        self._epoch_t0 = self._now()
+        self._epoch_t0 = device_clock(self)
 
     def on_train_epoch_end(self) -> None:
         step = self.global_step - 1
@@ -416,21 +415,23 @@ class StackedVAE(L.LightningModule):
                 values["train/nelbo_exact"] = self.train_exact_sum / self.train_exact_weight
             if self._epoch_t0 is not None:
                 # the group's epoch time shared by its runs: each run's amortized cost, comparable across group sizes
-                values["time/epoch_s"] = torch.full((self.R,), (self._now() - self._epoch_t0) / self.R)
+                values["time/epoch_s"] = torch.full((self.R,), (device_clock(self) - self._epoch_t0) / self.R)
             self._write(values, step)
         for name in ("train_loss_sum", "train_exact_sum", "train_weight", "train_exact_weight"):
             getattr(self, name).zero_()
 
+    def _eval_streams(self, batch_idx: int):
+        """Each run's evaluation draws as the single-run path's (:meth:`CategoricalVAE.eval_rng`: the global
+        generator seeded with ``eval_seed + batch_idx``): a generator per run in that state."""
+        seed = self.eval_seed + batch_idx
+        return rng.streams([torch.Generator(device=self.device).manual_seed(seed) for _ in range(self.R)])
+
     def validation_step(self, x: Tensor, batch_idx: int) -> None:
         xs = x.unsqueeze(0).expand(self.R, *x.shape)
         logits = self.encode(xs)
-        # each run's draws as the single-run path's (CategoricalVAE.eval_rng: the global generator seeded with
-        # eval_seed + batch_idx): a generator per run in that state
-        seed = self.eval_seed + batch_idx
-        with rng.streams([torch.Generator(device=self.device).manual_seed(seed) for _ in range(self.R)]):
+        with self._eval_streams(batch_idx):
             z = sample_one_hot(softmax(logits))
-        nelbo = bernoulli_nll(self.decode(z), xs) + self.kl(logits)
-        self.val_sum += nelbo.sum(dim=1)
+        self.val_sum += self.nelbo(xs, z, kl_to_uniform(logits)).sum(dim=1)
         self.val_weight += x.shape[0]
 
     def on_validation_epoch_end(self) -> None:
@@ -462,10 +463,9 @@ class StackedVAE(L.LightningModule):
         on its own checkpoint (a generator per run seeded as :meth:`CategoricalVAE.eval_rng` seeds the global
         one, continuing from the exact-draw NELBO to the importance samples)."""
         xs = x.unsqueeze(0).expand(self.R, *x.shape)
-        seed = self.eval_seed + batch_idx
-        with rng.streams([torch.Generator(device=self.device).manual_seed(seed) for _ in range(self.R)]):
+        with self._eval_streams(batch_idx):
             logits = self.encode(xs)
-            nelbo = bernoulli_nll(self.decode(sample_one_hot(softmax(logits))), xs) + self.kl(logits)
+            nelbo = self.nelbo(xs, sample_one_hot(softmax(logits)), kl_to_uniform(logits))
             ll = self.log_likelihood(xs, logits)
         self.test_nelbo_sum += nelbo.sum(dim=1)
         self.test_ll_sum += ll.sum(dim=1)
@@ -482,13 +482,15 @@ class StackedVAE(L.LightningModule):
         """One Adam over the stacked tensors (elementwise: one Adam per run), fused as
         :meth:`catvae.core.EstimatorTask.adam`; with ``fast_step``, capturable on a GPU and run inside the
         captured step (:class:`~catvae.fast.ReplayOptimizer`)."""
-        capturable = self.fast_step and self.device.type == "cuda"
-        fused = not capturable and self.device.type in ("cpu", "cuda")
-        optimizer = torch.optim.Adam(self.parameters(), lr=self.lr, fused=fused or None, capturable=capturable)
+        optimizer = self.adam(capturable=self.fast_step and self.device.type == "cuda")
         if not self.fast_step:
             return optimizer
         self._step_optimizer, self._runner = optimizer, None  # a new fit: the captured step must use this one
         return ReplayOptimizer(optimizer)
+
+    def adam(self, capturable: bool = False) -> torch.optim.Adam:
+        """``Adam(lr)`` over the stacked tensors, built as every task's (:func:`catvae.core.adam`)."""
+        return adam(self.parameters(), self.lr, self.device, capturable)
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         finite = torch.ones(self.R, dtype=torch.bool, device=self.device)

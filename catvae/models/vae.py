@@ -19,7 +19,7 @@ from ..core import EstimatorSpec, EstimatorTask, OptimizerSpec, SchedulerSpec
 from ..fast import ReplayOptimizer, StepRunner
 from ..metrics import StepMean
 
-__all__ = ["CategoricalVAE", "bernoulli_nll", "mlp"]
+__all__ = ["CategoricalVAE", "bernoulli_nll", "kl_to_uniform", "mlp"]
 
 ACTIVATIONS = {"leaky_relu": nn.LeakyReLU, "relu": nn.ReLU, "elu": nn.ELU, "tanh": nn.Tanh, "gelu": nn.GELU}
 
@@ -66,6 +66,12 @@ def bernoulli_nll(eta: Tensor, x: Tensor) -> Tensor:
     if eta.is_cuda:
         return nn.functional.binary_cross_entropy_with_logits(eta, x, reduction="none").sum(-1)
     return _BernoulliNLL.apply(eta, x.to(eta.dtype))
+
+
+def kl_to_uniform(logits: Tensor) -> Tensor:
+    """``Σ_l KL(q_l ‖ Uniform(K)) = Σ_l Σ_k q_lk log(q_lk K)`` per example, for posterior logits ``[..., L, K]``."""
+    log_q = log_softmax(logits)
+    return (log_q.exp() * (log_q + math.log(logits.shape[-1]))).sum(dim=(-1, -2))
 
 
 class CategoricalVAE(EstimatorTask):
@@ -170,9 +176,8 @@ class CategoricalVAE(EstimatorTask):
         return self.decoder(z.flatten(-2))
 
     def kl(self, logits: Tensor) -> Tensor:
-        """``Σ_l KL(q_l ‖ Uniform(K))`` per example."""
-        log_q = log_softmax(logits)
-        return (log_q.exp() * (log_q + math.log(self.n_categories))).sum(dim=(-1, -2))
+        """``Σ_l KL(q_l ‖ Uniform(K))`` per example (:func:`kl_to_uniform`)."""
+        return kl_to_uniform(logits)
 
     def reconstruction(self, x: Tensor, z: Tensor) -> Tensor:
         """``−log p(x|z)`` per example: BCE with logits summed over pixels."""
