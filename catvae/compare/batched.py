@@ -72,6 +72,11 @@ class _TemplateCLI(runner.CatVAECLI):
     def instantiate_trainer(self, **kwargs):
         return None
 
+    def callbacks(self) -> list:
+        """The run's configured callbacks as ``catvae fit`` would take them (no progress bar when
+        ``--trainer.enable_progress_bar false``)."""
+        return self._configured_callbacks(self.config)
+
 
 @dataclass
 class Template:
@@ -117,7 +122,7 @@ def check_group(templates: list[Template]) -> None:
             key = next(k for k in trainer if trainer.get(k) != trainer0.get(k))
             raise ConfigError(f"the runs of a batched group must share their trainer options: run {j} has "
                               f"--trainer.{key} {trainer.get(key)!r}, run 0 {trainer0.get(key)!r}")
-        extra = [type(c).__name__ for c in _configured_callbacks(t)
+        extra = [type(c).__name__ for c in t.cli.callbacks()
                  if not isinstance(c, (ProgressBar, *_REPLACED))]
         if extra:
             raise ConfigError(f"--batched does not run the callbacks {', '.join(extra)} (run {j}); run that spec "
@@ -133,11 +138,6 @@ def check_group(templates: list[Template]) -> None:
     if trainer.get("devices") not in ("auto", 1, "1", None) or trainer.get("strategy") not in ("auto", None):
         raise ConfigError("--batched trains a group on one device (one process): drop --trainer.devices/strategy, "
                           "and spread groups over machines with --shard")
-
-
-def _configured_callbacks(template: Template) -> list:
-    callbacks = (template.cli.config_init.get("trainer") or {}).get("callbacks") or []
-    return callbacks if isinstance(callbacks, list) else [callbacks]
 
 
 class GroupData(L.LightningDataModule):
@@ -236,7 +236,7 @@ def plan_groups(runs: list[Run], out: Path, limit: int | None = None) -> tuple[l
     sizes: dict[str, int] = {}
     for run in runs:
         if run.setting not in sizes:
-            sizes[run.setting] = group_size(build_template(fit_args(run, out)), limit)
+            sizes[run.setting] = group_size(build_template(run.train_args(out)), limit)
     return plan(runs, sizes), sizes
 
 
@@ -248,18 +248,10 @@ def group_folder(runs: list[Run], out: Path) -> Path:
     return out / "groups" / runs[0].setting / f"{runs[0].label}-seed{runs[0].seed}-x{len(runs)}-{group_key(runs)}"
 
 
-def fit_args(run: Run, out: Path) -> list[str]:
-    return [*run.cli_args(out), "--trainer.max_steps", str(run.steps), "--trainer.max_epochs", "-1"]
-
-
-def test_args(run: Run, out: Path) -> list[str]:
-    return ["test", *run.cli_args(out), "--ckpt_path", "last"]
-
-
 def payload(runs: list[Run], out: Path) -> str:
     """What the group's process needs (:func:`group_main`)."""
     return json.dumps({"folder": str(group_folder(runs, out)), "key": group_key(runs),
-                       "fit": [fit_args(r, out) for r in runs], "test": [test_args(r, out) for r in runs]})
+                       "fit": [r.train_args(out) for r in runs]})
 
 
 # -- in the group's process ---------------------------------------------------------------------------
@@ -293,8 +285,7 @@ def fit_group(fit: list[list[str]], folder: Path, key: str, callbacks: list | No
     module = StackedVAE([t.model for t in templates], [t.rng_state for t in templates], writer=write)
     data = GroupData([t.datamodule for t in templates])
     every = templates[0].cli.config.get("checkpoint_every_n_steps")
-    show = _trainer_config(templates[0]).get("enable_progress_bar") is not False
-    bars = [c for c in _configured_callbacks(templates[0]) if isinstance(c, ProgressBar)][-1:] if show else []
+    bars = [c for c in templates[0].cli.callbacks() if isinstance(c, ProgressBar)]
     first = templates[0].datamodule
     first.setup("fit")
     per_epoch = max(1, len(first.train_dataloader()))

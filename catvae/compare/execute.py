@@ -34,6 +34,10 @@ def _versions(folder: Path) -> list[Path]:
     return sorted(found, key=lambda p: int(p.name.split("_")[-1]))
 
 
+#: the exit statuses of a run or group process stopped by SIGINT or SIGTERM (it checkpointed)
+STOPPED = (128 + signal.SIGINT, 128 + signal.SIGTERM)
+
+
 class Interrupted(Exception):
     """The sweep was stopped by a signal; the run was checkpointed and resumes on the next ``compare``."""
 
@@ -60,6 +64,19 @@ class _Children:
         with self.lock:
             self.procs.discard(proc)
 
+    def run(self, args: list[str], log: Path, env: dict, header: str = "") -> int:
+        """``python -m catvae.compare ARGS`` (a run's or a group's process) with its output appended to ``log``
+        after ``header``; its exit status. :class:`Interrupted` if the sweep was stopped before it started."""
+        with open(log, "a") as out:
+            out.write(header)
+            out.flush()
+            proc = self.start([sys.executable, "-m", "catvae.compare", *args], stdout=out, stderr=subprocess.STDOUT,
+                              env=env)
+            try:
+                return proc.wait()
+            finally:
+                self.finish(proc)
+
     def stop(self, signum: int, frame=None) -> None:
         with self.lock:
             if self.stopped is None:
@@ -83,26 +100,21 @@ def execute(run: Run, out: Path, threads: int, children: _Children | None = None
     if started.is_file() and json.loads(started.read_text()).get("key") == key:
         resume = any((v / "checkpoints" / "last.ckpt").is_file() for v in _versions(folder))
     started.write_text(json.dumps({"key": key}))
-    fit = ["fit", *run.cli_args(out), "--trainer.max_steps", str(run.steps), "--trainer.max_epochs", "-1",
-           *(["--ckpt_path", "last"] if resume else [])]
-    test = ["test", *run.cli_args(out), "--ckpt_path", "last"]
-    env = child_env(threads)
+    fit = ["fit", *run.train_args(out), *(["--ckpt_path", "last"] if resume else [])]
+    test = run.test_command(out)
     t0 = time.perf_counter()
-    with open(folder / "log.txt", "a") as log:
-        log.write(f"\n$ catvae {' '.join(fit)}\n$ catvae {' '.join(test)}\n")
-        log.flush()
-        proc = children.start([sys.executable, "-m", "catvae.compare", "--_run", json.dumps([fit, test])],
-                              stdout=log, stderr=subprocess.STDOUT, env=env)
-        try:
-            returncode = proc.wait()
-        finally:
-            children.finish(proc)
-    if returncode in (128 + signal.SIGINT, 128 + signal.SIGTERM):
+    returncode = children.run(["--_run", json.dumps([fit, test])], folder / "log.txt", child_env(threads),
+                              f"\n$ catvae {' '.join(fit)}\n$ catvae {' '.join(test)}\n")
+    if returncode in STOPPED:
         raise Interrupted()
     if returncode != 0:
-        tail = (folder / "log.txt").read_text().strip().splitlines()[-3:]
-        raise RuntimeError(f"exit {returncode}: {' | '.join(tail)}")
+        raise RuntimeError(f"exit {returncode}: {_tail(folder / 'log.txt')}")
     return finish(run, out, fit, test, time.perf_counter() - t0)
+
+
+def _tail(log: Path) -> str:
+    """The last three lines of a child's log, on one line (what a failure reports)."""
+    return " | ".join(log.read_text().strip().splitlines()[-3:])
 
 
 def finish(run: Run, out: Path, fit: list[str], test: list[str], wall_s: float) -> dict:
@@ -270,23 +282,16 @@ def run_groups(runs: list[Run], out: Path, group_limit: int | None = None) -> tu
                 (run.folder(out) / "started.json").write_text(json.dumps({"key": run.key(), "group": str(folder)}))
             t0 = time.perf_counter()
             try:
-                with open(folder / "log.txt", "a") as log:
-                    proc = children.start([sys.executable, "-m", "catvae.compare", "--_group",
-                                           batched.payload(group, out)],
-                                          stdout=log, stderr=subprocess.STDOUT, env=child_env(os.cpu_count() or 1))
-                    try:
-                        returncode = proc.wait()
-                    finally:
-                        children.finish(proc)
+                returncode = children.run(["--_group", batched.payload(group, out)], folder / "log.txt",
+                                          child_env(os.cpu_count() or 1))
             except Interrupted:
                 break
-            if returncode in (128 + signal.SIGINT, 128 + signal.SIGTERM):
+            if returncode in STOPPED:
                 break
             wall = time.perf_counter() - t0
             names = ", ".join(r.experiment for r in group)
             if returncode != 0:
-                tail = (folder / "log.txt").read_text().strip().splitlines()[-3:]
-                failures.append(f"group of {names}: exit {returncode}: {' | '.join(tail)}")
+                failures.append(f"group of {names}: exit {returncode}: {_tail(folder / 'log.txt')}")
                 print(f"[group {g + 1}/{len(groups)}] FAILED ({names}): see {folder / 'log.txt'}", flush=True)
                 continue
             diverged = batched.diverged_runs(folder)
@@ -296,7 +301,7 @@ def run_groups(runs: list[Run], out: Path, group_limit: int | None = None) -> tu
                                     f"group went on; its state is in {folder / 'checkpoints'})")
                     continue
                 try:
-                    results[index[id(run)]] = finish(run, out, batched.fit_args(run, out), batched.test_args(run, out),
+                    results[index[id(run)]] = finish(run, out, ["fit", *run.train_args(out)], run.test_command(out),
                                                      wall / len(group))
                 except RuntimeError as err:
                     failures.append(f"{run.experiment}: {err}")

@@ -105,6 +105,14 @@ class Run:
                 "--runs_dir", str(out / "runs"), "--experiment_name", self.experiment,
                 "--seed_everything", str(self.seed), *COMMON_ARGS, *(a.replace("{seed}", str(self.seed)) for a in self.args)]
 
+    def train_args(self, out: Path) -> list[str]:
+        """``catvae fit``'s arguments for this run (without the subcommand): its configs and its step budget."""
+        return [*self.cli_args(out), "--trainer.max_steps", str(self.steps), "--trainer.max_epochs", "-1"]
+
+    def test_command(self, out: Path) -> list[str]:
+        """``catvae test`` of this run's last checkpoint."""
+        return ["test", *self.cli_args(out), "--ckpt_path", "last"]
+
     def key(self) -> str:
         """What the run's result depends on: a changed spec, budget or config file is another run. Config files
         count by their contents, not their paths, so a results folder still matches after the repository moves
