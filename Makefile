@@ -50,30 +50,35 @@ bench: setup
 	$(BIN)/catvae bench estimators
 	$(BIN)/catvae bench step
 
-# Here, once per GPU session (needs the package index): what a GPU machine of the device tool lacks,
-# into ignored folders that `carry` can take along: MNIST gzipped (.gpu/, 11 MB) and the wheels of
-# jsonargparse (for `catvae fit`) and pytest (for the CUDA tests), with their dependencies (.whl/).
-# Carry [".gpu", ".whl"] and run `python3 -m catvae.gpu_check --out $OUT` there (no make needed).
+# Here, once per GPU session (needs the package index): what a GPU machine of the device tool lacks, into ignored
+# folders that `carry` can take along: MNIST gzipped (.gpu/, 11 MB) and the pure-Python wheels of jsonargparse and
+# the two dependencies the GPU image lacks (.whl/; PyYAML, typing-extensions and pytest are in the image). There
+# they are installed with `pip install --no-index --no-deps --target /tmp/site` and PYTHONPATH (catvae.gpu_check).
+GPU_WHEELS := jsonargparse==4.53.0 docstring_parser==0.18.0 typeshed_client==2.15.0
 gpu-pack:
 	mkdir -p .gpu/MNIST/raw .whl
 	for f in $(CATVAE_DATA_DIR)/MNIST/raw/*-ubyte; do gzip -c $$f > .gpu/MNIST/raw/$$(basename $$f).gz; done
-	$(PYTHON) -m pip download -q --only-binary=:all: --python-version 3.12 --implementation cp \
-	  --platform manylinux2014_x86_64 -d .whl "jsonargparse[signatures]==4.53.0" pytest
+	$(PYTHON) -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+	  --platform manylinux2014_x86_64 -d .whl $(GPU_WHEELS)
 
-# The GPU recipe (catvae/gpu_check.py): smoke test, then the GPU tables of docs/performance.md into
-# $(OUT)/, each part in its own file. DEVICE=cpu QUICK=--quick tries the whole recipe on any machine.
+# The GPU recipe (catvae/gpu_check.py), one device call: smoke test, capture tests, then the GPU tables, all within
+# DEADLINE seconds; $(OUT)/ gets summary.txt, report.txt and results.tgz (what a device call brings back).
+# DEVICE=cpu QUICK=--quick tries the whole recipe on any machine.
 OUT ?= gpu-check
 DEVICE ?= cuda
 QUICK ?=
+DEADLINE ?= 540
 gpu-check:
-	$(PYTHON) -m catvae.gpu_check --out $(OUT) --device $(DEVICE) $(QUICK)
+	$(PYTHON) -m catvae.gpu_check --out $(OUT) --device $(DEVICE) --deadline_s $(DEADLINE) $(QUICK)
 
-# Table 3 with 5 seeds (105 runs x 60,000 steps) batched on one GPU (catvae compare --batched), stopped at BUDGET
-# seconds (540: a device call may last 600 s, and the stop writes the group's checkpoint) and resumed by the same
-# command; its tables land in $(OUT)/table3_gpu/. QUICK=--quick tries it anywhere.
-BUDGET ?= 540
+# Table 3 with 5 seeds on one GPU, one setting per device call (SETTING=l48_k2, l30_k10 or l32_k64: 35 runs x 60,000
+# steps batched), within DEADLINE seconds; $(OUT)/ gets results.md/.csv, summary.txt, report.txt and results.tgz
+# (the setting's results folder without checkpoints). Assemble the three: unpack each results.tgz, then
+# `catvae compare configs/compare/table3_gpu.yaml --collect <the three folders> --out results/table3_gpu`.
+SETTING ?= l48_k2
 gpu-table3:
-	$(PYTHON) -m catvae.gpu_check --out $(OUT) --table3 configs/compare/table3_gpu.yaml --budget_s $(BUDGET) $(QUICK)
+	$(PYTHON) -m catvae.gpu_check --out $(OUT) --table3 configs/compare/table3_gpu.yaml --setting $(SETTING) \
+	  --deadline_s $(DEADLINE) $(QUICK)
 
 lint: setup
 	$(BIN)/ruff check catvae estimators callbacks tests

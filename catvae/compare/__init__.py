@@ -56,6 +56,13 @@ def compare(args: argparse.Namespace) -> int:
     spec = Path(args.spec)
     seeds = [int(s) for s in args.seeds.split(",")] if args.seeds else None
     runs = load_spec(spec, quick=args.quick, steps=args.steps, seeds=seeds)
+    if args.settings:
+        chosen, known = args.settings.split(","), list(dict.fromkeys(r.setting for r in runs))
+        unknown = [s for s in chosen if s not in known]
+        if unknown:
+            raise ConfigError(f"--settings {args.settings}: {spec} has no setting {', '.join(unknown)}; its settings: "
+                              f"{', '.join(known)}")
+        runs = [r for r in runs if r.setting in chosen]
     out = Path(args.out or f"results/{spec.stem}{'_quick' if args.quick else ''}")
     if args.group_size is not None and (args.group_size < 1 or not args.batched):
         raise ConfigError(f"--group-size {args.group_size}: needs --batched and a value >= 1")
@@ -101,7 +108,8 @@ def compare(args: argparse.Namespace) -> int:
         return _status(results, mine, failures, stopped)
     command = "catvae compare " + " ".join([str(spec)] + (["--quick"] if args.quick else []) +
                                            ([f"--steps {args.steps}"] if args.steps else []) +
-                                           ([f"--seeds {args.seeds}"] if args.seeds else []))
+                                           ([f"--seeds {args.seeds}"] if args.seeds else []) +
+                                           ([f"--settings {args.settings}"] if args.settings else []))
     write_csv(results, out / "results.csv", runs[0].metrics)
     write_markdown(results, runs, out / "results.md", f"catvae compare: {spec.stem}", command)
     plots = plot_curves(results, runs, out) if results else []
@@ -143,6 +151,8 @@ def add_parser(subparsers) -> None:
                    help=f"a tiny budget ({QUICK_STEPS} steps, 1000 training images, small eval) to check the pipeline")
     p.add_argument("--steps", type=int, help="override the spec's training steps per run")
     p.add_argument("--seeds", help="override the spec's seeds, e.g. 0,1")
+    p.add_argument("--settings", help="run (and tabulate) only these of the spec's settings, e.g. l48_k2 or "
+                                      "l48_k2,l30_k10; --collect without it assembles the whole table")
     p.add_argument("--dry-run", action="store_true", help="print the fit commands (with --batched: the groups) and exit")
     p.add_argument("--shard", help="i/N: run only the runs whose index in the spec is i mod N (a job array over N "
                                    "machines; no table is written)")

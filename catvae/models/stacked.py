@@ -47,7 +47,7 @@ from estimators.functional import log_softmax, sample_one_hot, softmax
 
 from ..core import adam
 from ..errors import TrainingDiverged
-from ..fast import ReplayOptimizer, StepRunner
+from ..fast import ReplayOptimizer, StepRunner, canonical_device
 from .vae import CategoricalVAE, bernoulli_nll, kl_to_uniform
 
 __all__ = ["ARCHITECTURE", "RunStreams", "StackedVAE", "run_slice"]
@@ -91,10 +91,14 @@ class RunStreams:
     def __len__(self) -> int:
         return len(self._states)
 
-    def generators(self, device: torch.device) -> list[torch.Generator]:
-        """The runs' generators on ``device`` (made once per device, continuing the saved states)."""
-        device = torch.device(device)
+    def generators(self, device: torch.device | str) -> list[torch.Generator]:
+        """The runs' generators on ``device`` (made once per device, continuing the saved states; every spelling of
+        one device, ``cuda`` or ``cuda:0``, gets the same generators: :func:`~catvae.fast.canonical_device`)."""
+        device = canonical_device(device)
         if self._gens is None or device != self._device:
+            if device.type == "cuda" and torch.cuda.is_current_stream_capturing():
+                raise RuntimeError(f"the runs' generators on {device} were first asked for during CUDA-graph capture: "
+                                   "make them before capture (the step's generators must be the registered ones)")
             self._sync()
             key = _key(device)
             gens = []
@@ -194,6 +198,7 @@ class StackedVAE(L.LightningModule):
         self.register_buffer("diverged_at", torch.full((self.R,), -1, dtype=torch.long))
         self._dead: set[int] = set()
         self._blocks: list[tuple[int, int, str]] | None = None
+        self._drawn_index: tuple[list[int], Tensor] | None = None
         self.fast_step = bool(first.hparams.fast_step)
         if self.fast_step:
             self.automatic_optimization = False
@@ -295,7 +300,24 @@ class StackedVAE(L.LightningModule):
     def _block_list(self) -> list[tuple[int, int, str]]:
         if self._blocks is None:
             self._blocks = _blocks(self.estimators, self._dead)
+            self._drawn_index = None
         return self._blocks
+
+    def _drawn(self, device: torch.device) -> tuple[list[int], Tensor | None]:
+        """The runs whose ``train/nelbo_exact`` needs a second, exact draw (not ``exact_draws``, not diverged) and
+        their index on ``device`` (``None`` when it is every run). Cached with the blocks, so that a step that reuses
+        it builds no tensor from Python data (a captured step cannot: ``catvae.fast.capture_hazards``)."""
+        self._block_list()
+        if self._drawn_index is None or self._drawn_index[1].device != device:
+            drawn = [r for r, est in enumerate(self.estimators) if not est.exact_draws and r not in self._dead]
+            self._drawn_index = (drawn, torch.tensor(drawn, dtype=torch.long, device=device))
+        drawn, index = self._drawn_index
+        return drawn, (index if len(drawn) < self.R else None)
+
+    def prepare_step(self, device: torch.device) -> None:
+        """Build what the step reuses (blocks, the exact-draw index, the runs' generators) before it is captured."""
+        self._drawn(device)
+        self.streams.generators(device)
 
     @torch.no_grad()
     def exact_means(self, x: Tensor, logits: Tensor, losses: Tensor) -> Tensor:
@@ -303,11 +325,10 @@ class StackedVAE(L.LightningModule):
         ``[R]``: its training loss where its estimator draws exactly (``exact_draws``, no second draw, as in
         :meth:`CategoricalVAE._nelbo_exact`), else a second draw from its stream through its decoder (one draw
         for all those runs)."""
-        drawn = [r for r, est in enumerate(self.estimators) if not est.exact_draws and r not in self._dead]
+        drawn, index = self._drawn(logits.device)
         if not drawn:
             return losses.detach()
         gens = self.streams.generators(logits.device)
-        index = torch.tensor(drawn, device=logits.device) if len(drawn) < self.R else None
         with rng.streams([gens[r] for r in drawn]):
             z = sample_one_hot(softmax(logits if index is None else logits.index_select(0, index)))
         if index is not None:
@@ -387,6 +408,7 @@ class StackedVAE(L.LightningModule):
             cuda = self.device.type == "cuda"
             self._runner = StepRunner(self.make_step(self._step_optimizer),
                                       generators=(lambda: self.streams.generators(self.device)) if cuda else None)
+        self.prepare_step(self.device)
         out: dict[str, Tensor] = {}
         self.optimizers().step(closure=lambda: out.update(self._runner(x)))
         return out
