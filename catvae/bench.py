@@ -417,6 +417,50 @@ def _sweep_times(R: int, latent_dim: int, n_categories: int, device: torch.devic
     return statistics.median(times["group"]), statistics.median(times["separate"])
 
 
+def bench_cost(args: argparse.Namespace) -> None:
+    """What one training step of a batched group costs, counted here on any device, and what that predicts for a
+    GPU: floating-point operations (``torch.utils.flop_counter``: the matmuls), ATen operations (each one kernel
+    at least: in a CUDA graph they run back to back, ``--gap_us`` apart) and bytes written by them (read about
+    as much again). Predicted seconds per step = max(FLOPs / ``--tflops``, 2 x bytes / ``--gbps``) + ops x gap;
+    then minutes for ``--steps`` steps. A plan, not a measurement: ``bench sweep --fast_step`` measures it there."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+    from torch.utils.flop_counter import FlopCounterMode
+
+    class Count(TorchDispatchMode):  # every ATen op of the step and the bytes of its outputs
+        ops = bytes = 0
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            out = func(*args, **(kwargs or {}))
+            self.ops += 1
+            self.bytes += sum(t.numel() * t.element_size() for t in torch.utils._pytree.tree_leaves(out)
+                              if isinstance(t, torch.Tensor))
+            return out
+
+    R = args.runs
+    print(f"one training step of a batched group of {R} runs (Table 3's estimators, estimator-major), batch 200, "
+          f"counted on {_device_name(torch.device('cpu'))}; predicted for a GPU at {args.tflops} TFLOP/s, "
+          f"{args.gbps} GB/s, {args.gap_us} us per kernel; {args.steps} steps")
+    print(f"{'setting':>8}{'GFLOP/step':>12}{'ops/step':>10}{'MB written':>12}{'ms/step':>9}{'minutes':>9}")
+    for setting in args.settings:
+        latent_dim, n_categories = _shape(setting)
+        models = []
+        for r in range(R):
+            torch.manual_seed(r)
+            models.append(CategoricalVAE(estimators.build(TABLE3[r * len(TABLE3) // R]), latent_dim=latent_dim,
+                                         n_categories=n_categories))
+        group = StackedVAE(models)
+        step = group.make_step(group.adam())
+        x = (torch.rand(R, 200, 784) < 0.13).float()
+        step(x)  # the optimizer's state exists, as in every later step
+        count, flops = Count(), FlopCounterMode(display=False)
+        with flops, count:
+            step(x)
+        gflop, mb = flops.get_total_flops() / 1e9, count.bytes / 1e6
+        seconds = max(gflop / (args.tflops * 1e3), 2 * mb / (args.gbps * 1e3)) + count.ops * args.gap_us * 1e-6
+        print(f"{setting:>8}{gflop:>12.1f}{count.ops:>10}{mb:>12.0f}{seconds * 1e3:>9.2f}"
+              f"{seconds * args.steps / 60:>9.1f}")
+
+
 VARIANCE_ESTIMATORS = ("gumbel", "gumbel_rao:k=1", "gumbel_rao:k=10", "gumbel_rao:k=100", "rloo:n_samples=2",
                        "rloo:n_samples=8", "rloo:n_samples=32")
 
@@ -557,6 +601,16 @@ def _add_train_parser(bsub) -> None:
     w.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     w.add_argument("--fast_step", action="store_true", help="capture each step in a CUDA graph (on a GPU)")
     w.set_defaults(func=bench_sweep)
+    c = bsub.add_parser("cost", help="FLOPs, ops and bytes of one batched group step, and the GPU time they predict")
+    c.add_argument("--settings", nargs="+", default=["48x2", "30x10", "32x64"], help="LxK latent shapes")
+    c.add_argument("--runs", type=int, default=35, help="runs in the group (default 35: Table 3 with 5 seeds)")
+    c.add_argument("--steps", type=int, default=60000, help="steps of the prediction (default 60000)")
+    c.add_argument("--tflops", type=float, default=25.0, help="sustained float32 TFLOP/s of the GPU's batched "
+                                                              "matmuls (default 25: ~40%% of an H100/H200's 67)")
+    c.add_argument("--gbps", type=float, default=2400.0, help="sustained memory GB/s (default 2400: ~50%% of an "
+                                                              "H200's 4.8 TB/s)")
+    c.add_argument("--gap_us", type=float, default=2.5, help="microseconds per kernel in a replayed CUDA graph")
+    c.set_defaults(func=bench_cost)
     o = bsub.add_parser("overhead", help="host time per step of catvae fit's loop around a no-op step (the floor "
                                          "of a CUDA-graph epoch)")
     o.add_argument("--setting", default="48x2", help="LxK latent shape")
