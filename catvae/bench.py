@@ -457,7 +457,7 @@ def bench_cost(args: argparse.Namespace) -> None:
             step(x)
         gflop, mb = flops.get_total_flops() / 1e9, count.bytes / 1e6
         seconds = max(gflop / (args.tflops * 1e3), 2 * mb / (args.gbps * 1e3)) + count.ops * args.gap_us * 1e-6
-        print(f"{setting:>8}{gflop:>12.1f}{count.ops:>10}{mb:>12.0f}{seconds * 1e3:>9.2f}"
+        print(f"{setting:>8}{gflop:>12.3f}{count.ops:>10}{mb:>12.0f}{seconds * 1e3:>9.2f}"
               f"{seconds * args.steps / 60:>9.1f}")
 
 

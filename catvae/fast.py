@@ -29,6 +29,8 @@ import torch
 from torch import Tensor
 from torch.utils._python_dispatch import TorchDispatchMode
 
+from estimators.base import CategoricalEstimator
+
 __all__ = ["StepRunner", "ReplayOptimizer", "canonical_device", "capture_hazards"]
 
 
@@ -263,8 +265,6 @@ def capture_hazards(make: Callable[[], tuple], x: Tensor, warmup: int = 3) -> tu
     Returns ``(hazards, drawn, registered)``: one line per hazard (empty: capture-safe), the generators the watched
     step drew from (as the dispatcher hands them over: new Python wrappers of the same generators) and the
     registered ones."""
-    from estimators.base import CategoricalEstimator
-
     watch = _Watch()
     previous = CategoricalEstimator._default_validate_args
     CategoricalEstimator.set_default_validate_args(False)

@@ -150,6 +150,16 @@ class CatVAECLI(LightningCLI):
     def parse_arguments(self, parser, args) -> None:
         self.config = parser.parse_args(estimator_class_paths(list(args)))
 
+    def before_instantiate_classes(self) -> None:
+        """A data module whose ``seed`` is left ``None`` (``MNISTDataModule``: the data order) gets the run's seed
+        (``--seed_everything``), written into the config so that config.yaml records the order it used."""
+        cfg = self.config[self.subcommand] if self.subcommand else self.config
+        seed, data = cfg.get("seed_everything"), cfg.get("data")
+        init = data.get("init_args") if hasattr(data, "get") else None
+        if isinstance(seed, int) and not isinstance(seed, bool) and init is not None and "seed" in init \
+                and init.get("seed") is None:
+            init["seed"] = seed
+
     def _parse_ckpt_path(self) -> None:
         """LightningCLI would merge the checkpoint's hyperparameters into the config; here the given config
         is the source of truth, and the checkpoint is checked against it in :meth:`instantiate_trainer`."""

@@ -100,3 +100,19 @@ def test_bench_variance_bad_estimator_is_one_line(capsys):
     assert main(["bench", "variance", "--estimators", "gumbel_rao:k"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "name:key=value" in err[0]
+
+
+def test_bench_cost_counts_the_step_flops_exactly(capsys):
+    """One Straight-Through run (no second decoder pass, K = 16: no matmul-shaped reductions): the matmul FLOPs of
+    a step are the forward 2·B·Σ in·out, and the backward's weight and input gradients, 2·B·Σ in·out each, but for
+    the input gradient of the first layer (the images need none)."""
+    assert main(["bench", "cost", "--runs", "1", "--settings", "4x16", "--steps", "1000"]) == 0
+    row = _rows(capsys.readouterr().out, ["4x16"])["4x16"].split()
+    layers = [(784, 512), (512, 256), (256, 64), (64, 256), (256, 512), (512, 784)]
+    expected = (6 * 200 * sum(a * b for a, b in layers) - 2 * 200 * 784 * 512) / 1e9
+    assert float(row[1]) == pytest.approx(expected, abs=1e-3) and int(row[2]) > 0 and float(row[4]) > 0
+    # ST and ReDGE: ReDGE's train/nelbo_exact needs a second, exact draw, decoded for the whole stack (2 runs)
+    assert main(["bench", "cost", "--runs", "2", "--settings", "4x16", "--steps", "1000"]) == 0
+    decoder = 2 * 2 * 200 * sum(a * b for a, b in layers[3:]) / 1e9
+    assert float(_rows(capsys.readouterr().out, ["4x16"])["4x16"].split()[1]) == pytest.approx(2 * expected + decoder,
+                                                                                             abs=2e-3)

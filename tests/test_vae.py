@@ -448,3 +448,25 @@ def test_sample_writes_prior_and_reconstruction_grids(tmp_path, capsys):
                           (["--ckpt_path", str(tmp_path / "none.ckpt")], "does not exist")):
         assert main(["sample", "--ckpt_path", str(ckpt), *bad]) == 2
         assert fragment in capsys.readouterr().err
+
+
+@needs_mnist
+def test_the_data_order_follows_the_run_seed_unless_pinned(tmp_path):
+    """Issue 25.1: the seeds of a sweep see different data orders (as the authors' script seeds its shuffle with
+    the run's seed); ``--data.seed`` pins the order; config.yaml records the order's seed."""
+    import yaml
+    from conftest import RecordTrainer
+
+    def first_batch(seed: int, *extra: str) -> tuple[torch.Tensor, int]:
+        runs = tmp_path / f"s{seed}{'_'.join(extra)}"
+        assert main(["fit", *cli_args(runs, "--seed_everything", str(seed), "--trainer.max_steps", "1",
+                                      "--trainer.callbacks+=conftest.RecordTrainer", *extra)]) == 0
+        (config,) = runs.rglob("config.yaml")
+        recorded = yaml.safe_load(config.read_text())["data"]["init_args"]["seed"]
+        return next(iter(RecordTrainer.last.datamodule.train_dataloader())), recorded
+
+    (a, seed_a), (b, seed_b) = first_batch(1), first_batch(2)
+    assert (seed_a, seed_b) == (1, 2) and not torch.equal(a, b)
+    (c, seed_c), (d, seed_d) = first_batch(1, "--data.seed", "7"), first_batch(2, "--data.seed", "7")
+    assert (seed_c, seed_d) == (7, 7) and torch.equal(c, d) and not torch.equal(a, c)
+    assert MNISTDataModule(str(DATA), download=False).seed is None  # the default: the run's

@@ -3,6 +3,7 @@ one tensor on the training device."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Literal
 
@@ -73,7 +74,10 @@ class MNISTDataModule(L.LightningDataModule):
             out the last N training images for validation and trains on the rest.
         train_subset: train on the first N images only (quick runs); ``None`` uses all.
         download: download the files when missing (needs network access).
-        seed: seed of the shuffling and of dynamic binarization.
+        seed: seed of the shuffling and of dynamic binarization; ``None`` (default): the run's seed (``catvae fit``
+            writes ``--seed_everything``'s value here, so config.yaml records it; used directly, the seed of
+            Lightning's ``seed_everything``, else 0), so the seeds of a sweep see different data orders, as in
+            the authors' script. Give it to pin the order across seeds.
         dataset: ``mnist`` (default, the paper's), ``fashion_mnist`` or ``kmnist``: the same idx format, sizes
             and 28×28 grey levels, binarized the same way; downloaded by torchvision where the network allows.
     """
@@ -81,7 +85,7 @@ class MNISTDataModule(L.LightningDataModule):
     arg_constraints = {"data_dir": optional(text), "dataset": one_of(*DATASETS), "batch_size": integer(1),
                        "eval_batch_size": integer(1),
                        "binarize": one_of("threshold", "dynamic", "none"), "val_size": integer(0, SIZES[True] - 1),
-                       "download": boolean, "seed": integer(0)}
+                       "download": boolean, "seed": optional(integer(0))}
 
     def __init__(
         self,
@@ -92,7 +96,7 @@ class MNISTDataModule(L.LightningDataModule):
         val_size: int = 0,
         train_subset: int | None = None,
         download: bool = True,
-        seed: int = 0,
+        seed: int | None = None,
         dataset: str = "mnist",
     ) -> None:
         super().__init__()
@@ -148,7 +152,7 @@ class MNISTDataModule(L.LightningDataModule):
             data,
             self.batch_size if train else self.eval_batch_size,
             shuffle=train,
-            seed=self.seed,
+            seed=self.seed if self.seed is not None else int(os.environ.get("PL_GLOBAL_SEED", 0)),
             drop_last=train,
             rank=rank,
             world_size=world,
