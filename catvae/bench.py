@@ -396,15 +396,21 @@ def bench_sweep(args: argparse.Namespace) -> None:
         print(f"{R:>5}{tg * 1e3:>15.2f}{ts * 1e3:>13.2f}{R / tg:>20.1f}{R / ts:>10.1f}{ts / tg:>9.2f}x{1 / tg:>17.1f}")
 
 
-def _sweep_times(R: int, latent_dim: int, n_categories: int, device: torch.device,
-                 args: argparse.Namespace) -> tuple[float, float]:
-    """Seconds per step of a group of ``R`` runs, and of the same runs stepped one after the other."""
-    capture = args.fast_step and device.type == "cuda"
+def _table3_runs(R: int, latent_dim: int, n_categories: int, **kwargs) -> list[CategoricalVAE]:
+    """``R`` VAEs of Table 3's estimators in a spec's order (estimator-major), run ``r`` built under seed ``r``."""
     models = []
     for r in range(R):
         torch.manual_seed(r)
         models.append(CategoricalVAE(estimators.build(TABLE3[r * len(TABLE3) // R]), latent_dim=latent_dim,
-                                     n_categories=n_categories, fast_step=args.fast_step).to(device))
+                                     n_categories=n_categories, **kwargs))
+    return models
+
+
+def _sweep_times(R: int, latent_dim: int, n_categories: int, device: torch.device,
+                 args: argparse.Namespace) -> tuple[float, float]:
+    """Seconds per step of a group of ``R`` runs, and of the same runs stepped one after the other."""
+    capture = args.fast_step and device.type == "cuda"
+    models = [m.to(device) for m in _table3_runs(R, latent_dim, n_categories, fast_step=args.fast_step)]
     x = (torch.rand(R, 200, 784, device=device) < 0.13).float()  # MNIST's share of lit pixels
     group = StackedVAE(models).to(device)
     singles = [functools.partial(StepRunner(m.make_step(m.adam(capturable=capture)), capture=capture), x[r])
@@ -443,12 +449,7 @@ def bench_cost(args: argparse.Namespace) -> None:
     print(f"{'setting':>8}{'GFLOP/step':>12}{'ops/step':>10}{'MB written':>12}{'ms/step':>9}{'minutes':>9}")
     for setting in args.settings:
         latent_dim, n_categories = _shape(setting)
-        models = []
-        for r in range(R):
-            torch.manual_seed(r)
-            models.append(CategoricalVAE(estimators.build(TABLE3[r * len(TABLE3) // R]), latent_dim=latent_dim,
-                                         n_categories=n_categories))
-        group = StackedVAE(models)
+        group = StackedVAE(_table3_runs(R, latent_dim, n_categories))
         step = group.make_step(group.adam())
         x = (torch.rand(R, 200, 784) < 0.13).float()
         step(x)  # the optimizer's state exists, as in every later step
