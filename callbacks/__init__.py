@@ -4,11 +4,12 @@ __distribution__ = "catvae"  # checked by catvae.layout: this top-level package 
 
 from .checkpoint import RunCheckpoint
 from .diagnostics import GradientDiagnostics
+from .durable import CommitCheckpoints, DurableCheckpointIO
 from .hparams import HParamsSummary
 from .images import ImageLogger
 from .interrupt import CheckpointOnInterrupt
 from .schedule import EstimatorSchedule
 from .timing import Throughput
 
-__all__ = ["CheckpointOnInterrupt", "EstimatorSchedule", "GradientDiagnostics", "HParamsSummary", "ImageLogger", "RunCheckpoint",
-           "Throughput"]
+__all__ = ["CheckpointOnInterrupt", "CommitCheckpoints", "DurableCheckpointIO", "EstimatorSchedule", "GradientDiagnostics",
+           "HParamsSummary", "ImageLogger", "RunCheckpoint", "Throughput"]

@@ -92,6 +92,9 @@ class CheckpointOnInterrupt(Checkpoint):
         pending = self._pending
         self._restore()
         if not isinstance(exception, SIGTERMException):
+            # where the run stopped and the checkpoint it keeps, for the one-line report of the command
+            path = self._path(trainer)
+            exception.stopped_at = {"step": trainer.global_step, "checkpoint": path if os.path.isfile(path) else None}
             return
         CheckpointOnInterrupt.received = signal.SIGINT if pending == signal.SIGINT else signal.SIGTERM
         path = self._save(trainer) if self._saved_step != trainer.global_step else self._path(trainer)

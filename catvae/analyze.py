@@ -60,6 +60,7 @@ from estimators import exact
 from estimators.base import ConfigError
 from estimators.rng import seeded
 
+from .runs import make_folder
 from .sample import binarized_test_images, load_vae
 
 __all__ = ["add_parser", "analyze", "law_error", "make_objective", "parse_probs"]
@@ -86,8 +87,8 @@ def parse_probs(text: str) -> Tensor:
     if len({len(r) for r in rows}) != 1 or len(rows[0]) < 2:
         raise ConfigError(f"--probs {text!r}: every coordinate needs the same number K >= 2 of probabilities")
     probs = torch.tensor(rows, dtype=torch.float64)
-    if (probs <= 0).any() or ((probs.sum(-1) - 1).abs() > 1e-6).any():
-        raise ConfigError(f"--probs {text!r}: each coordinate's probabilities must be > 0 and sum to 1")
+    if not torch.isfinite(probs).all() or (probs <= 0).any() or ((probs.sum(-1) - 1).abs() > 1e-6).any():
+        raise ConfigError(f"--probs {text!r}: each coordinate's probabilities must be finite, > 0 and sum to 1")
     return probs
 
 
@@ -287,8 +288,7 @@ def run(args: argparse.Namespace) -> int:
     if f is None:
         f = make_objective(args.objective, L, K, args.seed, args.p)
         objective = args.objective + (f" (p={args.p})" if args.objective == "polynomial" else f" (seed {args.seed})")
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
+    out = make_folder(Path(args.out), "--out")
     started = time.time()
     rows = analyze(probs, f, t_1s, ns, variants, references, args.draws, args.seed, args.tau,
                    progress=None if args.quiet else lambda s: print(s, file=sys.stderr, flush=True))

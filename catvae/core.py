@@ -62,6 +62,12 @@ OptimizerSpec = OptimizerCallable | None
 SchedulerSpec = LRSchedulerCallable | None
 
 
+#: the modules whose classes recorded ``optimizer``/``lr_scheduler`` hyperparameters may name (a checkpoint is
+#: untrusted input: a class path outside these is refused before any import, since importing runs the module).
+#: A config names its classes through LightningCLI instead, which passes callables, not class paths.
+RECORDED_CLASS_MODULES = ("torch.optim",)
+
+
 def _factory(spec, base: tuple[type, ...], what: str, noun: str) -> Callable | None:
     """A callable from an ``optimizer``/``lr_scheduler`` argument: ``None``, a callable, or the recorded
     ``{"class_path": ..., "init_args": ...}``, whose class must be a ``base`` (a checkpoint's hyperparameters
@@ -70,6 +76,10 @@ def _factory(spec, base: tuple[type, ...], what: str, noun: str) -> Callable | N
         return spec
     if isinstance(spec, dict) and isinstance(spec.get("class_path"), str) and "." in spec["class_path"]:
         module, _, name = spec["class_path"].rpartition(".")
+        if not any(module == m or module.startswith(m + ".") for m in RECORDED_CLASS_MODULES):
+            # refused before anything is imported: importing a module runs its code
+            raise ConfigError(f"{what}: {spec['class_path']} is not in {', '.join(RECORDED_CLASS_MODULES)}, the only "
+                              "modules recorded hyperparameters (a checkpoint) may name: refused, nothing imported")
         try:
             cls = getattr(importlib.import_module(module), name)
         except (ImportError, AttributeError):
@@ -246,6 +256,9 @@ class EstimatorTask(L.LightningModule):
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         self.check_checkpoint(checkpoint)
+        trainer = getattr(self, "_trainer", None)
+        if trainer is not None and trainer.max_steps not in (None, -1):
+            _count_replayed_epoch_end_once(checkpoint)
         self._pending_rng = checkpoint.get("catvae_rng")
         self._restore_metric_states(checkpoint.get("catvae_metrics") or {})
 
@@ -360,6 +373,26 @@ def adam(parameters, lr: float, device: torch.device, capturable: bool = False) 
     optimizer = torch.optim.Adam(parameters, lr=lr, capturable=capturable, fused=fused or None)
     optimizer.register_load_state_dict_pre_hook(_keep_kernel_flags)
     return optimizer
+
+
+def _count_replayed_epoch_end_once(checkpoint: dict) -> None:
+    """Make Lightning 2.6 count the epoch of an epoch-end checkpoint once when it resumes step-bounded training.
+
+    A checkpoint written in ``on_train_epoch_end`` records the epoch as processed but not completed. Resumed with
+    ``max_steps`` set (Lightning then always restarts within an epoch), the fit loop replays that epoch's end and
+    increments ``processed`` a second time: the run then counts one epoch too many, stops at ``max_epochs`` one
+    epoch early, and exits 0 short of its ``max_steps`` (issue 23 §0). Recorded as processed one fewer time (the
+    state of a run stopped inside the epoch's end), the replay's own increment brings both counters to the
+    straight run's values. Only that one signature is changed (ready = started = processed = completed + 1); a
+    checkpoint changed once no longer has it."""
+    progress = (checkpoint.get("loops") or {}).get("fit_loop", {}).get("epoch_progress")
+    if not isinstance(progress, dict):
+        return
+    counters = [progress.get("total"), progress.get("current")]
+    if all(isinstance(c, dict) and c.get("ready") == c.get("started") == c.get("processed") == c.get("completed", -9) + 1
+           for c in counters):
+        for c in counters:
+            c["processed"] -= 1
 
 
 def _detached(value):

@@ -1,14 +1,69 @@
-"""Loggers that keep what a resumed run already wrote."""
+"""Loggers that keep what a resumed run already wrote, and Lightning's console lines held until a run starts."""
 
 from __future__ import annotations
 
+import contextlib
 import csv
+import logging
 
+import lightning as L
 from lightning.fabric.loggers.logger import rank_zero_experiment
 from lightning.pytorch.loggers import CSVLogger as _LightningCSVLogger
 from lightning.pytorch.loggers.csv_logs import ExperimentWriter
 
-__all__ = ["CSVLogger"]
+__all__ = ["CSVLogger", "ReleaseHeldLogs", "hold_lightning_logs", "release_held_logs"]
+
+#: the loggers whose INFO lines Lightning prints before a run starts ("Seed set to 0", "GPU available: ...")
+_LIGHTNING = ("lightning.pytorch", "lightning.fabric")
+_held: list[logging.LogRecord] = []
+_saved: dict[str, tuple[list[logging.Handler], bool]] = {}
+
+
+class _Hold(logging.Handler):
+    def emit(self, record: logging.LogRecord) -> None:
+        _held.append(record)
+
+
+def release_held_logs() -> None:
+    """Print the lines :func:`hold_lightning_logs` holds (through Lightning's own handlers) and stop holding."""
+    if not _saved:
+        return
+    for name, (handlers, propagate) in _saved.items():
+        logger = logging.getLogger(name)
+        logger.handlers, logger.propagate = handlers, propagate
+    _saved.clear()
+    records = list(_held)
+    _held.clear()
+    for record in records:
+        logging.getLogger(record.name).handle(record)
+
+
+@contextlib.contextmanager
+def hold_lightning_logs():
+    """Hold Lightning's console lines until the run starts (:class:`ReleaseHeldLogs`) or the command succeeds; an
+    error before then drops them, so that it prints one line (``catvae: error: ...``) and nothing else."""
+    if _saved:  # already holding (a command inside a command)
+        yield
+        return
+    for name in _LIGHTNING:
+        logger = logging.getLogger(name)
+        _saved[name] = (logger.handlers[:], logger.propagate)
+        logger.handlers, logger.propagate = [_Hold()], False
+    try:
+        yield
+    except BaseException:
+        _held.clear()
+        release_held_logs()
+        raise
+    release_held_logs()
+
+
+class ReleaseHeldLogs(L.Callback):
+    """Print the held lines once the trainer sets up (data prepared and set up: the errors a user can cause before
+    a run are behind)."""
+
+    def setup(self, trainer, pl_module, stage: str) -> None:
+        release_held_logs()
 
 
 class _AppendingWriter(ExperimentWriter):

@@ -36,16 +36,18 @@ from jsonargparse import Namespace
 from lightning.pytorch.callbacks import LearningRateMonitor, ProgressBar
 from lightning.pytorch.cli import LightningCLI
 from lightning.pytorch.loggers import CSVLogger, Logger, TensorBoardLogger
+from lightning.pytorch.plugins.io import CheckpointIO
 from lightning.pytorch.utilities.exceptions import MisconfigurationException, SIGTERMException
 from lightning.pytorch.utilities.rank_zero import rank_zero_only
 
 import estimators
-from callbacks import CheckpointOnInterrupt, RunCheckpoint
+from callbacks import CheckpointOnInterrupt, CommitCheckpoints, DurableCheckpointIO, RunCheckpoint
 
 from .core import EstimatorTask
 from .errors import ConfigError, NonFiniteLogitsError, NothingToTrain, TrainingDiverged
 from .loggers import CSVLogger as AppendingCSVLogger
-from .runs import claim_version, experiment_name, load_checkpoint, resolve_checkpoint, version_of
+from .loggers import ReleaseHeldLogs, hold_lightning_logs
+from .runs import claim_version, experiment_name, load_checkpoint, resolve_checkpoint, safe_name, version_of
 
 EXIT_DIVERGED, EXIT_USAGE = 1, 2
 
@@ -86,7 +88,17 @@ def fit_callbacks(monitor: str | None, checkpoint_every_n_steps: int = 1000, dir
     directory, known only once it is claimed; where a resumed run's checkpoint lies when ``resuming``), and
     checkpoint on interrupt. Their settings are top-level options (``--checkpoint_every_n_steps``)."""
     best = [RunCheckpoint.best(monitor, dirpath, resuming)] if monitor else []
-    return [*best, *RunCheckpoint.last(checkpoint_every_n_steps, dirpath, resuming), CheckpointOnInterrupt()]
+    return [*best, *RunCheckpoint.last(checkpoint_every_n_steps, dirpath, resuming), CheckpointOnInterrupt(),
+            CommitCheckpoints()]
+
+
+def durable_plugins(configured) -> list:
+    """The trainer's ``plugins`` with :class:`~callbacks.DurableCheckpointIO` added, unless one of them is already
+    a ``CheckpointIO`` (the user's own storage wins; its checkpoints are then written as it writes them)."""
+    plugins = list(configured) if isinstance(configured, (list, tuple)) else [] if configured is None else [configured]
+    if not any(isinstance(p, CheckpointIO) for p in plugins):
+        plugins.append(DurableCheckpointIO())
+    return plugins
 
 
 def estimator_class_paths(argv: list[str]) -> list[str]:
@@ -125,6 +137,7 @@ class CatVAECLI(LightningCLI):
 
     def __init__(self, *args, **kwargs) -> None:
         self.claimed: Path | None = None  # the version directory this process created
+        self.created: list[Path] = []  # the folders above it that it created
         try:
             super().__init__(*args, **kwargs)
         except ConfigError:
@@ -187,6 +200,7 @@ class CatVAECLI(LightningCLI):
                 print(f"catvae: using {path}", file=sys.stderr)
         self.config_init[self.subcommand]["weights_only"] = not trust  # Lightning's own load, the same way
         if version is None and rank_zero_only.rank == 0:
+            self.created = [p for p in (root, *root.parents) if not p.exists()]  # removed again if the run fails
             version, self.claimed = claim_version(root)
         run_dir = root / f"version_{version}" if version is not None else None
         kwargs["logger"] = self._loggers(cfg, root, version)
@@ -200,6 +214,7 @@ class CatVAECLI(LightningCLI):
             dirpath = str(run_dir / "checkpoints") if run_dir is not None else None
             resuming = bool(ckpt) and version is not None
             kwargs["callbacks"] = self._fit_callbacks(cfg, every, dirpath, resuming, kwargs.get("callbacks"))
+            kwargs["plugins"] = durable_plugins(self._get(self.config_init, "trainer", default={}).get("plugins"))
         else:
             kwargs["callbacks"] = self._configured_callbacks(cfg)
             if ckpt:
@@ -209,6 +224,7 @@ class CatVAECLI(LightningCLI):
                 dirpath = str(run_dir / "checkpoints") if version is not None else str(path.parent)
                 kwargs["callbacks"] += [*([RunCheckpoint.best(monitor, dirpath)] if monitor else []),
                                         *RunCheckpoint.last(every, dirpath)]
+        kwargs["callbacks"] = [*kwargs.get("callbacks", []), ReleaseHeldLogs()]
         try:
             trainer = super().instantiate_trainer(**kwargs)
         except (MisconfigurationException, ValueError) as err:  # Trainer(...) rejecting a --trainer option
@@ -222,9 +238,11 @@ class CatVAECLI(LightningCLI):
 
     def _run_root(self) -> Path:
         cfg = self.config[self.subcommand]
-        experiment = cfg.get("experiment_name") or experiment_name(self.model, self.datamodule)
+        given = cfg.get("experiment_name")
+        experiment = safe_name(given, "--experiment_name", nested=True) if given is not None \
+            else safe_name(experiment_name(self.model, self.datamodule), "the task's run_name", nested=True)
         name = getattr(getattr(self.model, "estimator", None), "name", None) or "model"
-        return Path(cfg.get("runs_dir") or "runs") / experiment / name
+        return Path(cfg.get("runs_dir") or "runs") / experiment / safe_name(name, "the estimator's name")
 
     def _check_budget(self, checkpoint: dict, path: Path) -> None:
         """:class:`NothingToTrain` when the checkpoint already reached the trainer's ``max_epochs``/``max_steps``
@@ -294,6 +312,11 @@ class CatVAECLI(LightningCLI):
         wrote a checkpoint (so a fixed rerun gets the same number and nothing half-made stays behind)."""
         if self.claimed is not None and not any(self.claimed.glob("checkpoints/*.ckpt")):
             shutil.rmtree(self.claimed, ignore_errors=True)
+            for folder in self.created:  # the parents this run created, innermost first, while empty
+                try:
+                    folder.rmdir()
+                except OSError:
+                    break
 
 
 DESCRIPTION = (
@@ -335,7 +358,8 @@ def handle(command, *args) -> int:
     (``command``'s integer result, else 0). A bug (any other exception) propagates with its traceback."""
     quiet()
     try:
-        result = command(*args)
+        with hold_lightning_logs():
+            result = command(*args)
     except SIGTERMException:
         stopped = CheckpointOnInterrupt.received or signal.SIGTERM
         return 128 + int(stopped)
@@ -345,8 +369,7 @@ def handle(command, *args) -> int:
     except (TrainingDiverged, NonFiniteLogitsError) as err:
         if os.environ.get("CATVAE_DEBUG"):
             raise
-        print(f"catvae: error: training diverged: {one_line(err)}; the last good state is the run's last.ckpt "
-              "(resume it with a lower --model.init_args.lr, or start over)", file=sys.stderr)
+        print(f"catvae: error: training diverged{_where(err)}: {one_line(err)}; {_kept(err)}", file=sys.stderr)
         return EXIT_DIVERGED
     except Exception as err:
         cause = user_error(err)
@@ -355,6 +378,24 @@ def handle(command, *args) -> int:
         print(f"catvae: error: {cause}", file=sys.stderr)
         return EXIT_USAGE
     return result if isinstance(result, int) else 0
+
+
+def _where(err: BaseException) -> str:
+    step = (getattr(err, "stopped_at", None) or {}).get("step")
+    return f" at step {step}" if step is not None else ""
+
+
+def _kept(err: BaseException) -> str:
+    """What a diverged run keeps: its ``last.ckpt`` and that checkpoint's step (``CheckpointOnInterrupt`` records
+    both on the exception), and how to go on."""
+    path = (getattr(err, "stopped_at", None) or {}).get("checkpoint")
+    if path is None:
+        return "no checkpoint was written before it; start over with a lower --model.init_args.lr"
+    try:
+        step = f" (step {load_checkpoint(Path(path))['global_step']})"
+    except (ConfigError, KeyError):
+        step = ""
+    return f"the last good state is {path}{step}: resume it with --ckpt_path last and a lower --model.init_args.lr"
 
 
 def user_error(err: BaseException) -> str | None:

@@ -19,16 +19,45 @@ from pathlib import Path
 
 import torch
 
+from callbacks.durable import PREVIOUS, checksum_path, verify_checksum
 from estimators.base import ConfigError
 
 __all__ = [
-    "BEST_PREFIX", "LAST", "checkpoint_score", "claim_version", "experiment_name", "load_checkpoint",
+    "BEST_PREFIX", "LAST", "checkpoint_score", "claim_version", "experiment_name", "load_checkpoint", "make_folder", "safe_name",
     "resolve_checkpoint", "version_of", "versions",
 ]
 
 LAST = "last.ckpt"
 BEST_PREFIX = "best-"
 _VERSION = re.compile(r"version_(\d+)")
+
+
+_SAFE = re.compile(r"[A-Za-z0-9._-]+")
+
+
+def safe_name(value, field: str, nested: bool = False) -> str:
+    """``value`` when it can be a folder name inside the user's folders: letters, digits, ``.``, ``_``, ``-``, not
+    ``.`` or ``..`` (``nested``: several such components joined by ``/``, never absolute), else :class:`ConfigError`
+    naming ``field``. Every name that becomes a path component (experiment, setting, label, estimator) is checked,
+    so that no run writes outside ``--runs_dir`` or ``--out``."""
+    parts = value.split("/") if nested and isinstance(value, str) else [value]
+    if not isinstance(value, str) or not value or any(not _SAFE.fullmatch(p) or p in (".", "..") for p in parts):
+        allowed = "letters, digits, '.', '_', '-'" + (" (folders joined by '/')" if nested else "")
+        raise ConfigError(f"{field} {value!r} cannot be a folder name: use {allowed}, not '.' or '..'")
+    return value
+
+
+def make_folder(path: Path, flag: str) -> Path:
+    """Create the output folder ``path`` (and its parents) that option ``flag`` names, or :class:`ConfigError`
+    naming the option and the reason (a file in the way, no permission); called before any work starts."""
+    if path.exists() and not path.is_dir():
+        raise ConfigError(f"{flag} {path} is a file, not a folder; pass a folder")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise ConfigError(f"cannot create the folder {path} of {flag} ({err.strerror or err}); "
+                          f"pass a writable {flag}") from None
+    return path
 
 
 def experiment_name(model, datamodule) -> str:
@@ -93,6 +122,7 @@ def load_checkpoint(path: Path, trust: bool = False) -> dict:
     """
     if not path.is_file():
         raise ConfigError(f"checkpoint {path} does not exist; pass an existing .ckpt file or --ckpt_path last")
+    _check_sum(path)
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=not trust)
     except pickle.UnpicklingError as err:
@@ -108,6 +138,22 @@ def load_checkpoint(path: Path, trust: bool = False) -> dict:
     if not isinstance(ckpt, dict) or "state_dict" not in ckpt:
         raise ConfigError(f"checkpoint {path} has no state_dict (not a Lightning checkpoint); pass another --ckpt_path")
     return ckpt
+
+
+def _check_sum(path: Path) -> None:
+    """:class:`ConfigError` when ``path`` no longer matches the sha256 sidecar written with it (its bytes changed
+    after it was written: a disk or copy error, or an edit), offering ``previous.ckpt`` when that one is good."""
+    try:
+        good = verify_checksum(path)
+    except OSError as err:
+        raise ConfigError(f"checkpoint {path} cannot be read ({err.strerror or err}); pass another --ckpt_path") from None
+    if good is not False:
+        return
+    previous = path.with_name(PREVIOUS)
+    fallback = f"resume from the previous good one with --ckpt_path {previous}" \
+        if previous != path and previous.is_file() and verify_checksum(previous) else "pass another --ckpt_path"
+    raise ConfigError(f"checkpoint {path} does not match its checksum {checksum_path(path).name} (its bytes changed "
+                      f"after it was written); {fallback}")
 
 
 def checkpoint_score(ckpt: dict) -> float | None:

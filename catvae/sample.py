@@ -25,7 +25,7 @@ from .data.mnist import load_mnist
 from .data.paths import resolve_data_dir
 from .errors import ConfigError
 from .models import CategoricalVAE
-from .runs import load_checkpoint
+from .runs import load_checkpoint, make_folder
 
 __all__ = ["add_parser", "binarized_test_images", "load_vae", "sample"]
 
@@ -69,11 +69,14 @@ def run(args: argparse.Namespace) -> int:
     out = Path(args.out)
     if out.suffix.lower() != ".png":
         raise ConfigError(f"--out {out}: expected a .png file name, e.g. --out grid.png")
+    for path in (out, out.with_name(f"{out.stem}_reconstructions.png")):
+        if path.is_dir():
+            raise ConfigError(f"--out {out}: {path} is a folder; pass another file name")
+    make_folder(out.parent, "--out's folder")
     model, dataset = load_vae(args.ckpt_path, args.trust_checkpoint)
     x = binarized_test_images(dataset, args.n, args.data_dir)
     prior, pairs = sample(model, x, len(x) if len(x) < args.n else args.n, args.seed)
     nrow = math.ceil(math.sqrt(args.n))
-    out.parent.mkdir(parents=True, exist_ok=True)
     recon_path = out.with_name(f"{out.stem}_reconstructions.png")
     save_image(make_grid(prior, nrow=nrow, padding=2, pad_value=0.5), out)
     save_image(make_grid(pairs, nrow=nrow, padding=2, pad_value=0.5), recon_path)

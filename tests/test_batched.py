@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 from conftest import DATA, ROOT, needs_mnist
 from faults import PoisonAt, SignalAt
 from lightning.pytorch.utilities.exceptions import SIGTERMException
@@ -275,9 +276,10 @@ def test_batched_quick_sweep_gives_the_unbatched_results_folder(quick_sweep, tmp
         assert float(b["epoch_s"]) > 0
 
     def layout(folder):
-        # all but the logs and, unbatched only, the best-by-validation checkpoint (module docstring of batched)
+        # all but the logs and, unbatched only, the best-by-validation checkpoint (module docstring of batched), and
+        # previous.ckpt (the last.ckpt before the final one: a single run writes several, a group's run one)
         return {str(f.relative_to(folder)) for f in (folder / "runs").rglob("*") if "events" not in f.name
-                and f.suffix != ".yaml" and f.name != "log.txt" and not f.name.startswith("best-")}
+                and f.suffix != ".yaml" and f.name != "log.txt" and not f.name.startswith(("best-", "previous."))}
 
     assert layout(plain) == layout(batched)
     assert {p.name for p in plain.glob("*.png")} == {p.name for p in batched.glob("*.png")}
@@ -363,3 +365,30 @@ def test_a_captured_group_step_equals_the_eager_one_and_keeps_runs_independent_o
     for r in range(3):
         for name, value in captured.run_state_dict(r).items():
             assert torch.equal(other.run_state_dict(r)[name], value), (r, name)
+
+
+BATCHED_REFUSALS = {  # spec args, a phrase of the one-line error: refused by the sweep, before any group starts
+    "bf16 precision": (["--trainer.precision=bf16-mixed"], "--batched trains in float32"),
+    "an extra callback": (["--trainer.callbacks+=callbacks.EstimatorSchedule"], "does not run the callbacks EstimatorSchedule"),
+    "per-seed data": (["--data.init_args.train_subset=100{seed}"], "must share their data"),
+    "gradient accumulation": (["--trainer.accumulate_grad_batches=2"], "--trainer.accumulate_grad_batches 2"),
+    "gradient clipping": (["--trainer.gradient_clip_val=1.0"], "--trainer.gradient_clip_val 1.0"),
+    "two devices with DDP": (["--trainer.devices=2", "--trainer.strategy=ddp", "--trainer.accelerator=cpu"],
+                             "--batched trains a group on one device"),
+}
+
+
+@needs_mnist
+@pytest.mark.parametrize("case", list(BATCHED_REFUSALS))
+def test_batched_refuses_what_it_cannot_stack_before_any_group_runs(tmp_path, capsys, case):
+    extra, message = BATCHED_REFUSALS[case]
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(yaml.safe_dump({
+        "steps": 5, "seeds": [0, 1], "settings": {"l48_k2": str(ROOT / "configs/mnist/l48_k2.yaml")},
+        "estimators": [{"name": "st"}, {"name": "gumbel"}], "args": ["--data.train_subset=1000", *extra]}))
+    capsys.readouterr()
+    assert main(["compare", str(spec), "--out", str(tmp_path / "out"), "--batched"]) == 2
+    err = capsys.readouterr().err
+    errors = [line for line in err.splitlines() if line.startswith("catvae: error:")]
+    assert len(errors) == 1 and message in errors[0], err[-2000:]
+    assert not (tmp_path / "out" / "groups").exists() and not (tmp_path / "out" / "runs").exists()

@@ -24,8 +24,10 @@ def _fit(fast: bool, estimator: str, steps: int = 12, ckpt_path=None, root=None,
 
 
 @needs_mnist
-@pytest.mark.parametrize("estimator", ["gumbel", "redge_cov", "redge_max"])
+@pytest.mark.parametrize("estimator", ["gumbel", "redge_cov", "redge_max", "rloo", "gumbel_rao"])
 def test_fast_step_matches_default_path(estimator):
+    """Every kind of estimator: relaxations, ReDGE, a score-function estimator with several exact draws (RLOO),
+    and a Rao-Blackwellized one (Gumbel-Rao)."""
     slow, t_slow = _fit(False, estimator)
     fast, t_fast = _fit(True, estimator)
     assert t_slow.global_step == t_fast.global_step == 12  # Lightning still counts the optimizer steps

@@ -69,7 +69,7 @@ def snapshot(folder: Path) -> dict:
 
 def spawn(argv: list[str], **kwargs) -> subprocess.Popen:
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1",
-           "PYTHONPATH": os.pathsep.join([str(ROOT / "tests"), os.environ.get("PYTHONPATH", "")])}
+           "PYTHONPATH": os.pathsep.join([str(ROOT / "tests"), os.environ.get("PYTHONPATH", "")]), **kwargs.pop("env", {})}
     return subprocess.Popen([sys.executable, "-m", "catvae", *argv], stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True, env=env, cwd=ROOT, **kwargs)
 
@@ -404,6 +404,11 @@ BAD_FIT = {  # extra arguments, a phrase of the expected one-line message
     "no best checkpoint": (["--ckpt_path=best", "--experiment_name=fresh"], "no best checkpoint"),
     "mismatched checkpoint": (["--ckpt_path={good}", "--model.init_args.n_categories=3"],
                               "checkpoint does not match the model"),
+    "changed checkpoint": (["--ckpt_path={tmp}/changed/last.ckpt"], "does not match its checksum last.ckpt.sha256"),
+    "experiment name leaves runs_dir": (["--experiment_name=../../x"], "--experiment_name '../../x' cannot be a folder"),
+    "experiment name absolute": (["--experiment_name={tmp}/x"], "cannot be a folder name"),
+    "experiment name empty": (["--experiment_name="], "--experiment_name '' cannot be a folder name"),
+    "experiment name with ..": (["--experiment_name=a/../../b"], "cannot be a folder name"),
 }
 BAD_TOOLS = {
     "bench: unknown device": (["bench", "estimators", "--device", "nosuch"], "is not a device"),
@@ -419,7 +424,23 @@ BAD_TOOLS = {
     "compare: parallel not a number": (["compare", str(CONFIGS / "compare" / "quick.yaml"), "--parallel", "x"],
                                        "invalid int value: 'x'"),
     "unknown tool flag": (["bench", "estimators", "--nosuch"], "unrecognized arguments: --nosuch"),
+    "compare: setting leaves --out": (["compare", "{tmp}/setting.yaml", "--out", "{tmp}/out"],
+                                      "setting '../../../x' cannot be a folder name"),
+    "compare: label leaves --out": (["compare", "{tmp}/label.yaml", "--out", "{tmp}/out"],
+                                    "estimator label '../x' cannot be a folder name"),
+    "compare: absolute label": (["compare", "{tmp}/abs_label.yaml", "--out", "{tmp}/out"],
+                                "estimator label '/tmp/x' cannot be a folder name"),
 }
+
+
+def _escaping_specs(tmp_path: Path) -> None:
+    """Compare specs whose setting or label would be a path outside --out."""
+    base = {"steps": 2, "seeds": [0], "settings": {"l48_k2": str(CONFIGS / "mnist" / "l48_k2.yaml")},
+            "estimators": [{"name": "st"}]}
+    for name, change in (("setting", {"settings": {"../../../x": str(CONFIGS / "mnist" / "l48_k2.yaml")}}),
+                         ("label", {"estimators": [{"name": "st", "label": "../x"}]}),
+                         ("abs_label", {"estimators": [{"name": "st", "label": "/tmp/x"}]})):
+        (tmp_path / f"{name}.yaml").write_text(yaml.safe_dump({**base, **change}))
 
 
 def _prepare_bad_files(tmp_path: Path, trained: Path) -> dict:
@@ -428,6 +449,13 @@ def _prepare_bad_files(tmp_path: Path, trained: Path) -> dict:
     (tmp_path / "bad.yaml").write_text("model: [unclosed\n")
     (tmp_path / "tab.yaml").write_text("trainer:\n\tmax_epochs: 2\n")
     (tmp_path / "file").write_text("a file, not a folder")
+    changed = tmp_path / "changed"
+    changed.mkdir()
+    for name in ("last.ckpt", "last.ckpt.sha256"):
+        (changed / name).write_bytes((last(trained).parent / name).read_bytes())
+    data = bytearray((changed / "last.ckpt").read_bytes())
+    data[len(data) // 2: len(data) // 2 + 4096] = bytes(4096)
+    (changed / "last.ckpt").write_bytes(bytes(data))
     return {"tmp": tmp_path, "good": last(trained), "bad": tmp_path / "bad"}
 
 
@@ -471,8 +499,11 @@ def test_fast_step_refuses_float16_mixed_precision():
 def test_bad_tool_input_is_one_line_exit_2(case, tmp_path, capsys):
     argv, message = BAD_TOOLS[case]
     (tmp_path / "file").write_text("a file, not a folder")
+    _escaping_specs(tmp_path)
+    before = sorted(tmp_path.parent.rglob("*"))
     capsys.readouterr()
     _one_line_error(capsys, main([a.format(tmp=tmp_path) for a in argv]), message)
+    assert sorted(tmp_path.parent.rglob("*")) == before  # nothing written, inside or outside --out
 
 
 @needs_mnist
@@ -511,6 +542,10 @@ def test_corrupt_last_checkpoint_is_the_same_one_line_error(trained, tmp_path, c
     last(runs).write_bytes(last(runs).read_bytes()[:3000])
     before = snapshot(runs)
     capsys.readouterr()
+    for sub in ("fit", "test"):
+        _one_line_error(capsys, main([sub, *args(runs, "--ckpt_path=last")]), "does not match its checksum")
+    (last(runs).parent / "last.ckpt.sha256").unlink()  # a file without a sidecar: the loader itself finds it corrupt
+    before = snapshot(runs)
     for sub in ("fit", "test"):
         _one_line_error(capsys, main([sub, *args(runs, "--ckpt_path=last")]), "is corrupt or not a checkpoint")
     assert snapshot(runs) == before  # no config.fit.yaml, no event file added to the old run
@@ -576,6 +611,7 @@ def test_trust_checkpoint_opts_in_to_the_full_unpickler(trained, tmp_path, capsy
     old = load(last(runs))
     old["written_on"] = datetime.date(2025, 1, 1)
     torch.save(old, last(runs))
+    (last(runs).parent / "last.ckpt.sha256").unlink()  # a file from elsewhere, without catvae's sidecar
     capsys.readouterr()
     _one_line_error(capsys, main(["fit", *args(runs, "--trainer.max_steps=3", "--ckpt_path=last")]),
                     "needs unsafe unpickling (datetime.date)")
@@ -625,7 +661,8 @@ def test_a_diverged_run_stops_with_one_line_and_keeps_the_last_good_checkpoint(t
                             "--trainer.callbacks+=faults.PoisonAt", "--trainer.callbacks.step=5")])
     err = capsys.readouterr().err
     lines = [line for line in err.splitlines() if line.startswith("catvae: error:")]
-    assert rc == 1 and len(lines) == 1 and "training diverged" in lines[0] and "step 5" in lines[0], err[-2000:]
+    assert rc == 1 and len(lines) == 1 and "training diverged at step 5" in lines[0], err[-2000:]
+    assert f"the last good state is {last(runs)} (step 4): resume it with --ckpt_path last" in lines[0]
     good = load(last(runs))
     assert good["global_step"] == 4  # the state after step 5 was refused
     assert all(torch.isfinite(v).all() for v in good["state_dict"].values() if v.is_floating_point())
@@ -718,3 +755,61 @@ def test_a_killed_compare_takes_its_runs_with_it(tmp_path):
     assert not _processes_mentioning(str(out))  # the run got SIGTERM, checkpointed and exited
     assert not (run / "result.json").exists()
     assert load(run / "st" / "version_0" / "checkpoints" / "last.ckpt")["global_step"] > 0
+
+
+@needs_mnist
+@pytest.mark.slow
+def test_a_sweep_whose_run_was_stopped_alone_says_so_and_exits_non_zero(tmp_path):
+    """SIGTERM to one run's process (not to the sweep): the other run finishes, the sweep exits 1 naming the
+    stopped run, and results.md lists it as not finished."""
+    spec, out = _compare_spec(tmp_path), tmp_path / "out"
+    data = yaml.safe_load(spec.read_text())
+    data["estimators"] = [{"name": "st"}, {"name": "gumbel"}]
+    data["args"] += ["--trainer.callbacks+=faults.SignalAt", "--trainer.callbacks.step=5",
+                     "--trainer.callbacks.only=st"]
+    spec.write_text(yaml.safe_dump(data))
+    proc = _compare(spec, out)
+    log = proc.communicate(timeout=600)[0]
+    assert proc.returncode == 1, log[-2000:]
+    assert "l48_k2/st/seed0: stopped by SIGTERM before it finished" in log
+    rows = (out / "results.csv").read_text().splitlines()
+    assert len(rows) == 2 and "gumbel" in rows[1]
+    assert "Not finished (1)" in (out / "results.md").read_text() and "l48_k2/st/seed0" in (out / "results.md").read_text()
+
+
+@needs_mnist
+@pytest.mark.parametrize("field", ["optimizer", "lr_scheduler"])
+@pytest.mark.parametrize("tool", ["sample", "analyze", "bench variance"])
+def test_a_checkpoint_naming_a_module_is_refused_before_it_is_imported(trained, tmp_path, monkeypatch, capsys,
+                                                                        field, tool):
+    """Recorded hyperparameters naming ``evilmod.Opt``: a module on sys.path that writes a marker when imported."""
+    marker = tmp_path / "imported"
+    (tmp_path / "evilmod.py").write_text(f"open({str(marker)!r}, 'w').close()\nclass Opt: pass\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.delitem(sys.modules, "evilmod", raising=False)
+    evil = load(last(trained))
+    evil["hyper_parameters"][field] = {"class_path": "evilmod.Opt", "init_args": {}}
+    torch.save(evil, tmp_path / "evil.ckpt")
+    argv = {"sample": ["sample", "--out", str(tmp_path / "s.png")], "analyze": ["analyze", "--out", str(tmp_path / "a")],
+            "bench variance": ["bench", "variance"]}[tool]
+    capsys.readouterr()
+    rc = main([*argv, "--ckpt_path", str(tmp_path / "evil.ckpt")])
+    _one_line_error(capsys, rc, f"{field}: evilmod.Opt is not in torch.optim")
+    assert not marker.exists() and "evilmod" not in sys.modules
+    assert not (tmp_path / "s.png").exists() and not (tmp_path / "a").exists()
+
+
+@needs_mnist
+@pytest.mark.parametrize("extra", [["--experiment_name=../x"], ["--ckpt_path={tmp}/nonexistent.ckpt"],
+                                   ["--data.data_dir={tmp}/none", "--data.download=false"],
+                                   ["--data.data_dir={tmp}/none", "--data.download=true"]])
+def test_an_error_before_training_prints_only_its_line_and_leaves_nothing(tmp_path, extra):
+    """No "Seed set to 0", no GPU/TPU lines: the error alone; no run folder and no data folder left behind (the
+    download goes through a proxy that refuses it, as without network)."""
+    runs = tmp_path / "runs"
+    offline = {k: "http://127.0.0.1:9" for k in ("http_proxy", "https_proxy", "HTTP_PROXY", "HTTPS_PROXY")}
+    proc = spawn(["fit", *args(runs, "--trainer.max_steps=1"), *[e.format(tmp=tmp_path) for e in extra]], env=offline)
+    out = proc.communicate(timeout=300)[0]
+    assert proc.returncode == 2 and len(out.strip().splitlines()) == 1 and out.startswith("catvae: error:"), out
+    assert not out.rstrip().endswith(":") and ":)" not in out  # no dangling colon from a download error
+    assert sorted(p.name for p in tmp_path.iterdir()) == []

@@ -414,6 +414,7 @@ def test_the_papers_window_statistic_and_checkpoints_written_before_it(tmp_path)
     for name in ("_window", "_window_count"):
         del old["state_dict"][name]
     torch.save(old, path)
+    path.with_name("last.ckpt.sha256").unlink()  # as written before the sidecars existed
     assert _cli(tmp_path, *common, "--trainer.max_steps", "10", "--ckpt_path", "last") == 0
     assert torch.load(path, weights_only=True)["state_dict"]["_window_count"] == 5  # counted from the resume
 
@@ -467,8 +468,11 @@ def test_optimizer_arguments_from_python_are_recorded_as_data_and_checked():
     assert isinstance(PolynomialTask("reinmax").attach(PolynomialDataModule(length=4).problem())
                       .configure_optimizers(), torch.optim.Adam)  # the default: Adam(lr)
     # a recorded class path names an optimizer or a scheduler, never other code
-    for spec, message in [({"class_path": "os.system"}, "os.system is not an optimizer"),
-                          ({"class_path": "nope.Opt"}, "no class"), ("torch.optim.SGD", "must be a callable")]:
+    for spec, message in [({"class_path": "os.system"}, "os.system is not in torch.optim"),
+                          ({"class_path": "nope.Opt"}, "nope.Opt is not in torch.optim"),
+                          ({"class_path": "torch.optim.Nope"}, "no class"),
+                          ({"class_path": "torch.optim.lr_scheduler.StepLR"}, "is not an optimizer"),
+                          ("torch.optim.SGD", "must be a callable")]:
         with pytest.raises(ConfigError, match=message):
             PolynomialTask("reinmax", optimizer=spec)
     with pytest.raises(ConfigError, match="torch.optim.SGD is not a learning-rate scheduler"):

@@ -306,10 +306,9 @@ def test_one_line_errors_from_estimator_construction(capsys):
     assert "n_steps must be an integer >= 2" in capsys.readouterr().err
 
 
+@needs_mnist
 def test_version_directories_never_collide(tmp_path):
     """A new run never reuses a version directory (nothing is overwritten)."""
-    if not (DATA / "MNIST").exists():
-        pytest.skip("no MNIST")
     runs = tmp_path / "runs"
     for _ in range(2):
         assert main(["fit", *cli_args(runs, "--trainer.max_steps=1", "--trainer.limit_val_batches=0")]) == 0

@@ -54,7 +54,10 @@ __all__ = ["Run", "add_parser", "collect", "compare", "execute", "load_spec", "r
 
 def compare(args: argparse.Namespace) -> int:
     spec = Path(args.spec)
-    seeds = [int(s) for s in args.seeds.split(",")] if args.seeds else None
+    try:
+        seeds = [int(s) for s in args.seeds.split(",")] if args.seeds else None
+    except ValueError:
+        raise ConfigError(f"--seeds {args.seeds}: expected integers separated by commas, e.g. --seeds 0,1,2") from None
     runs = load_spec(spec, quick=args.quick, steps=args.steps, seeds=seeds)
     if args.settings:
         chosen, known = args.settings.split(","), list(dict.fromkeys(r.setting for r in runs))

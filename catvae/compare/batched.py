@@ -35,7 +35,6 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
-import os
 import signal
 import sys
 from dataclasses import dataclass
@@ -47,7 +46,7 @@ from lightning.pytorch.callbacks import LearningRateMonitor, ProgressBar
 from lightning.pytorch.cli import LightningCLI
 from lightning.pytorch.loggers import TensorBoardLogger
 
-from callbacks import CheckpointOnInterrupt, HParamsSummary, RunCheckpoint, Throughput
+from callbacks import CheckpointOnInterrupt, CommitCheckpoints, DurableCheckpointIO, HParamsSummary, RunCheckpoint, Throughput
 
 from .. import runner
 from ..core import EstimatorTask
@@ -234,10 +233,23 @@ def plan_groups(runs: list[Run], out: Path, limit: int | None = None) -> tuple[l
     """The groups of ``runs`` (:func:`plan`) with each setting's size from :func:`group_size` (its first run built
     as ``catvae fit`` would build it), and those sizes."""
     sizes: dict[str, int] = {}
-    for run in runs:
-        if run.setting not in sizes:
-            sizes[run.setting] = group_size(build_template(run.train_args(out)), limit)
+    for setting in dict.fromkeys(run.setting for run in runs):
+        templates = [build_template(run.train_args(out)) for run in _representatives([r for r in runs if r.setting == setting])]
+        sizes[setting] = group_size(templates[0], limit)
+        check_group(templates)
     return plan(runs, sizes), sizes
+
+
+def _representatives(runs: list[Run]) -> list[Run]:
+    """The runs of one setting whose options :func:`check_group` checks before anything runs: the first run of
+    every estimator label (its config and the spec's arguments) and a second seed of the first label (what a
+    seed changes: per-seed data or options). The other runs differ from these only in seed and label."""
+    chosen = {}
+    for run in runs:
+        chosen.setdefault(run.label, run)
+    first = runs[0]
+    other_seed = next((r for r in runs if r.label == first.label and r.seed != first.seed), None)
+    return [*chosen.values(), *([other_seed] if other_seed else [])]
 
 
 def group_key(runs: list[Run]) -> str:
@@ -292,9 +304,10 @@ def fit_group(fit: list[list[str]], folder: Path, key: str, callbacks: list | No
     # a group checkpoint holds every run: every --checkpoint_every_n_steps steps (epoch ends included), not every
     # epoch as a single run's (Table 3 on a GPU: 35 runs at L=32, K=64 are ~0.9 GB a checkpoint)
     last = RunCheckpoint.last(every, str(folder / "checkpoints"), resume, every_n_epochs=max(1, every // per_epoch))
-    callbacks = [*bars, *(callbacks or []), *last, CheckpointOnInterrupt()]
+    callbacks = [*bars, *(callbacks or []), *last, CheckpointOnInterrupt(), CommitCheckpoints(loggers)]
     templates[0].cli.save_config_callback = None  # each run's config is its own; the group has none to save
-    trainer = LightningCLI.instantiate_trainer(templates[0].cli, logger=False, callbacks=callbacks,
+    plugins = runner.durable_plugins(templates[0].cli._get(templates[0].cli.config_init, "trainer", default={}).get("plugins"))
+    trainer = LightningCLI.instantiate_trainer(templates[0].cli, logger=False, callbacks=callbacks, plugins=plugins,
                                                default_root_dir=str(folder), enable_model_summary=False)
     try:
         trainer.fit(module, datamodule=data, ckpt_path=str(ckpt) if resume else None, weights_only=True)
@@ -351,18 +364,15 @@ def split_checkpoint(group: dict, r: int, template: Template) -> dict:
 
 
 def write_run_checkpoints(group: dict, templates: list[Template], versions: list[int]) -> None:
-    """Every run's ``version_N/checkpoints/last.ckpt`` from the group checkpoint (each written to a temporary
-    file first, then renamed: a crash leaves the previous file or the new one, never half of one); none for a
-    run that diverged."""
+    """Every run's ``version_N/checkpoints/last.ckpt`` from the group checkpoint, written as a single run writes
+    its own (:class:`~callbacks.DurableCheckpointIO`: atomically, with its sha256 sidecar, the file it replaces kept
+    as ``previous.ckpt``); none for a run that diverged."""
     diverged = group["state_dict"].get("diverged_at")
+    writer = DurableCheckpointIO()
     for r, (t, v) in enumerate(zip(templates, versions)):
         if diverged is not None and int(diverged[r]) >= 0:
             continue  # its last good checkpoint, if a stop wrote one, stays
-        path = t.root / f"version_{v}" / "checkpoints" / LAST
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp")
-        torch.save(split_checkpoint(group, r, t), tmp)
-        os.replace(tmp, path)
+        writer.save_checkpoint(split_checkpoint(group, r, t), t.root / f"version_{v}" / "checkpoints" / LAST)
 
 
 def diverged_runs(folder: Path) -> dict[int, int]:

@@ -106,10 +106,16 @@ def execute(run: Run, out: Path, threads: int, children: _Children | None = None
     returncode = children.run(["--_run", json.dumps([fit, test])], folder / "log.txt", child_env(threads),
                               f"\n$ catvae {' '.join(fit)}\n$ catvae {' '.join(test)}\n")
     if returncode in STOPPED:
-        raise Interrupted()
+        raise Interrupted(returncode)
     if returncode != 0:
         raise RuntimeError(f"exit {returncode}: {_tail(folder / 'log.txt')}")
     return finish(run, out, fit, test, time.perf_counter() - t0)
+
+
+def _stopped_alone(name: str, returncode: int) -> str:
+    """The failure line of a run whose process was stopped by a signal sent to it (not to the sweep)."""
+    signame = signal.Signals(returncode - 128).name
+    return f"{name}: stopped by {signame} before it finished (checkpointed); rerun the same command to resume it"
 
 
 def _tail(log: Path) -> str:
@@ -236,10 +242,15 @@ def run_all(runs: list[Run], out: Path, parallel: int) -> tuple[list[dict], list
         t0 = time.perf_counter()
         try:
             res = execute(run, out, threads, children)
-        except Interrupted:
-            return
+        except Interrupted as stop:
+            if children.stopped is not None or not stop.args:
+                return  # the sweep itself was stopped: it says so once
+            msg = _stopped_alone(run.experiment, stop.args[0])
         except Exception as err:  # one failed run doesn't stop the sweep
             msg = f"{run.experiment}: {err}"
+        else:
+            msg = None
+        if msg is not None:
             with lock:
                 failures.append(msg)
                 counter[0] += 1
@@ -286,10 +297,14 @@ def run_groups(runs: list[Run], out: Path, group_limit: int | None = None) -> tu
                                           child_env(os.cpu_count() or 1))
             except Interrupted:
                 break
-            if returncode in STOPPED:
-                break
-            wall = time.perf_counter() - t0
             names = ", ".join(r.experiment for r in group)
+            if returncode in STOPPED:
+                if children.stopped is not None:
+                    break  # the sweep itself was stopped: it says so once
+                failures += [_stopped_alone(run.experiment, returncode) for run in group]
+                print(f"[group {g + 1}/{len(groups)}] STOPPED by a signal ({names})", flush=True)
+                continue
+            wall = time.perf_counter() - t0
             if returncode != 0:
                 failures.append(f"group of {names}: exit {returncode}: {_tail(folder / 'log.txt')}")
                 print(f"[group {g + 1}/{len(groups)}] FAILED ({names}): see {folder / 'log.txt'}", flush=True)

@@ -80,6 +80,11 @@ def write_markdown(results: list[dict], runs: list[Run], path: Path, title: str,
     lines = [f"# {title}", "", f"Command: `{command}`  ", f"Budget: {steps} training steps per run; seeds {seeds}; "
              f"{len(results)}/{len(runs)} runs finished. Mean ± std over seeds; best per column in **bold**.", "",
              *([note, ""] if note else [])]
+    done = {r["key"] for r in results if "key" in r}
+    unfinished = [r.experiment for r in runs if r.key() not in done]
+    if unfinished:
+        lines += [f"**Not finished ({len(unfinished)}), left out of the table** (rerun the same command to resume "
+                  f"them): {', '.join(unfinished)}", ""]
     cols, lower, cells = [], {}, {}
     for s in settings:
         for m in metrics:

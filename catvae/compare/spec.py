@@ -13,6 +13,7 @@ import yaml
 import estimators
 
 from ..errors import ConfigError
+from ..runs import safe_name
 
 __all__ = ["COMMON_ARGS", "CURVES", "METRICS", "QUICK_ARGS", "QUICK_STEPS", "Curve", "Metric", "Run", "load_spec"]
 
@@ -194,7 +195,10 @@ def load_spec(path: Path, quick: bool = False, steps: int | None = None, seeds: 
 
     report = _report(spec, path)
     runs = []
+    for label in labels:
+        safe_name(label, f"spec {path}: estimator label")
     for setting, configs in settings.items():
+        safe_name(setting, f"spec {path}: setting")
         configs = [configs] if isinstance(configs, str) else list(configs)
         configs = [_resolve_config(c, spec_dir) for c in configs]
         for label, name, init_args, estimator_config in parsed:

@@ -27,16 +27,35 @@ FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3
 DATASETS = {"mnist": MNIST, "fashion_mnist": FashionMNIST, "kmnist": KMNIST}
 
 
+def _cause(err: Exception) -> str:
+    """One line for a failed read or download: torchvision's download error lists each mirror it tried and what
+    each gave (``Tried <url>, got:`` / ``<urlopen error ...>``); the first mirror's URL and error are kept."""
+    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+    tried = next((i for i, line in enumerate(lines) if line.startswith("Tried ")), None)
+    if tried is not None and tried + 1 < len(lines):
+        url = lines[tried].removeprefix("Tried ").split(",")[0]
+        text = f"{lines[tried + 1].strip('<>')} from {url}; no network?"
+    else:
+        text = lines[0].rstrip(":") if lines else ""
+    return f"{type(err).__name__}: {text}"[:200]
+
+
 def load_mnist(root: Path, train: bool, download: bool, dataset: str = "mnist") -> Tensor:
     """The images of an MNIST-format dataset (:data:`DATASETS`) as a uint8 tensor ``[N, 784]`` from
     torchvision's files under ``root/<ClassName>/raw`` (``root/MNIST/raw`` for MNIST)."""
     cls = DATASETS[dataset]
     raw = root / cls.__name__ / "raw"
     present = all((raw / name).is_file() for name in FILES)
+    created = [p for p in (raw, raw.parent, root) if not p.exists()]
     try:
         data = cls(str(root), train=train, download=download and not present)
     except Exception as err:  # missing files, network errors, corrupt or truncated files
-        cause = f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"[:160]
+        for folder in created:  # a failed download leaves nothing behind (the folders it made, while empty)
+            try:
+                folder.rmdir()
+            except OSError:
+                break
+        cause = _cause(err)
         if present:
             raise ConfigError(f"could not read the {cls.__name__} files in {raw} ({cause}): they are corrupt; "
                             "delete them to re-download, or replace them with a valid copy") from None
