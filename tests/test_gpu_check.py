@@ -7,6 +7,7 @@ from __future__ import annotations
 import argparse
 import gzip
 import os
+import re
 import site
 import subprocess
 import sys
@@ -173,7 +174,9 @@ def test_the_recipe_on_cpu_stops_at_its_deadline_and_returns_within_the_limits(t
     took = time.monotonic() - start
     assert done.returncode == 1, done.stderr[-2000:]
     summary = (out / "summary.txt").read_text()
-    assert "ok       preflight" in summary and ("STOPPED at the deadline" in summary or "SKIPPED" in summary)
+    # the first part ran (finished, or stopped itself on a host several times slower), a later one did not
+    assert re.search(r"^(ok|STOPPED at the deadline) +preflight", summary, re.M), summary
+    assert "STOPPED at the deadline" in summary or "SKIPPED" in summary
     assert took < deadline + 5.0 + 10.0 + 60.0  # the deadline, a part's grace and kill wait, packing on a slow host
     assert gpu_check.returnable(out) == [] and {p.name for p in out.iterdir()} == {"summary.txt", "report.txt",
                                                                                    "results.tgz"}
