@@ -72,9 +72,9 @@ def run(args: argparse.Namespace) -> int:
     for path in (out, out.with_name(f"{out.stem}_reconstructions.png")):
         if path.is_dir():
             raise ConfigError(f"--out {out}: {path} is a folder; pass another file name")
-    make_folder(out.parent, "--out's folder")
     model, dataset = load_vae(args.ckpt_path, args.trust_checkpoint)
     x = binarized_test_images(dataset, args.n, args.data_dir)
+    make_folder(out.parent, "--out's folder")  # after the inputs are checked: a bad one leaves no folder
     prior, pairs = sample(model, x, len(x) if len(x) < args.n else args.n, args.seed)
     nrow = math.ceil(math.sqrt(args.n))
     recon_path = out.with_name(f"{out.stem}_reconstructions.png")

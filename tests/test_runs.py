@@ -424,6 +424,10 @@ BAD_TOOLS = {
     "compare: parallel not a number": (["compare", str(CONFIGS / "compare" / "quick.yaml"), "--parallel", "x"],
                                        "invalid int value: 'x'"),
     "unknown tool flag": (["bench", "estimators", "--nosuch"], "unrecognized arguments: --nosuch"),
+    "compare: seeds not integers": (["compare", str(CONFIGS / "compare" / "quick.yaml"), "--seeds", "a,b"],
+                                     "--seeds a,b: expected integers"),
+    "analyze: out under a file": (["analyze", "--out", "{tmp}/file/o"], "cannot create the folder {tmp}/file/o of --out"),
+    "analyze: probs nan": (["analyze", "--probs", "nan,1", "--out", "{tmp}/o"], "--probs 'nan,1'"),
     "compare: setting leaves --out": (["compare", "{tmp}/setting.yaml", "--out", "{tmp}/out"],
                                       "setting '../../../x' cannot be a folder name"),
     "compare: label leaves --out": (["compare", "{tmp}/label.yaml", "--out", "{tmp}/out"],
@@ -499,10 +503,11 @@ def test_fast_step_refuses_float16_mixed_precision():
 def test_bad_tool_input_is_one_line_exit_2(case, tmp_path, capsys):
     argv, message = BAD_TOOLS[case]
     (tmp_path / "file").write_text("a file, not a folder")
+    (tmp_path / "folder.png").mkdir()
     _escaping_specs(tmp_path)
     before = sorted(tmp_path.parent.rglob("*"))
     capsys.readouterr()
-    _one_line_error(capsys, main([a.format(tmp=tmp_path) for a in argv]), message)
+    _one_line_error(capsys, main([a.format(tmp=tmp_path) for a in argv]), message.format(tmp=tmp_path))
     assert sorted(tmp_path.parent.rglob("*")) == before  # nothing written, inside or outside --out
 
 
@@ -813,3 +818,16 @@ def test_an_error_before_training_prints_only_its_line_and_leaves_nothing(tmp_pa
     assert proc.returncode == 2 and len(out.strip().splitlines()) == 1 and out.startswith("catvae: error:"), out
     assert not out.rstrip().endswith(":") and ":)" not in out  # no dangling colon from a download error
     assert sorted(p.name for p in tmp_path.iterdir()) == []
+
+
+@needs_mnist
+@pytest.mark.parametrize("out, message", [("{tmp}/file/s.png", "--out's folder {tmp}/file is a file, not a folder"),
+                                          ("{tmp}/folder.png", "{tmp}/folder.png is a folder")])
+def test_sample_refuses_an_output_it_cannot_write_in_one_line(trained, tmp_path, capsys, out, message):
+    (tmp_path / "file").write_text("a file, not a folder")
+    (tmp_path / "folder.png").mkdir()
+    before = sorted(tmp_path.rglob("*"))
+    capsys.readouterr()
+    rc = main(["sample", "--ckpt_path", str(last(trained)), "--out", out.format(tmp=tmp_path)])
+    _one_line_error(capsys, rc, message.format(tmp=tmp_path))
+    assert sorted(tmp_path.rglob("*")) == before
