@@ -123,6 +123,27 @@ def estimator_class_paths(argv: list[str]) -> list[str]:
     return out
 
 
+#: Trainer options where Lightning reads an int as a number of batches and a float as a fraction of them
+_BATCH_LIMITS = ("limit_train_batches", "limit_val_batches", "limit_test_batches", "limit_predict_batches",
+                 "val_check_interval")
+
+
+def integer_batch_limits(argv: list[str]) -> dict[str, int]:
+    """``--trainer.limit_val_batches 1`` means one batch: jsonargparse reads Lightning's ``Union[float, int]``
+    float first, and ``1.0`` is Lightning's "100 % of the batches" (issue 27: ``compare --quick`` validated on all
+    10,000 images). The batch-limit options written as integers on the command line (the last of each), which
+    :meth:`CatVAECLI.instantiate_trainer` passes to the Trainer as integers."""
+    written = {}
+    for i, arg in enumerate(argv):
+        key, eq, value = arg.partition("=")
+        if not eq and i + 1 < len(argv):
+            value = argv[i + 1]
+        name = key.rpartition(".")[2]
+        if key.startswith("--trainer.") and name in _BATCH_LIMITS:
+            written[name] = value.strip()
+    return {name: int(value) for name, value in written.items() if value.isdigit()}
+
+
 def _class_path(name: str) -> str:
     cls = estimators.get(name)
     exported = getattr(estimators, cls.__name__, None) is cls
@@ -161,7 +182,9 @@ class CatVAECLI(LightningCLI):
                                  "file: only for checkpoints you trust that the safe loader refuses")
 
     def parse_arguments(self, parser, args) -> None:
-        self.config = parser.parse_args(estimator_class_paths(list(args)))
+        args = estimator_class_paths(list(args))
+        self.config = parser.parse_args(args)
+        self.batch_counts = integer_batch_limits(args)
 
     def before_instantiate_classes(self) -> None:
         """A data module whose ``seed`` is left ``None`` (``MNISTDataModule``: the data order) gets the run's seed
@@ -225,6 +248,9 @@ class CatVAECLI(LightningCLI):
                 kwargs["callbacks"] += [*([RunCheckpoint.best(monitor, dirpath)] if monitor else []),
                                         *RunCheckpoint.last(every, dirpath)]
         kwargs["callbacks"] = [*kwargs.get("callbacks", []), ReleaseHeldLogs()]
+        configured = self._get(self.config_init, "trainer", default={})
+        kwargs.update({name: count for name, count in getattr(self, "batch_counts", {}).items()
+                       if configured.get(name) == count})  # 1, not 1.0 ("all batches")
         try:
             trainer = super().instantiate_trainer(**kwargs)
         except (MisconfigurationException, ValueError) as err:  # Trainer(...) rejecting a --trainer option

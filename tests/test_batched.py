@@ -168,7 +168,8 @@ def _tiny_args(tmp: Path, seed: int, estimator: str, steps: int) -> list[str]:
     return ["--config", str(ROOT / "configs/mnist/l48_k2.yaml"), f"--model.estimator={estimator}",
             "--model.init_args.encoder_hidden=[64]", "--model.init_args.decoder_hidden=[64]",
             "--data.train_subset=1000", "--data.batch_size=100", "--data.eval_batch_size=500",
-            "--trainer.limit_val_batches=1", "--trainer.log_every_n_steps=5", "--trainer.enable_progress_bar=false",
+            "--trainer.limit_val_batches=1", "--trainer.limit_test_batches=1", "--model.n_importance_samples=2",
+            "--trainer.log_every_n_steps=5", "--trainer.enable_progress_bar=false",
             "--runs_dir", str(tmp / "runs"), "--experiment_name", f"{estimator}/seed{seed}",
             "--seed_everything", str(seed), "--trainer.max_steps", str(steps), "--trainer.max_epochs", "-1"]
 

@@ -831,3 +831,13 @@ def test_sample_refuses_an_output_it_cannot_write_in_one_line(trained, tmp_path,
     rc = main(["sample", "--ckpt_path", str(last(trained)), "--out", out.format(tmp=tmp_path)])
     _one_line_error(capsys, rc, message.format(tmp=tmp_path))
     assert sorted(tmp_path.rglob("*")) == before
+
+
+@needs_mnist
+@pytest.mark.parametrize("flag", [["--trainer.limit_val_batches=1"], ["--trainer.limit_val_batches", "1"]])
+def test_a_batch_limit_of_one_is_one_batch_not_all_of_them(tmp_path, flag):
+    """jsonargparse reads Lightning's Union[float, int] float first: 1 would become 1.0, "100 % of the batches" (the
+    whole 10k test set, as `compare --quick` did). One validation batch of 500 images here."""
+    runs = tmp_path / "runs"
+    assert main(["fit", *args(runs, "--trainer.max_steps=10"), *flag]) == 0  # one epoch, one validation
+    assert set(scalars(version(runs))["val/n_examples"].values()) == {500.0}
