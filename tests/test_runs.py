@@ -769,7 +769,7 @@ def test_a_sweep_whose_run_was_stopped_alone_says_so_and_exits_non_zero(tmp_path
     stopped run, and results.md lists it as not finished."""
     spec, out = _compare_spec(tmp_path), tmp_path / "out"
     data = yaml.safe_load(spec.read_text())
-    data["estimators"] = [{"name": "st"}, {"name": "gumbel"}]
+    data["estimators"], data["steps"] = [{"name": "st"}, {"name": "gumbel"}], 10
     data["args"] += ["--trainer.callbacks+=faults.SignalAt", "--trainer.callbacks.step=5",
                      "--trainer.callbacks.only=st"]
     spec.write_text(yaml.safe_dump(data))
