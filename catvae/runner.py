@@ -47,7 +47,7 @@ from .core import EstimatorTask
 from .errors import ConfigError, NonFiniteLogitsError, NothingToTrain, TrainingDiverged
 from .loggers import CSVLogger as AppendingCSVLogger
 from .loggers import ReleaseHeldLogs, hold_lightning_logs
-from .runs import claim_version, experiment_name, load_checkpoint, resolve_checkpoint, safe_name, version_of
+from .runs import claim_version, experiment_name, load_checkpoint, remove_empty, resolve_checkpoint, safe_name, version_of
 
 EXIT_DIVERGED, EXIT_USAGE = 1, 2
 
@@ -237,7 +237,7 @@ class CatVAECLI(LightningCLI):
             dirpath = str(run_dir / "checkpoints") if run_dir is not None else None
             resuming = bool(ckpt) and version is not None
             kwargs["callbacks"] = self._fit_callbacks(cfg, every, dirpath, resuming, kwargs.get("callbacks"))
-            kwargs["plugins"] = durable_plugins(self._get(self.config_init, "trainer", default={}).get("plugins"))
+            kwargs["plugins"] = self.trainer_overrides()["plugins"]
         else:
             kwargs["callbacks"] = self._configured_callbacks(cfg)
             if ckpt:
@@ -248,9 +248,7 @@ class CatVAECLI(LightningCLI):
                 kwargs["callbacks"] += [*([RunCheckpoint.best(monitor, dirpath)] if monitor else []),
                                         *RunCheckpoint.last(every, dirpath)]
         kwargs["callbacks"] = [*kwargs.get("callbacks", []), ReleaseHeldLogs()]
-        configured = self._get(self.config_init, "trainer", default={})
-        kwargs.update({name: count for name, count in getattr(self, "batch_counts", {}).items()
-                       if configured.get(name) == count})  # 1, not 1.0 ("all batches")
+        kwargs.update({k: v for k, v in self.trainer_overrides().items() if k != "plugins"})
         try:
             trainer = super().instantiate_trainer(**kwargs)
         except (MisconfigurationException, ValueError) as err:  # Trainer(...) rejecting a --trainer option
@@ -261,6 +259,16 @@ class CatVAECLI(LightningCLI):
             if hasattr(callback, "check"):
                 callback.check(trainer, self.model)
         return trainer
+
+    def trainer_overrides(self) -> dict:
+        """What catvae changes in the configured Trainer arguments, for every trainer it builds from this config
+        (``catvae fit`` and a batched group): ``plugins`` with :class:`~callbacks.DurableCheckpointIO`
+        (:func:`durable_plugins`), and the batch limits written as integers kept integers
+        (:func:`integer_batch_limits`: 1 batch, not 1.0 = "all batches")."""
+        configured = self._get(self.config_init, "trainer", default={})
+        counts = {name: count for name, count in getattr(self, "batch_counts", {}).items()
+                  if configured.get(name) == count}
+        return {"plugins": durable_plugins(configured.get("plugins")), **counts}
 
     def _run_root(self) -> Path:
         cfg = self.config[self.subcommand]
@@ -338,11 +346,7 @@ class CatVAECLI(LightningCLI):
         wrote a checkpoint (so a fixed rerun gets the same number and nothing half-made stays behind)."""
         if self.claimed is not None and not any(self.claimed.glob("checkpoints/*.ckpt")):
             shutil.rmtree(self.claimed, ignore_errors=True)
-            for folder in self.created:  # the parents this run created, innermost first, while empty
-                try:
-                    folder.rmdir()
-                except OSError:
-                    break
+            remove_empty(self.created)
 
 
 DESCRIPTION = (

@@ -23,8 +23,8 @@ from callbacks.durable import PREVIOUS, checksum_path, verify_checksum
 from estimators.base import ConfigError
 
 __all__ = [
-    "BEST_PREFIX", "LAST", "checkpoint_score", "claim_version", "experiment_name", "load_checkpoint", "make_folder", "safe_name",
-    "resolve_checkpoint", "version_of", "versions",
+    "BEST_PREFIX", "LAST", "checkpoint_score", "claim_version", "experiment_name", "load_checkpoint", "make_folder",
+    "remove_empty", "resolve_checkpoint", "safe_name", "version_of", "versions",
 ]
 
 LAST = "last.ckpt"
@@ -58,6 +58,16 @@ def make_folder(path: Path, flag: str) -> Path:
         raise ConfigError(f"cannot create the folder {path} of {flag} ({err.strerror or err}); "
                           f"pass a writable {flag}") from None
     return path
+
+
+def remove_empty(folders: list[Path]) -> None:
+    """Remove ``folders`` (the ones a failed command created, innermost first) while they are empty: nothing a
+    failed run or download made stays behind."""
+    for folder in folders:
+        try:
+            folder.rmdir()
+        except OSError:
+            break
 
 
 def experiment_name(model, datamodule) -> str:

@@ -306,10 +306,9 @@ def fit_group(fit: list[list[str]], folder: Path, key: str, callbacks: list | No
     last = RunCheckpoint.last(every, str(folder / "checkpoints"), resume, every_n_epochs=max(1, every // per_epoch))
     callbacks = [*bars, *(callbacks or []), *last, CheckpointOnInterrupt(), CommitCheckpoints(loggers)]
     templates[0].cli.save_config_callback = None  # each run's config is its own; the group has none to save
-    plugins = runner.durable_plugins(templates[0].cli._get(templates[0].cli.config_init, "trainer", default={}).get("plugins"))
-    counts = getattr(templates[0].cli, "batch_counts", {})  # 1 batch, not 1.0 "all" (runner.integer_batch_limits)
-    trainer = LightningCLI.instantiate_trainer(templates[0].cli, logger=False, callbacks=callbacks, plugins=plugins,
-                                               default_root_dir=str(folder), enable_model_summary=False, **counts)
+    trainer = LightningCLI.instantiate_trainer(templates[0].cli, logger=False, callbacks=callbacks,
+                                               default_root_dir=str(folder), enable_model_summary=False,
+                                               **templates[0].cli.trainer_overrides())
     try:
         trainer.fit(module, datamodule=data, ckpt_path=str(ckpt) if resume else None, weights_only=True)
         if trainer.global_step > max(c._last_global_step_saved for c in last):

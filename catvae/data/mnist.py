@@ -14,6 +14,7 @@ from torchvision.datasets import KMNIST, MNIST, FashionMNIST
 
 from estimators.constraints import ConfigError, boolean, integer, one_of, optional, text, validate
 
+from ..runs import remove_empty
 from .loader import TensorBatches
 from .paths import resolve_data_dir
 
@@ -50,11 +51,7 @@ def load_mnist(root: Path, train: bool, download: bool, dataset: str = "mnist") 
     try:
         data = cls(str(root), train=train, download=download and not present)
     except Exception as err:  # missing files, network errors, corrupt or truncated files
-        for folder in created:  # a failed download leaves nothing behind (the folders it made, while empty)
-            try:
-                folder.rmdir()
-            except OSError:
-                break
+        remove_empty(created)  # a failed download leaves nothing behind
         cause = _cause(err)
         if present:
             raise ConfigError(f"could not read the {cls.__name__} files in {raw} ({cause}): they are corrupt; "
