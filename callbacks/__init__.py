@@ -1,4 +1,5 @@
-"""Lightning callbacks for catvae: checkpoints of a run, interrupts, timing, hyperparameters, images, diagnostics, schedules."""
+"""Lightning callbacks for catvae: checkpoints of a run, interrupts, progress lines, timing, hyperparameters, images,
+diagnostics, schedules."""
 
 __distribution__ = "catvae"  # checked by catvae.layout: this top-level package is catvae's
 
@@ -8,8 +9,9 @@ from .durable import CommitCheckpoints, DurableCheckpointIO
 from .hparams import HParamsSummary
 from .images import ImageLogger
 from .interrupt import CheckpointOnInterrupt
+from .progress import ProgressLines
 from .schedule import EstimatorSchedule
 from .timing import Throughput
 
 __all__ = ["CheckpointOnInterrupt", "CommitCheckpoints", "DurableCheckpointIO", "EstimatorSchedule", "GradientDiagnostics",
-           "HParamsSummary", "ImageLogger", "RunCheckpoint", "Throughput"]
+           "HParamsSummary", "ImageLogger", "ProgressLines", "RunCheckpoint", "Throughput"]

@@ -44,7 +44,8 @@ class HParamsSummary(L.Callback):
         self.metrics = list(metrics) if metrics is not None else None
 
     def on_fit_start(self, trainer, pl_module) -> None:
-        if trainer.global_step > 0 or not trainer.is_global_zero:  # a resumed run already has its session
+        # a resumed run already has its session (its global_step is not restored yet here: the checkpoint says it)
+        if trainer.ckpt_path is not None or trainer.global_step > 0 or not trainer.is_global_zero:
             return
         metrics = self.metrics if self.metrics is not None else list(getattr(pl_module, "hparams_metrics", ()))
         params = dict(pl_module.hparams)

@@ -19,6 +19,7 @@ import yaml
 from lightning.pytorch.loggers import TensorBoardLogger
 from torchvision import transforms
 from torchvision.datasets import MNIST
+from tqdm import tqdm
 
 import estimators
 from callbacks.diagnostics import gradient_diagnostics, vae_objective
@@ -56,12 +57,22 @@ def _shape(text: str) -> tuple[int, int]:
     return latent_dim, n_categories
 
 
-def _interleaved(calls: dict[str, object], rounds: int, inner: int, device: torch.device) -> dict[str, list[float]]:
+def _interleaved(calls: dict[str, object], rounds: int, inner: int, device: torch.device,
+                 what: str = "") -> dict[str, list[float]]:
     """Seconds per call of each ``calls[name]()``, one list entry per round; the callables take turns
-    within every round, so that drifts in a shared machine's speed hit all of them alike."""
+    within every round, so that drifts in a shared machine's speed hit all of them alike. With ``what`` (the
+    shape or size being timed) the progress goes to stderr: a tqdm bar naming the call being timed on a terminal,
+    one line per ``what`` elsewhere."""
     times: dict[str, list[float]] = {name: [] for name in calls}
+    tty = what and sys.stderr.isatty()
+    if what and not tty:
+        print(f"bench: {what}: {len(calls)} x {rounds} rounds of {inner} ({', '.join(calls)})", file=sys.stderr,
+              flush=True)
+    bar = tqdm(total=rounds * len(calls), desc=what, leave=False, file=sys.stderr, disable=not tty)
     for _ in range(rounds):
         for name, call in calls.items():
+            bar.set_postfix_str(name, refresh=False)
+            bar.update()
             if device.type == "cuda":
                 torch.cuda.synchronize(device)
             t0 = time.perf_counter()
@@ -70,11 +81,15 @@ def _interleaved(calls: dict[str, object], rounds: int, inner: int, device: torc
             if device.type == "cuda":
                 torch.cuda.synchronize(device)
             times[name].append((time.perf_counter() - t0) / inner)
+    bar.close()
     return times
 
 
-def _device(text: str) -> torch.device:
-    """``--device`` as a torch device that exists here (ConfigError otherwise)."""
+def _device(text: str | None) -> torch.device:
+    """``--device`` as a torch device that exists here (ConfigError otherwise); ``None``: cuda if available, else
+    cpu."""
+    if text is None:
+        text = "cuda" if torch.cuda.is_available() else "cpu"
     try:
         device = torch.device(text)
     except RuntimeError:
@@ -86,8 +101,18 @@ def _device(text: str) -> torch.device:
     return device
 
 
+def _known(names: list[str]) -> list[str]:
+    """``--estimators``: registered names (ConfigError naming the registered ones otherwise)."""
+    unknown = [n for n in names if n not in estimators.available()]
+    if unknown:
+        raise ConfigError(f"--estimators: unknown estimator {', '.join(unknown)}; registered: "
+                          f"{', '.join(estimators.available())}")
+    return names
+
+
 def _gumbel_first(names: list[str]) -> list[str]:
     """``names`` with Gumbel-ST, the baseline of every ratio, first (added if missing)."""
+    names = _known(names)
     return ["gumbel"] + [n for n in names if n != "gumbel"]
 
 
@@ -122,7 +147,7 @@ def bench_estimators(args: argparse.Namespace) -> None:
 
         calls = {label: functools.partial(_forward_backward, est, logits, weight) for label, (_, est) in ests.items()}
         _interleaved(calls, 1, max(3, args.inner // 4), device)  # warm-up
-        times = _interleaved(calls, args.repeats, args.inner, device)
+        times = _interleaved(calls, args.repeats, args.inner, device, f"L={latent_dim},K={n_categories}")
         for label in ests:
             t = statistics.median(times[label])
             cells[label].append(f"{t * 1e6:9.0f} us ({_paired_ratio(times[label], times['gumbel']):4.2f}x)")
@@ -134,19 +159,6 @@ def bench_estimators(args: argparse.Namespace) -> None:
     print("(ratio = median over rounds of time / Gumbel-ST time in the same round, same shape)")
 
 
-def add_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("bench", help="benchmarks that print timing tables")
-    bsub = p.add_subparsers(dest="bench", required=True)
-    e = bsub.add_parser("estimators", help="forward+backward time of each estimator at the VAE shapes")
-    e.add_argument("--estimators", nargs="*", choices=estimators.available(), help="default: all")
-    e.add_argument("--shapes", nargs="*", help="LxK shapes, default: 48x2 30x10 32x64")
-    e.add_argument("--batch", type=int, default=200)
-    e.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    e.add_argument("--repeats", type=int, default=7)
-    e.add_argument("--inner", type=int, default=50)
-    e.add_argument("--unfused", action="store_true", help="also time the plain-autograd ReDGE implementation")
-    e.set_defaults(func=bench_estimators)
-    _add_train_parser(bsub)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -277,7 +289,7 @@ def bench_overhead(args: argparse.Namespace) -> None:
 
 def bench_train(args: argparse.Namespace) -> None:
     device, root = _training_setup(args)
-    names = args.estimators or ["gumbel", "redge", "redge_max", "redge_cov"]
+    names = _known(args.estimators or ["gumbel", "redge", "redge_max", "redge_cov"])
     settings = [_shape(s) for s in args.settings]
     # on CUDA a second pass of catvae's loop waits for the device at every step (the serialized column);
     # on CPU the two measurements coincide and one pass gives both
@@ -355,7 +367,7 @@ def bench_step(args: argparse.Namespace) -> None:
                                    exact_nelbo_every_n_steps=args.exact_nelbo_every_n_steps)
             steps[name] = _vae_step(model.to(device), x)
         _interleaved(steps, 1, args.warmup, device)
-        times = _interleaved(steps, args.rounds, args.inner, device)
+        times = _interleaved(steps, args.rounds, args.inner, device, f"L={latent_dim},K={n_categories}")
         for name in names:
             t = statistics.median(times[name])
             ratio = _paired_ratio(times[name], times["gumbel"])
@@ -419,7 +431,7 @@ def _sweep_times(R: int, latent_dim: int, n_categories: int, device: torch.devic
                         generators=(lambda: group.streams.generators(device)) if capture else None)
     calls = {"group": functools.partial(runner, x), "separate": lambda: [s() for s in singles]}
     _interleaved(calls, 1, args.warmup, device)
-    times = _interleaved(calls, args.rounds, args.inner, device)
+    times = _interleaved(calls, args.rounds, args.inner, device, f"{R} runs, L={latent_dim},K={n_categories}")
     return statistics.median(times["group"]), statistics.median(times["separate"])
 
 
@@ -546,74 +558,3 @@ class _NullStepVAE(CategoricalVAE):
         return lambda x: {k: v.clone() for k, v in out.items()}
 
 
-def _add_timing_args(p: argparse.ArgumentParser, steps: int, warmup: int, rounds: int) -> None:
-    p.add_argument("--steps", type=int, default=steps, help="timed steps per loop (after warm-up)")
-    p.add_argument("--warmup", type=int, default=warmup)
-    p.add_argument("--rounds", type=int, default=rounds, help="repeat everything; report the best round of each loop")
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    p.add_argument("--data_dir", default=None, help="default: $CATVAE_DATA_DIR, else ./data")
-
-
-def _add_train_parser(bsub) -> None:
-    t = bsub.add_parser("train", help="reference training loop vs catvae fit's step, per epoch")
-    t.add_argument("--estimators", nargs="*", choices=estimators.available(),
-                   help="default: gumbel redge redge_max redge_cov")
-    t.add_argument("--settings", nargs="*", default=["48x2", "32x64"], help="LxK latent shapes")
-    _add_timing_args(t, steps=60, warmup=10, rounds=1)
-    t.add_argument("--fast_step", action="store_true", help="catvae fit with --model.fast_step (CUDA graph on GPU)")
-    t.add_argument("--exact_nelbo_every_n_steps", type=int, default=1,
-                   help="catvae fit's train/nelbo_exact diagnostic: 1 (default, as in fit) or 0 (off; the reference "
-                        "loop has none; ReDGE pays an extra decoder pass for it)")
-    t.add_argument("--precision", default="32-true", choices=("32-true", "bf16-mixed", "16-mixed", "64-true"),
-                   help="catvae fit's --trainer.precision (the reference loop stays float32); bf16-mixed is ~2x "
-                        "faster matmuls on CPUs with AVX512-BF16/AMX")
-    t.set_defaults(func=bench_train)
-    s = bsub.add_parser("step", help="the VAE's training step alone, estimators interleaved: ratio to Gumbel-ST")
-    s.add_argument("--estimators", nargs="*", choices=estimators.available(), help="default: all")
-    s.add_argument("--settings", nargs="*", default=["48x2", "32x64"], help="LxK latent shapes")
-    s.add_argument("--rounds", type=int, default=15)
-    s.add_argument("--inner", type=int, default=8, help="steps per estimator and round")
-    s.add_argument("--warmup", type=int, default=5)
-    s.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    s.add_argument("--exact_nelbo_every_n_steps", type=int, default=0, choices=(0, 1),
-                   help="0 (default): the estimator's own cost; 1: with fit's default train/nelbo_exact diagnostic")
-    s.set_defaults(func=bench_step)
-    v = bsub.add_parser("variance", help="gradient spread of estimators on one VAE batch (relative std, variance "
-                                         "ratio to the first), e.g. Gumbel-Rao's k and RLOO's S")
-    v.add_argument("--estimators", nargs="*", help="name or name:key=value,... (default: gumbel, gumbel_rao "
-                                                   "k=1,10,100, rloo n_samples=2,8,32)")
-    v.add_argument("--setting", default="48x2", help="LxK latent shape of a fresh model (default 48x2)")
-    v.add_argument("--hidden", default="512,256", help="encoder hidden sizes of a fresh model, the decoder's reversed "
-                                                        "(default: the paper's 512,256)")
-    v.add_argument("--ckpt_path", default=None, help="a trained CategoricalVAE checkpoint instead of a fresh model")
-    v.add_argument("--batch", type=int, default=16, help="test images in the fixed batch")
-    v.add_argument("--draws", type=int, default=200, help="gradient draws per estimator")
-    v.add_argument("--reference_samples", type=int, default=4000, help="RLOO samples of the reference gradient")
-    v.add_argument("--seed", type=int, default=0)
-    v.add_argument("--data_dir", default=None, help="default: $CATVAE_DATA_DIR, else ./data")
-    v.set_defaults(func=bench_variance)
-    w = bsub.add_parser("sweep", help="a batched group of R runs (compare --batched) vs the same runs stepped "
-                                      "separately: aggregate and per-run steps/s")
-    w.add_argument("--sizes", default="1,7,21", help="group sizes (default 1,7,21; 35 = Table 3 with 5 seeds)")
-    w.add_argument("--setting", default="48x2", help="LxK latent shape (default 48x2)")
-    w.add_argument("--rounds", type=int, default=5)
-    w.add_argument("--inner", type=int, default=5, help="steps per round")
-    w.add_argument("--warmup", type=int, default=3)
-    w.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    w.add_argument("--fast_step", action="store_true", help="capture each step in a CUDA graph (on a GPU)")
-    w.set_defaults(func=bench_sweep)
-    c = bsub.add_parser("cost", help="FLOPs, ops and bytes of one batched group step, and the GPU time they predict")
-    c.add_argument("--settings", nargs="+", default=["48x2", "30x10", "32x64"], help="LxK latent shapes")
-    c.add_argument("--runs", type=int, default=35, help="runs in the group (default 35: Table 3 with 5 seeds)")
-    c.add_argument("--steps", type=int, default=60000, help="steps of the prediction (default 60000)")
-    c.add_argument("--tflops", type=float, default=25.0, help="sustained float32 TFLOP/s of the GPU's batched "
-                                                              "matmuls (default 25: ~40%% of an H100/H200's 67)")
-    c.add_argument("--gbps", type=float, default=2400.0, help="sustained memory GB/s (default 2400: ~50%% of an "
-                                                              "H200's 4.8 TB/s)")
-    c.add_argument("--gap_us", type=float, default=2.5, help="microseconds per kernel in a replayed CUDA graph")
-    c.set_defaults(func=bench_cost)
-    o = bsub.add_parser("overhead", help="host time per step of catvae fit's loop around a no-op step (the floor "
-                                         "of a CUDA-graph epoch)")
-    o.add_argument("--setting", default="48x2", help="LxK latent shape")
-    _add_timing_args(o, steps=600, warmup=50, rounds=3)
-    o.set_defaults(func=bench_overhead)

@@ -24,6 +24,7 @@ from estimators.constraints import validate
 from estimators.rng import seeded
 
 from .errors import TrainingDiverged
+from .loggers import LoggedHParams
 from .metrics import StepMean
 
 __all__ = ["EstimatorSpec", "EstimatorTask", "OptimizerSpec", "SchedulerSpec", "resolve_estimator"]
@@ -103,7 +104,7 @@ def _describe(spec):
     return repr(spec)
 
 
-class EstimatorTask(L.LightningModule):
+class EstimatorTask(LoggedHParams, L.LightningModule):
     """Base LightningModule of every task: holds the gradient estimator (a constructor argument).
 
     * The estimator is a module attribute; the task never branches on its name.
@@ -254,7 +255,15 @@ class EstimatorTask(L.LightningModule):
         checkpoint["catvae_task"] = {"class": type(self).__qualname__, "estimator": self.estimator.name}
         checkpoint["catvae_metrics"] = self._metric_states()
 
+    def on_test_epoch_end(self) -> None:
+        """The test metrics go on the step the evaluated model was trained to (Lightning takes a logged ``step`` as
+        the x of the epoch's metrics), next to the run's curves, not at step 0 of the test trainer."""
+        step = self.global_step or getattr(self, "_checkpoint_step", 0)
+        if step:
+            self.log("step", float(step))
+
     def on_load_checkpoint(self, checkpoint: dict) -> None:
+        self._checkpoint_step = int(checkpoint.get("global_step") or 0)
         self.check_checkpoint(checkpoint)
         trainer = getattr(self, "_trainer", None)
         if trainer is not None and trainer.max_steps not in (None, -1):

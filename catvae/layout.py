@@ -14,6 +14,9 @@ environment (the README's ``make setup`` does). Importing ``catvae`` runs the ch
 from __future__ import annotations
 
 import importlib
+import importlib.util
+import re
+from pathlib import Path
 
 __all__ = ["COMPANIONS", "check"]
 
@@ -22,11 +25,18 @@ COMPANIONS = ("estimators", "callbacks")
 
 
 def check() -> None:
-    """Raise ``ImportError`` if a companion package on the path is another distribution's."""
+    """Raise ``ImportError`` if a companion package on the path is another distribution's. Read from the source
+    of the module that an import would find (its ``__distribution__`` line), without importing it: ``catvae
+    --help`` stays free of torch."""
     for name in COMPANIONS:
-        module = importlib.import_module(name)
-        if getattr(module, "__distribution__", None) != "catvae":
-            where = getattr(module, "__file__", None) or list(getattr(module, "__path__", []))
+        spec = importlib.util.find_spec(name)
+        origin = spec.origin if spec is not None else None
+        try:
+            text = Path(origin).read_text(errors="replace") if origin and origin.endswith(".py") else ""
+        except OSError:
+            text = ""
+        if not re.search(r'^__distribution__ = "catvae"', text, re.M):
+            where = origin or (list(spec.submodule_search_locations or []) if spec is not None else "not found")
             raise ImportError(f"the top-level module {name!r} ({where}) is not catvae's: another installed package "
                               f"provides one. Install catvae in its own virtual environment (python -m venv), or "
                               f"uninstall the other package and reinstall catvae")

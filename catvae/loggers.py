@@ -1,4 +1,5 @@
-"""Loggers that keep what a resumed run already wrote, and Lightning's console lines held until a run starts."""
+"""Loggers that keep what a resumed run already wrote, the hyperparameters they record, and Lightning's console lines
+held until a run starts."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from lightning.fabric.loggers.logger import rank_zero_experiment
 from lightning.pytorch.loggers import CSVLogger as _LightningCSVLogger
 from lightning.pytorch.loggers.csv_logs import ExperimentWriter
 
-__all__ = ["CSVLogger", "ReleaseHeldLogs", "hold_lightning_logs", "release_held_logs"]
+__all__ = ["CSVLogger", "LoggedHParams", "ReleaseHeldLogs", "hold_lightning_logs", "release_held_logs"]
 
 #: the loggers whose INFO lines Lightning prints before a run starts ("Seed set to 0", "GPU available: ...")
 _LIGHTNING = ("lightning.pytorch", "lightning.fabric")
@@ -91,3 +92,15 @@ class CSVLogger(_LightningCSVLogger):
             self._fs.makedirs(self.root_dir, exist_ok=True)
             self._experiment = _AppendingWriter(log_dir=self.log_dir)
         return self._experiment
+
+
+class LoggedHParams:
+    """Mixin for a LightningModule or LightningDataModule: the hyperparameters the loggers record (``hparams.yaml``,
+    Lightning's ``hparams_initial``) without LightningCLI's ``_instantiator`` entry (the name of its own
+    instantiation function: nothing about the run; catvae rebuilds a task from its hyperparameters without it)."""
+
+    @property
+    def hparams_initial(self):
+        initial = super().hparams_initial
+        initial.pop("_instantiator", None)
+        return initial

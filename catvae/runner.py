@@ -33,7 +33,7 @@ from pathlib import Path
 
 import lightning as L
 from jsonargparse import Namespace
-from lightning.pytorch.callbacks import LearningRateMonitor, ProgressBar
+from lightning.pytorch.callbacks import LearningRateMonitor, ProgressBar, TQDMProgressBar
 from lightning.pytorch.cli import LightningCLI
 from lightning.pytorch.loggers import CSVLogger, Logger, TensorBoardLogger
 from lightning.pytorch.plugins.io import CheckpointIO
@@ -41,13 +41,28 @@ from lightning.pytorch.utilities.exceptions import MisconfigurationException, SI
 from lightning.pytorch.utilities.rank_zero import rank_zero_only
 
 import estimators
-from callbacks import CheckpointOnInterrupt, CommitCheckpoints, DurableCheckpointIO, RunCheckpoint
+from callbacks import CheckpointOnInterrupt, CommitCheckpoints, DurableCheckpointIO, ProgressLines, RunCheckpoint
 
+# every task and data module known to LightningCLI by class name (``--model GMMTask``)
+from . import data as _data  # noqa: F401
+from . import models as _models  # noqa: F401
+from . import tasks as _tasks  # noqa: F401
 from .core import EstimatorTask
+from .data.paths import resolve_data_dir
 from .errors import ConfigError, NonFiniteLogitsError, NothingToTrain, TrainingDiverged
 from .loggers import CSVLogger as AppendingCSVLogger
 from .loggers import ReleaseHeldLogs, hold_lightning_logs
-from .runs import claim_version, experiment_name, load_checkpoint, remove_empty, resolve_checkpoint, safe_name, version_of
+from .runs import (
+    claim_version,
+    experiment_name,
+    load_checkpoint,
+    record_versions,
+    remove_empty,
+    resolve_checkpoint,
+    safe_name,
+    version_of,
+)
+from .tools import config_paths
 
 EXIT_DIVERGED, EXIT_USAGE = 1, 2
 
@@ -90,6 +105,14 @@ def fit_callbacks(monitor: str | None, checkpoint_every_n_steps: int = 1000, dir
     best = [RunCheckpoint.best(monitor, dirpath, resuming)] if monitor else []
     return [*best, *RunCheckpoint.last(checkpoint_every_n_steps, dirpath, resuming), CheckpointOnInterrupt(),
             CommitCheckpoints()]
+
+
+def _on_terminal() -> bool:
+    """Whether stderr (where progress bars draw) is a terminal."""
+    try:
+        return sys.stderr.isatty()
+    except (AttributeError, ValueError):
+        return False
 
 
 def durable_plugins(configured) -> list:
@@ -169,6 +192,15 @@ class CatVAECLI(LightningCLI):
         kwargs.setdefault("exit_on_error", False)  # parse errors raise; handle() prints one line
         return super().init_parser(**kwargs)
 
+    def _prepare_subcommand_parser(self, klass, subcommand: str, **kwargs):
+        """LightningCLI's subcommand parser with catvae's meaning of ``--ckpt_path`` in its help (Lightning's says
+        "last, hpc, registry ... the previous trainer.fit call"; here 'last' and 'best' find a run directory)."""
+        parser = super()._prepare_subcommand_parser(klass, subcommand, **kwargs)
+        for action in parser._actions:
+            if action.dest == "ckpt_path":
+                action.help = CKPT_PATH_HELP["fit" if subcommand == "fit" else "eval"]
+        return parser
+
     def add_arguments_to_parser(self, parser) -> None:
         # configurable defaults (trainer_defaults' callbacks would be fixed: neither shown nor removable)
         parser.set_defaults({"trainer.callbacks": copy.deepcopy(DEFAULT_CALLBACKS)})
@@ -182,19 +214,23 @@ class CatVAECLI(LightningCLI):
                                  "file: only for checkpoints you trust that the safe loader refuses")
 
     def parse_arguments(self, parser, args) -> None:
-        args = estimator_class_paths(list(args))
+        args = estimator_class_paths(config_paths(list(args)))
         self.config = parser.parse_args(args)
         self.batch_counts = integer_batch_limits(args)
 
     def before_instantiate_classes(self) -> None:
         """A data module whose ``seed`` is left ``None`` (``MNISTDataModule``: the data order) gets the run's seed
-        (``--seed_everything``), written into the config so that config.yaml records the order it used."""
+        (``--seed_everything``), written into the config so that config.yaml records the order it used; one whose
+        ``data_dir`` is left ``None`` gets the folder it reads (``$CATVAE_DATA_DIR``, else ``./data``), absolute."""
         cfg = self.config[self.subcommand] if self.subcommand else self.config
         seed, data = cfg.get("seed_everything"), cfg.get("data")
         init = data.get("init_args") if hasattr(data, "get") else None
         if isinstance(seed, int) and not isinstance(seed, bool) and init is not None and "seed" in init \
                 and init.get("seed") is None:
             init["seed"] = seed
+        if init is not None and "data_dir" in init and not init.get("data_dir"):
+            # the folder the data is read from ($CATVAE_DATA_DIR, else ./data), recorded in config.yaml as used
+            init["data_dir"] = str(resolve_data_dir().resolve())
 
     def _parse_ckpt_path(self) -> None:
         """LightningCLI would merge the checkpoint's hyperparameters into the config; here the given config
@@ -258,6 +294,9 @@ class CatVAECLI(LightningCLI):
         for callback in trainer.callbacks:  # callbacks that can refuse a model or a trainer say so here, not mid-run
             if hasattr(callback, "check"):
                 callback.check(trainer, self.model)
+        if run_dir is not None and rank_zero_only.rank == 0:
+            record_versions(run_dir, f"{self.subcommand}{' (resumed)' if self.subcommand == 'fit' and ckpt else ''}",
+                            self.datamodule)
         return trainer
 
     def trainer_overrides(self) -> dict:
@@ -332,14 +371,17 @@ class CatVAECLI(LightningCLI):
         """The config's callbacks (default: :data:`DEFAULT_CALLBACKS`), less the progress bar when
         ``--trainer.enable_progress_bar false`` and the learning-rate monitor when ``--trainer.logger false``
         (Lightning refuses both combinations; the flag wins). Of several progress bars the last one stays
-        (``--trainer.callbacks+=...TQDMProgressBar`` replaces the default's; Lightning allows one)."""
+        (``--trainer.callbacks+=...TQDMProgressBar`` replaces the default's; Lightning allows one). Where stderr is
+        not a terminal (a file, a pipe: a sweep's ``log.txt``, CI), a ``TQDMProgressBar`` becomes
+        :class:`~callbacks.ProgressLines`: a line every 30 s instead of a bar redrawn with carriage returns."""
         configured = self._get(self.config_init, "trainer", default={}).get("callbacks") or []
         configured = configured if isinstance(configured, list) else [configured]
         trainer = cfg.get("trainer") or {}
         drop = (ProgressBar,) * (trainer.get("enable_progress_bar") is False)
         drop += (LearningRateMonitor,) * (trainer.get("logger") is False)
         bars = [c for c in configured if isinstance(c, ProgressBar)]
-        return [c for c in configured if not isinstance(c, drop) and not (c in bars and c is not bars[-1])]
+        kept = [c for c in configured if not isinstance(c, drop) and not (c in bars and c is not bars[-1])]
+        return [ProgressLines() if isinstance(c, TQDMProgressBar) and not _on_terminal() else c for c in kept]
 
     def _discard_claimed(self) -> None:
         """Remove the version directory this process created when the run failed on bad input before it
@@ -351,9 +393,27 @@ class CatVAECLI(LightningCLI):
 
 DESCRIPTION = (
     "catvae: categorical VAEs and gradient estimators for discrete latents. Training subcommands below "
-    "(LightningCLI); tools: `catvae bench {estimators,train,step,overhead}`, `catvae compare SPEC.yaml` "
-    "(see their --help)."
+    "(LightningCLI); `catvae --help` lists every subcommand, the tools (compare, bench, analyze, sample) too."
 )
+
+#: the top of ``catvae fit --help`` (and validate/test/predict): where the options that vary by class are
+SUBCOMMAND_HELP = (
+    "{what}. The options of the model, the data and the estimator depend on the class chosen and are not listed "
+    "below; see them with `catvae fit --model.help CategoricalVAE` (or GMMTask, PolynomialTask, SudokuTask), "
+    "`catvae fit --data.help MNISTDataModule`, `catvae fit --model.estimator.help ReDGECov`, and what a config "
+    "sets with `catvae fit --config FILE --print_config`. Estimators (--model.estimator NAME, or a class path): "
+    "{estimators}. Runs go to <runs_dir>/<experiment_name>/<estimator>/version_N (TensorBoard, config.yaml, "
+    "checkpoints/)."
+)
+_WHAT = {"fit": "Train a model", "validate": "Evaluate a checkpoint on the validation data",
+         "test": "Evaluate a checkpoint on the test data", "predict": "Run the model's predict step on a checkpoint"}
+CKPT_PATH_HELP = {
+    "fit": "resume a run: 'last' = the newest run of the same --experiment_name and estimator, from its last.ckpt "
+           "(in its own version_N: its logs continue); 'best' = that run's best checkpoint by the task's monitored "
+           "score; or a .ckpt file (inside a run: that run resumes). Checked against the config and the budget first.",
+    "eval": "the checkpoint to evaluate: 'last' = the newest run of the same --experiment_name and estimator "
+            "(its last.ckpt), 'best' = that run's best by the task's monitored score, or a .ckpt file.",
+}
 
 
 def run_cli(argv: list[str]) -> CatVAECLI:
@@ -372,7 +432,11 @@ def run_cli_class(cli_class: type[CatVAECLI], argv: list[str], run: bool = False
         args=argv,
         run=run,
         auto_configure_optimizers=False,
-        parser_kwargs={"description": DESCRIPTION},
+        parser_kwargs={"description": DESCRIPTION, **{
+            name: {"description": SUBCOMMAND_HELP.format(what=what, estimators=", ".join(estimators.available())),
+                   "usage": f"catvae {name} [--config FILE ...] [--model.* ...] [--data.* ...] [--trainer.* ...] "
+                            "[--ckpt_path last|best|FILE] [options]"}
+            for name, what in _WHAT.items()}},
         save_config_kwargs={"overwrite": False},
         trainer_defaults={"log_every_n_steps": 50},
     )

@@ -12,9 +12,14 @@ catvae writes into a checkpoint is of those types (tested), so the safe loader o
 
 from __future__ import annotations
 
+import datetime
 import os
 import pickle
+import platform
 import re
+import subprocess
+import sys
+from importlib import metadata
 from pathlib import Path
 
 import torch
@@ -23,8 +28,9 @@ from callbacks.durable import PREVIOUS, checksum_path, verify_checksum
 from estimators.base import ConfigError
 
 __all__ = [
-    "BEST_PREFIX", "LAST", "checkpoint_score", "claim_version", "experiment_name", "load_checkpoint", "make_folder",
-    "remove_empty", "resolve_checkpoint", "safe_name", "version_of", "versions",
+    "BEST_PREFIX", "LAST", "VERSIONS", "checkpoint_score", "claim_version", "environment_lines", "experiment_name",
+    "load_checkpoint", "make_folder", "record_versions", "remove_empty", "resolve_checkpoint", "safe_name", "version_of",
+    "versions",
 ]
 
 LAST = "last.ckpt"
@@ -194,3 +200,58 @@ def resolve_checkpoint(root: Path, which: str, trust: bool = False) -> tuple[Pat
             return min(scored)[2], version
     raise ConfigError(f"--ckpt_path {which}: no {which} checkpoint under {root}/version_*/checkpoints/; "
                       "train first, or pass the path of a .ckpt file")
+
+
+
+#: what :func:`record_versions` writes in a run directory
+VERSIONS = "versions.txt"
+
+
+def _git_commit(folder: Path) -> str | None:
+    """``<commit>`` or ``<commit>+uncommitted`` of the git checkout holding ``folder``, else ``None``."""
+    if not any((p / ".git").exists() for p in (folder, *folder.parents)):
+        return None
+    try:
+        head = subprocess.run(["git", "-C", str(folder), "rev-parse", "--short=12", "HEAD"], capture_output=True,
+                              text=True, timeout=10)
+        dirty = subprocess.run(["git", "-C", str(folder), "status", "--porcelain", "--untracked-files=no"],
+                               capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    if head.returncode != 0:
+        return None
+    return head.stdout.strip() + ("+uncommitted" if dirty.stdout.strip() else "")
+
+
+def environment_lines(datamodule=None) -> list[str]:
+    """What a run used besides its config: catvae's version and git commit, Python, torch (and CUDA device),
+    Lightning, jsonargparse, the host, and the data files (``datamodule.data_files()``) with their sizes."""
+    def version(name: str) -> str:
+        try:
+            return metadata.version(name)
+        except metadata.PackageNotFoundError:
+            return "not installed"
+
+    package = Path(__file__).resolve().parent
+    commit = _git_commit(package)
+    device = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "none"
+    lines = [f"catvae: {version('catvae')} ({package}{f', git {commit}' if commit else ''})",
+             f"python: {platform.python_version()} ({sys.executable})",
+             f"torch: {torch.__version__} (CUDA device: {device})",
+             f"lightning: {version('lightning')}", f"jsonargparse: {version('jsonargparse')}",
+             f"host: {platform.node()}, {platform.platform()}, {os.cpu_count()} CPUs"]
+    files = getattr(datamodule, "data_files", None)
+    for path in (files() if callable(files) else []):
+        size = f"{path.stat().st_size} bytes" if path.is_file() else "absent"
+        lines.append(f"data: {path} ({size})")
+    return lines
+
+
+def record_versions(run_dir: Path, command: str, datamodule=None) -> None:
+    """Append to ``<run_dir>/versions.txt`` a block: the command (``fit``, ``fit (resumed)``, ``test`` ...), the
+    time, and :func:`environment_lines` (every process that trained or evaluated the run leaves one)."""
+    stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
+    block = "\n".join([f"# catvae {command}, {stamp}", *environment_lines(datamodule)]) + "\n\n"
+    run_dir.mkdir(parents=True, exist_ok=True)
+    with open(run_dir / VERSIONS, "a") as f:
+        f.write(block)

@@ -27,7 +27,7 @@ from .errors import ConfigError
 from .models import CategoricalVAE
 from .runs import load_checkpoint, make_folder
 
-__all__ = ["add_parser", "binarized_test_images", "load_vae", "sample"]
+__all__ = ["binarized_test_images", "load_vae", "run", "sample"]
 
 
 def sample(model: CategoricalVAE, x: torch.Tensor, n: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
@@ -85,12 +85,3 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def add_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("sample", help="prior samples and reconstructions of a trained VAE as PNG grids")
-    p.add_argument("--ckpt_path", required=True, help="a CategoricalVAE checkpoint (last.ckpt, best-*.ckpt)")
-    p.add_argument("-n", type=int, default=64, help="images per grid (default 64)")
-    p.add_argument("--out", default="samples.png", help="prior samples PNG; reconstructions go next to it")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--data_dir", default=None, help="default: $CATVAE_DATA_DIR, else ./data")
-    p.add_argument("--trust_checkpoint", action="store_true", help="unpickle anything (only for files you trust)")
-    p.set_defaults(func=run)

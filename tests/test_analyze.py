@@ -104,7 +104,7 @@ def test_measure_agrees_with_the_diagnostics_definition():
     (["--probs", "a,b"], "not a list of numbers"),
     (["--probs", "0.5,0.5;1"], "same number"),
     (["--t1", "0,0.5"], "(0, 1]"),
-    (["--n-steps", "1"], ">= 2"),
+    (["--n_steps", "1"], ">= 2"),
     (["--estimators", "redge,st"], "unknown estimator"),
     (["--objective", "polynomial", "--K", "3"], "K=2"),
     (["--L", "30", "--K", "4"], "too many configurations"),

@@ -7,6 +7,7 @@ import json
 
 import pytest
 from conftest import ROOT, needs_mnist
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from catvae.cli import main
 from catvae.compare import Run, load_spec, write_markdown
@@ -56,6 +57,11 @@ def test_markdown_bolds_the_best_mean_over_seeds(tmp_path):
     text = (tmp_path / "r.md").read_text()
     assert "| b | **90.50 ± 0.71** | **91.50 ± 0.71** | **92.50 ± 0.71** | **-90.50 ± 0.71** |" in text
     assert "| a | 101.00 ± 1.41 |" in text
+    # b's seeds spread over a's mean: a tie, no bold, both marked
+    res[3]["train_loss"] = 115.0  # b: 90, 115 -> 102.50 ± 17.68 against a: 101.00 ± 1.41
+    write_markdown(res, runs, tmp_path / "r.md", "t", "cmd")
+    text = (tmp_path / "r.md").read_text()
+    assert "| a | 101.00 ± 1.41 ≈ |" in text and "| b | 102.50 ± 17.68 ≈ | **91.50 ± 0.71** |" in text
 
 
 def test_markdown_lists_the_hyperparameters_the_runs_recorded(tmp_path):
@@ -118,6 +124,13 @@ def test_quick_sweep_end_to_end_and_resume(quick_sweep, capsys):
     assert (out / "curves_train_loss_epoch.png").stat().st_size > 1000
     result = json.loads((out / "runs" / "l48_k2" / "st" / "seed0" / "result.json").read_text())
     assert len(result["curves"]["train/loss_epoch"]) == 3  # 30 steps, 10 per epoch
+    # --quick validates on 1 batch of 200 (not the whole 10k test set: issue 27 §2)
+    events = EventAccumulator(str(out / result["run_dir"])).Reload()
+    assert {e.value for e in events.Scalars("val/n_examples")} == {200.0}
+    # the run's log moved while it trained: progress lines to the end of the budget, then its test metrics
+    log = (out / "runs" / "l48_k2" / "st" / "seed0" / "log.txt").read_text()
+    assert "progress: step 0/30 (0.0%) | epoch 0 | started" in log and "progress: step 30/30 (100.0%)" in log
+    assert "progress: tested | test/nelbo " in log
 
     before = {p: p.stat().st_mtime_ns for p in (out / "runs").rglob("*.ckpt")}
     capsys.readouterr()

@@ -73,6 +73,16 @@ def test_the_wheel_trains_from_any_directory_and_a_collision_is_one_clear_error(
                 "--trainer.enable_progress_bar", "false", "--runs_dir", str(work / "runs"))
     assert done.returncode == 0, done.stderr[-2000:]
     assert list((work / "runs").rglob("last.ckpt"))
+    # the configs ship in the wheel: a config by name, the README's configs/... path from elsewhere, a compare spec
+    by_name = _run(python, work, "-m", "catvae", "fit", "--config", "polynomial/p2", "--config",
+                   "configs/estimators/st.yaml", "--data.steps_per_epoch", "3", "--trainer.max_steps", "3",
+                   "--runs_dir", str(work / "named"))
+    assert by_name.returncode == 0, by_name.stderr[-2000:]
+    (run_dir,) = (work / "named").glob("*/st/version_0")
+    assert (run_dir / "checkpoints" / "last.ckpt").is_file()
+    spec = _run(python, work, "-m", "catvae", "compare", "polynomial_fig2", "--dry_run", "--out", str(work / "cmp"))
+    assert spec.returncode == 0 and spec.stdout.count("catvae fit --config ") >= 5, spec.stderr[-2000:]
+    assert str(ROOT) not in spec.stdout and "site-packages/catvae/configs/polynomial/" in spec.stdout
     imported = _run(python, work, "-c", "import catvae, estimators, callbacks; print(estimators.__file__)")
     assert imported.returncode == 0 and str(ROOT) not in imported.stdout  # the installed copy, not the source
     # the other package installed after catvae overwrites catvae's callbacks/__init__.py: one clear ImportError

@@ -414,7 +414,7 @@ BAD_TOOLS = {
     "bench: unknown device": (["bench", "estimators", "--device", "nosuch"], "is not a device"),
     "bench: zero rounds": (["bench", "step", "--rounds", "0", "--device", "cpu"], "--rounds must be >= 1"),
     "bench: bad shape": (["bench", "estimators", "--shapes", "48by2", "--device", "cpu"], "is not LxK"),
-    "bench: unknown estimator": (["bench", "estimators", "--estimators", "nope"], "invalid choice: 'nope'"),
+    "bench: unknown estimator": (["bench", "estimators", "--estimators", "nope"], "unknown estimator nope; registered: "),
     "compare: missing spec": (["compare", "{tmp}/nope.yaml"], "does not exist"),
     "compare: zero steps": (["compare", str(CONFIGS / "compare" / "quick.yaml"), "--steps", "0"], "--steps must be"),
     "compare: out under a file": (["compare", str(CONFIGS / "compare" / "quick.yaml"), "--out", "{tmp}/file/out"],

@@ -334,8 +334,11 @@ def test_callbacks_from_the_command_line_are_kept(tmp_path):
 @needs_mnist
 @pytest.mark.parametrize("extra, refresh", [([], 10), (["--trainer.callbacks+=lightning.pytorch.callbacks.TQDMProgressBar",
                                                        "--trainer.callbacks.refresh_rate=3"], 3)])
-def test_progress_bar_refreshes_every_10_steps_unless_configured(tmp_path, extra, refresh):
+def test_progress_bar_refreshes_every_10_steps_unless_configured(tmp_path, extra, refresh, monkeypatch):
+    """On a terminal (off one it is ProgressLines: test_progress)."""
     from conftest import RecordTrainer
+
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: True, raising=False)
 
     args = [a for a in cli_args(tmp_path / "runs", "--trainer.max_steps=2", "--trainer.limit_val_batches=0")
             if a != "--trainer.enable_progress_bar=false"]

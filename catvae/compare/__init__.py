@@ -46,9 +46,9 @@ from ..errors import ConfigError
 from . import batched
 from .execute import collect, execute, gather, run_all, run_groups
 from .report import plot_curves, write_csv, write_markdown
-from .spec import QUICK_STEPS, Run, load_spec
+from .spec import Run, load_spec
 
-__all__ = ["Run", "add_parser", "collect", "compare", "execute", "load_spec", "run_all", "write_csv",
+__all__ = ["Run", "collect", "compare", "execute", "load_spec", "run_all", "write_csv",
            "write_markdown"]
 
 
@@ -68,7 +68,9 @@ def compare(args: argparse.Namespace) -> int:
         runs = [r for r in runs if r.setting in chosen]
     out = Path(args.out or f"results/{spec.stem}{'_quick' if args.quick else ''}")
     if args.group_size is not None and (args.group_size < 1 or not args.batched):
-        raise ConfigError(f"--group-size {args.group_size}: needs --batched and a value >= 1")
+        raise ConfigError(f"--group_size {args.group_size}: needs --batched and a value >= 1")
+    if args.progress_every < 0:
+        raise ConfigError(f"--progress_every {args.progress_every}: expected seconds >= 0 (0: no progress lines)")
     if args.batched and args.parallel != 1:
         raise ConfigError("--batched trains one group at a time on every core (or the GPU): drop --parallel")
     if args.parallel < 1:
@@ -101,9 +103,9 @@ def compare(args: argparse.Namespace) -> int:
         failures = [f"{m}: not finished in {out} or any --collect folder" for m in missing]
         stopped = None
     elif args.batched:
-        results, failures, stopped = run_groups(mine, out, args.group_size)
+        results, failures, stopped = run_groups(mine, out, args.group_size, args.progress_every)
     else:
-        results, failures, stopped = run_all(mine, out, args.parallel)
+        results, failures, stopped = run_all(mine, out, args.parallel, args.progress_every)
     if shard:
         print(f"catvae compare: shard {shard[0]}/{shard[1]}: {len(results)}/{len(mine)} of its runs finished in {out}; "
               f"assemble the table with `catvae compare {spec} --out {out}` (one shared folder) or "
@@ -142,31 +144,5 @@ def _shard(text: str) -> tuple[int, int]:
     if not 0 <= i < n:
         raise ConfigError(f"--shard {text!r}: need 0 <= i < N, e.g. --shard $SLURM_ARRAY_TASK_ID/4 with --array=0-3")
     return i, n
-
-
-def add_parser(subparsers) -> None:
-    p = subparsers.add_parser("compare", help="run estimators × settings × seeds and tabulate the results",
-                              description=__doc__.split("\n\n")[0])
-    p.add_argument("spec", help="the sweep's YAML spec (configs/compare/*.yaml)")
-    p.add_argument("--out", help="results folder (default: results/<spec name>[_quick])")
-    p.add_argument("--parallel", type=int, default=1, help="runs at a time (default 1)")
-    p.add_argument("--quick", action="store_true",
-                   help=f"a tiny budget ({QUICK_STEPS} steps, 1000 training images, small eval) to check the pipeline")
-    p.add_argument("--steps", type=int, help="override the spec's training steps per run")
-    p.add_argument("--seeds", help="override the spec's seeds, e.g. 0,1")
-    p.add_argument("--settings", help="run (and tabulate) only these of the spec's settings, e.g. l48_k2 or "
-                                      "l48_k2,l30_k10; --collect without it assembles the whole table")
-    p.add_argument("--dry-run", action="store_true", help="print the fit commands (with --batched: the groups) and exit")
-    p.add_argument("--shard", help="i/N: run only the runs whose index in the spec is i mod N (a job array over N "
-                                   "machines; no table is written)")
-    p.add_argument("--collect", nargs="*", metavar="DIR",
-                   help="train nothing: assemble --out's table from the finished runs in --out and these folders "
-                        "(the shards' --out)")
-    p.add_argument("--batched", action="store_true",
-                   help="train the runs of each setting together as one stacked model in one process (one group at a "
-                        "time; the results folder is the same as without it)")
-    p.add_argument("--group-size", type=int, dest="group_size",
-                   help="with --batched: at most this many runs per group (default: as many as fit in memory)")
-    p.set_defaults(func=compare)  # catvae.cli reports ConfigError as one line, exit 2
 
 

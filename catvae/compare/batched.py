@@ -27,7 +27,7 @@ would write a full checkpoint of most runs at most validations, more I/O than th
 Table 3's sizes. Evaluate ``last`` (as ``compare`` does), or train the run alone to have its best.
 
 Group size: all the runs of a setting by default, fewer when they would not fit (:func:`group_size`:
-``--group-size`` caps it by hand).
+``--group_size`` caps it by hand).
 """
 
 from __future__ import annotations
@@ -54,7 +54,7 @@ from ..data.loader import StackedBatches
 from ..errors import ConfigError
 from ..models import CategoricalVAE
 from ..models.stacked import StackedVAE, run_slice
-from ..runs import LAST, claim_version, load_checkpoint
+from ..runs import LAST, claim_version, load_checkpoint, record_versions
 from .child import tie_to_parent
 from .spec import Run
 
@@ -202,7 +202,7 @@ def available_bytes(device: str) -> int:
 
 def group_size(template: Template, limit: int | None = None) -> int:
     """Runs per group: as many as :func:`run_bytes` says fit in :func:`available_bytes` of the device the runs
-    will train on (on CPU also :data:`CPU_GROUP_LATENT_BYTES`), at most ``limit`` (``--group-size``), at least
+    will train on (on CPU also :data:`CPU_GROUP_LATENT_BYTES`), at most ``limit`` (``--group_size``), at least
     1. :class:`ConfigError` for a task that does not stack (only the VAE does)."""
     if not isinstance(template.model, CategoricalVAE):
         raise ConfigError(f"--batched stacks CategoricalVAE runs; this spec trains {type(template.model).__name__}: "
@@ -288,8 +288,10 @@ def fit_group(fit: list[list[str]], folder: Path, key: str, callbacks: list | No
         marker.write_text(json.dumps({"key": key, "versions": versions}))
     loggers = [TensorBoardLogger(save_dir=str(t.root.parent.parent), name=f"{t.root.parent.name}/{t.root.name}",
                                  version=v, default_hp_metric=False) for t, v in zip(templates, versions)]
-    for t, logger in zip(templates, loggers):
-        logger.log_hyperparams(dict(t.model.hparams))
+    for t, logger, v in zip(templates, loggers, versions):
+        logger.log_hyperparams(t.model.hparams_initial)
+        record_versions(t.root / f"version_{v}", f"fit (batched group {folder.name}{', resumed' if resume else ''})",
+                        t.datamodule)
 
     def write(r: int, metrics: dict, step: int) -> None:
         loggers[r].log_metrics(metrics, step)
@@ -314,7 +316,7 @@ def fit_group(fit: list[list[str]], folder: Path, key: str, callbacks: list | No
         if trainer.global_step > max(c._last_global_step_saved for c in last):
             trainer.save_checkpoint(ckpt)  # the end of training, between two checkpoint steps
         if test:
-            trainer.test(module, datamodule=data, verbose=False)
+            trainer.test(module, datamodule=data, verbose=False, weights_only=True)
     finally:
         for logger in loggers:
             logger.finalize("success")

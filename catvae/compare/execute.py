@@ -24,6 +24,7 @@ from . import batched
 from .child import child_env, tie_to_parent
 from .report import fmt
 from .spec import Run
+from .watch import Watch
 
 __all__ = ["Interrupted", "collect", "estimator_hparams", "execute", "finish", "finished", "gather", "run_all", "run_child",
            "run_groups"]
@@ -46,10 +47,11 @@ class _Children:
     """The run processes of a sweep: a stop signal to the sweep is forwarded to each of them once (they
     write ``last.ckpt`` and exit 130/143), and no new run starts after it."""
 
-    def __init__(self) -> None:
+    def __init__(self, watch: Watch | None = None) -> None:
         self.lock = threading.Lock()
         self.procs: set[subprocess.Popen] = set()
         self.stopped: int | None = None
+        self.watch = watch or Watch(0)
 
     def start(self, *args, **kwargs) -> subprocess.Popen:
         with self.lock:
@@ -64,18 +66,21 @@ class _Children:
         with self.lock:
             self.procs.discard(proc)
 
-    def run(self, args: list[str], log: Path, env: dict, header: str = "") -> int:
+    def run(self, args: list[str], log: Path, env: dict, header: str = "", name: str = "") -> int:
         """``python -m catvae.compare ARGS`` (a run's or a group's process) with its output appended to ``log``
-        after ``header``; its exit status. :class:`Interrupted` if the sweep was stopped before it started."""
+        after ``header``, its progress shown as ``name`` (:class:`Watch`); its exit status. :class:`Interrupted` if
+        the sweep was stopped before it started."""
         with open(log, "a") as out:
             out.write(header)
             out.flush()
+            self.watch.add(name or str(log.parent), log)
             proc = self.start([sys.executable, "-m", "catvae.compare", *args], stdout=out, stderr=subprocess.STDOUT,
-                              env=env)
+                              env={**env, "CATVAE_PROGRESS_EVERY": str(self.watch.every_s or 30)})
             try:
                 return proc.wait()
             finally:
                 self.finish(proc)
+                self.watch.remove(name or str(log.parent))
 
     def stop(self, signum: int, frame=None) -> None:
         with self.lock:
@@ -104,7 +109,7 @@ def execute(run: Run, out: Path, threads: int, children: _Children | None = None
     test = run.test_command(out)
     t0 = time.perf_counter()
     returncode = children.run(["--_run", json.dumps([fit, test])], folder / "log.txt", child_env(threads),
-                              f"\n$ catvae {' '.join(fit)}\n$ catvae {' '.join(test)}\n")
+                              f"\n$ catvae {' '.join(fit)}\n$ catvae {' '.join(test)}\n", run.experiment)
     if returncode in STOPPED:
         raise Interrupted(returncode)
     if returncode != 0:
@@ -225,8 +230,9 @@ def _split_finished(runs: list[Run], out: Path) -> tuple[dict[int, dict], list[i
     return results, todo
 
 
-def run_all(runs: list[Run], out: Path, parallel: int) -> tuple[list[dict], list[str], int | None]:
-    """Run every unfinished run (``parallel`` at a time): ``(results, failures, stop signal or None)``.
+def run_all(runs: list[Run], out: Path, parallel: int, progress_every: float = 0) -> tuple[list[dict], list[str], int | None]:
+    """Run every unfinished run (``parallel`` at a time): ``(results, failures, stop signal or None)``, the running
+    runs' progress shown every ``progress_every`` seconds (:class:`Watch`; 0: never).
     SIGINT/SIGTERM stop the sweep: running runs are checkpointed, nothing new starts."""
     results, todo = _split_finished(runs, out)
     failures = []
@@ -235,7 +241,7 @@ def run_all(runs: list[Run], out: Path, parallel: int) -> tuple[list[dict], list
     lock = threading.Lock()
     threads = max(1, (os.cpu_count() or 1) // parallel)
     counter = [0]
-    children = _Children()
+    children = _Children(Watch(progress_every))
 
     def work(i):
         run = runs[i]
@@ -264,14 +270,15 @@ def run_all(runs: list[Run], out: Path, parallel: int) -> tuple[list[dict], list
 
     previous = _install(children.stop)
     try:
-        with ThreadPoolExecutor(max_workers=parallel) as pool:
+        with children.watch, ThreadPoolExecutor(max_workers=parallel) as pool:
             list(pool.map(work, todo))
     finally:
         _install(previous)
     return [results[i] for i in sorted(results)], failures, children.stopped
 
 
-def run_groups(runs: list[Run], out: Path, group_limit: int | None = None) -> tuple[list[dict], list[str], int | None]:
+def run_groups(runs: list[Run], out: Path, group_limit: int | None = None,
+               progress_every: float = 0) -> tuple[list[dict], list[str], int | None]:
     """``compare --batched``: every unfinished run, each setting's runs trained together in groups
     (:mod:`catvae.compare.batched`), one group at a time, each in its own process; then each run is tested and
     collected as :func:`run_all` does. ``(results, failures, stop signal or None)``."""
@@ -282,45 +289,47 @@ def run_groups(runs: list[Run], out: Path, group_limit: int | None = None) -> tu
           f"-> {out}", flush=True)
     index = {id(run): i for i, run in enumerate(runs)}
     failures: list[str] = []
-    children = _Children()
+    children = _Children(Watch(progress_every))
     previous = _install(children.stop)
     try:
-        for g, group in enumerate(groups):
-            folder = batched.group_folder(group, out)
-            folder.mkdir(parents=True, exist_ok=True)
-            for run in group:
-                run.folder(out).mkdir(parents=True, exist_ok=True)
-                (run.folder(out) / "started.json").write_text(json.dumps({"key": run.key(), "group": str(folder)}))
-            t0 = time.perf_counter()
-            try:
-                returncode = children.run(["--_group", batched.payload(group, out)], folder / "log.txt",
-                                          child_env(os.cpu_count() or 1))
-            except Interrupted:
-                break
-            names = ", ".join(r.experiment for r in group)
-            if returncode in STOPPED:
-                if children.stopped is not None:
-                    break  # the sweep itself was stopped: it says so once
-                failures += [_stopped_alone(run.experiment, returncode) for run in group]
-                print(f"[group {g + 1}/{len(groups)}] STOPPED by a signal ({names})", flush=True)
-                continue
-            wall = time.perf_counter() - t0
-            if returncode != 0:
-                failures.append(f"group of {names}: exit {returncode}: {_tail(folder / 'log.txt')}")
-                print(f"[group {g + 1}/{len(groups)}] FAILED ({names}): see {folder / 'log.txt'}", flush=True)
-                continue
-            diverged = batched.diverged_runs(folder)
-            for r, run in enumerate(group):
-                if r in diverged:
-                    failures.append(f"{run.experiment}: training diverged at step {diverged[r]} (the other runs of its "
-                                    f"group went on; its state is in {folder / 'checkpoints'})")
-                    continue
+        with children.watch:
+            for g, group in enumerate(groups):
+                folder = batched.group_folder(group, out)
+                folder.mkdir(parents=True, exist_ok=True)
+                for run in group:
+                    run.folder(out).mkdir(parents=True, exist_ok=True)
+                    (run.folder(out) / "started.json").write_text(json.dumps({"key": run.key(), "group": str(folder)}))
+                t0 = time.perf_counter()
                 try:
-                    results[index[id(run)]] = finish(run, out, ["fit", *run.train_args(out)], run.test_command(out),
-                                                     wall / len(group))
-                except RuntimeError as err:
-                    failures.append(f"{run.experiment}: {err}")
-            print(f"[group {g + 1}/{len(groups)}] {len(group)} runs in {wall:.0f}s ({names})", flush=True)
+                    returncode = children.run(["--_group", batched.payload(group, out)], folder / "log.txt",
+                                              child_env(os.cpu_count() or 1), name=f"group {g + 1}/{len(groups)} "
+                                              f"({len(group)} runs of {group[0].setting})")
+                except Interrupted:
+                    break
+                names = ", ".join(r.experiment for r in group)
+                if returncode in STOPPED:
+                    if children.stopped is not None:
+                        break  # the sweep itself was stopped: it says so once
+                    failures += [_stopped_alone(run.experiment, returncode) for run in group]
+                    print(f"[group {g + 1}/{len(groups)}] STOPPED by a signal ({names})", flush=True)
+                    continue
+                wall = time.perf_counter() - t0
+                if returncode != 0:
+                    failures.append(f"group of {names}: exit {returncode}: {_tail(folder / 'log.txt')}")
+                    print(f"[group {g + 1}/{len(groups)}] FAILED ({names}): see {folder / 'log.txt'}", flush=True)
+                    continue
+                diverged = batched.diverged_runs(folder)
+                for r, run in enumerate(group):
+                    if r in diverged:
+                        failures.append(f"{run.experiment}: training diverged at step {diverged[r]} (the other runs of its "
+                                        f"group went on; its state is in {folder / 'checkpoints'})")
+                        continue
+                    try:
+                        results[index[id(run)]] = finish(run, out, ["fit", *run.train_args(out)], run.test_command(out),
+                                                         wall / len(group))
+                    except RuntimeError as err:
+                        failures.append(f"{run.experiment}: {err}")
+                print(f"[group {g + 1}/{len(groups)}] {len(group)} runs in {wall:.0f}s ({names})", flush=True)
     finally:
         _install(previous)
     return [results[i] for i in sorted(results)], failures, children.stopped

@@ -14,18 +14,17 @@ import estimators
 
 from ..errors import ConfigError
 from ..runs import safe_name
+from ..tools import QUICK_STEPS
 
 __all__ = ["COMMON_ARGS", "CURVES", "METRICS", "QUICK_ARGS", "QUICK_STEPS", "Curve", "Metric", "Run", "load_spec"]
 
-#: what ``--quick`` uses when the spec has no ``quick:`` section: ~1 minute on a 2-core CPU.
-QUICK_STEPS = 30
 QUICK_ARGS = [
     "--data.train_subset=1000", "--data.batch_size=100", "--data.eval_batch_size=200",
     "--trainer.limit_val_batches=1", "--trainer.limit_test_batches=1", "--model.n_importance_samples=4",
     "--trainer.log_every_n_steps=5",
 ]
 #: arguments every run gets (quiet logs in files).
-COMMON_ARGS = ["--trainer.enable_progress_bar=false", "--trainer.enable_model_summary=false"]
+COMMON_ARGS = ["--trainer.enable_model_summary=false"]
 
 @dataclass(frozen=True)
 class Metric:

@@ -14,6 +14,7 @@ from torchvision.datasets import KMNIST, MNIST, FashionMNIST
 
 from estimators.constraints import ConfigError, boolean, integer, one_of, optional, text, validate
 
+from ..loggers import LoggedHParams
 from ..runs import remove_empty
 from .loader import TensorBatches
 from .paths import resolve_data_dir
@@ -75,7 +76,7 @@ def _bernoulli(batch: Tensor, gen: torch.Generator) -> Tensor:
     return (torch.rand(batch.shape, generator=gen, device=batch.device) < batch).to(batch.dtype)
 
 
-class MNISTDataModule(L.LightningDataModule):
+class MNISTDataModule(LoggedHParams, L.LightningDataModule):
     """MNIST (or an MNIST-format dataset) for the categorical VAE, with the whole dataset resident on the
     training device.
 
@@ -132,6 +133,10 @@ class MNISTDataModule(L.LightningDataModule):
     def run_name(self) -> str:
         """The data's part of the run directory's experiment name (:func:`catvae.runs.experiment_name`)."""
         return self.dataset
+
+    def data_files(self) -> list[Path]:
+        """The dataset's files this module reads (what a run records in its ``versions.txt``)."""
+        return [self.root / DATASETS[self.dataset].__name__ / "raw" / name for name in FILES]
 
     def prepare_data(self) -> None:
         for train in (True, False):

@@ -10,12 +10,13 @@ import torch
 
 from estimators.constraints import integer, validate
 
+from ..loggers import LoggedHParams
 from .loader import TensorBatches
 
 __all__ = ["StepsDataModule"]
 
 
-class StepsDataModule(L.LightningDataModule):
+class StepsDataModule(LoggedHParams, L.LightningDataModule):
     """A benchmark's problem instance (``problem()``), driven by steps instead of a dataset.
 
     Each training batch is a dummy (the step index); one "epoch" is ``steps_per_epoch`` optimizer steps

@@ -439,6 +439,11 @@ class StackedVAE(L.LightningModule):
                 # the group's epoch time shared by its runs: each run's amortized cost, comparable across group sizes
                 values["time/epoch_s"] = torch.full((self.R,), (device_clock(self) - self._epoch_t0) / self.R)
             self._write(values, step)
+            alive = [r for r in range(self.R) if r not in self._dead]
+            if alive:  # what the group's progress line shows (its runs' own values go to their loggers)
+                losses = values["train/loss_epoch"][alive]
+                self.log("train/loss_epoch_min", losses.min(), prog_bar=True, logger=False)
+                self.log("train/loss_epoch_max", losses.max(), prog_bar=True, logger=False)
         for name in ("train_loss_sum", "train_exact_sum", "train_weight", "train_exact_weight"):
             getattr(self, name).zero_()
 
