@@ -62,13 +62,10 @@ from estimators.rng import seeded
 
 from .runs import make_folder
 from .sample import binarized_test_images, load_vae
+from .tools import VARIANTS
 
-__all__ = ["add_parser", "analyze", "law_error", "make_objective", "parse_probs"]
+__all__ = ["analyze", "law_error", "make_objective", "parse_probs"]
 
-VARIANTS = ("redge", "redge_max", "redge_cov", "redge_max_cov")
-REFERENCES = ("st", "gumbel", "reinmax")
-DEFAULT_T1 = (0.02, 0.05, 0.1, 0.2, 1 / 3, 0.5, 0.7, 0.9)
-DEFAULT_N = (3, 4, 10)
 POLYNOMIAL_C = 0.45  # paper §4.1
 COLUMNS = ("estimator", "n_steps", "t_1", "tv", "tv_floor", "rel_bias", "noise_floor", "rel_std", "cos", "cos_mean")
 STATS = (("tv", "sample law: TV to π"), ("rel_bias", "gradient: relative bias"),
@@ -193,8 +190,8 @@ def plot(rows: list[dict], out: Path, title: str) -> Path:
             for ni, n in enumerate(ns):
                 pts = sorted((r["t_1"], r[key]) for r in rows if r["estimator"] == name and r["n_steps"] == n)
                 if pts:
-                    ax.plot(*zip(*pts), styles[ni % len(styles)], marker="o", ms=3, color=colors[vi % len(colors)],
-                            label=f"{name} n={n}")
+                    ax.plot(*zip(*pts), styles[ni % len(styles)], marker="os^Dv"[vi % 5], ms=4, mfc="none",
+                            color=colors[vi % len(colors)], label=f"{name} n={n}")
         for ri, r in enumerate(r for r in rows if r["n_steps"] is None):
             ax.axhline(r[key], color="0.35", ls=styles[ri % len(styles)], lw=1, label=f"{r['estimator']} (reference)")
         if key == "tv":
@@ -206,6 +203,7 @@ def plot(rows: list[dict], out: Path, title: str) -> Path:
             top = max((r[key] for r in rows if math.isfinite(r[key])), default=1.0)
             ax.set_ylim(1e-3, max(2 * top, 1e-2))
         ax.set_xlabel("t₁")
+        ax.set_ylabel(textwrap.fill(label, 40), fontsize=9)
         ax.set_title(label)
         ax.grid(alpha=0.3)
     handles, labels = axes[0][0].get_legend_handles_labels()
@@ -235,9 +233,9 @@ def _ints(text: str) -> list[int]:
     try:
         out = [int(v) for v in text.split(",")]
     except ValueError:
-        raise ConfigError(f"--n-steps {text!r}: expected integers >= 2 separated by commas") from None
+        raise ConfigError(f"--n_steps {text!r}: expected integers >= 2 separated by commas") from None
     if not all(v >= 2 for v in out):
-        raise ConfigError(f"--n-steps {text!r}: every n_steps must be >= 2 (n = 2, t_1 = 1 is Straight-Through)")
+        raise ConfigError(f"--n_steps {text!r}: every n_steps must be >= 2 (n = 2, t_1 = 1 is Straight-Through)")
     return out
 
 
@@ -302,31 +300,3 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def add_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("analyze", help="t_1 / n_steps sweep of the ReDGE family: sample-law error and gradient "
-                                       "bias / spread / alignment against the exact gradient (CSV, table, PNG)")
-    p.add_argument("--out", required=True, help="output folder (analysis.csv, analysis.md, analysis.png)")
-    p.add_argument("--probs", help="π as 0.7,0.2,0.1 (one coordinate) or 0.7,0.3;0.4,0.6 (';' between coordinates); "
-                                   "default: a random π of shape --L x --K")
-    p.add_argument("--ckpt_path", help="a trained CategoricalVAE with K^L <= 2^20: π = q(z|x) of one test image and "
-                                       "f = −log p(x|z) (instead of --probs / --objective)")
-    p.add_argument("--example", type=int, default=0, help="with --ckpt_path: the test image's index (default 0)")
-    p.add_argument("--trust_checkpoint", action="store_true", help="unpickle anything (only for files you trust)")
-    p.add_argument("--data_dir", default=None, help="with --ckpt_path: default $CATVAE_DATA_DIR, else ./data")
-    p.add_argument("--L", type=int, default=2, help="number of coordinates of a random π (default 2)")
-    p.add_argument("--K", type=int, default=4, help="categories of a random π (default 4)")
-    p.add_argument("--scale", type=float, default=1.5, help="std of the random logits (larger: peakier π)")
-    p.add_argument("--objective", choices=("quadratic", "polynomial"), default="quadratic")
-    p.add_argument("--p", type=float, default=2.0, help="exponent of --objective polynomial (§4.1: 1.5, 2, 3)")
-    p.add_argument("--t1", default=",".join(f"{v:.4g}" if v != 1 / 3 else "1/3" for v in DEFAULT_T1),
-                   help="t_1 values, comma-separated (fractions allowed)")
-    p.add_argument("--n-steps", default=",".join(map(str, DEFAULT_N)), help="n_steps values, comma-separated")
-    p.add_argument("--estimators", default=",".join(VARIANTS), help="ReDGE variants to sweep")
-    p.add_argument("--references", default=",".join(REFERENCES),
-                   help="estimators drawn as horizontal lines, at their defaults (any registered name, e.g. "
-                        "gumbel_rao or rloo; '' for none)")
-    p.add_argument("--tau", type=float, default=None, help="temperature of the references (default: each one's own)")
-    p.add_argument("--draws", type=int, default=4000, help="samples and gradients per configuration")
-    p.add_argument("--seed", type=int, default=0, help="seeds π, the objective and the noise")
-    p.add_argument("--quiet", action="store_true", help="no per-configuration progress lines")
-    p.set_defaults(func=run)

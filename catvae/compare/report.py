@@ -43,14 +43,23 @@ def write_csv(results: list[dict], path: Path, metrics=METRICS) -> None:
             w.writerow([row.get(c) if row.get(c) is not None else "" for c in cols])
 
 
+def _ties(entries: list[tuple], lower: bool) -> tuple[float, list[float]]:
+    """``(best mean, the other means within the spreads of it)`` of ``entries`` ``(mean, std, n)``: two means tie
+    when they differ by no more than the sum of their stds (one seed: no spread, nothing ties)."""
+    m0, s0, _ = (min if lower else max)(entries, key=lambda e: e[0])
+    tied = [m for m, s, n in entries if m != m0 and n > 1 and abs(m - m0) <= (s or 0.0) + (s0 or 0.0)]
+    return m0, tied
+
+
 def _table(rows, cols, cells, lower):
-    """Markdown table; cells[(row, col)] = (mean, std, n); bold the best mean per column (lower[col]: lower is
-    better, or ``None``: not ranked)."""
-    best = {}
+    """Markdown table; cells[(row, col)] = (mean, std, n); per column (lower[col]: lower is better, or ``None``:
+    not ranked) the best mean in bold when the others' means are further from it than the spreads, else the best
+    and the means tied with it (:func:`_ties`) marked ``≈``."""
+    best, tied = {}, {}
     for c, _ in cols:
-        means = [cells[(r, c)][0] for r in rows if cells.get((r, c), (None,))[0] is not None]
-        if means and lower[c] is not None:  # None: a column not ranked
-            best[c] = (min if lower[c] else max)(means)
+        entries = [cells[(r, c)] for r in rows if cells.get((r, c), (None,))[0] is not None]
+        if entries and lower[c] is not None:  # None: a column not ranked
+            best[c], tied[c] = _ties(entries, lower[c])
     lines = ["| estimator | " + " | ".join(h for _, h in cols) + " |", "|---|" + "---:|" * len(cols)]
     for r in rows:
         out = []
@@ -60,7 +69,11 @@ def _table(rows, cols, cells, lower):
                 out.append("—")
                 continue
             text = f"{fmt(m)} ± {fmt(s, decimals=_decimals(m))}" if n > 1 else fmt(m)
-            out.append(f"**{text}**" if best.get(c) == m else text)
+            if best.get(c) == m:
+                text = f"{text} ≈" if tied[c] else f"**{text}**"
+            elif m in tied.get(c, ()):
+                text = f"{text} ≈"
+            out.append(text)
         lines.append(f"| {r} | " + " | ".join(out) + " |")
     return "\n".join(lines)
 
@@ -78,7 +91,9 @@ def write_markdown(results: list[dict], runs: list[Run], path: Path, title: str,
     metrics = runs[0].metrics if runs else METRICS
     note = runs[0].note if runs else ""
     lines = [f"# {title}", "", f"Command: `{command}`  ", f"Budget: {steps} training steps per run; seeds {seeds}; "
-             f"{len(results)}/{len(runs)} runs finished. Mean ± std over seeds; best per column in **bold**.", "",
+             f"{len(results)}/{len(runs)} runs finished. Mean ± std over seeds; best per column in **bold** when the "
+             "other means lie further from it than the two stds together, else the best and the means within that "
+             "distance of it marked ≈ (a tie at this number of seeds).", "",
              *([note, ""] if note else [])]
     done = {r["key"] for r in results if "key" in r}
     unfinished = [r.experiment for r in runs if r.key() not in done]
@@ -130,51 +145,76 @@ def _slug(tag: str) -> str:
     return tag.replace("/", "_")
 
 
+#: the share of training the lower row of a curves figure zooms on (the end, where the comparison is)
+TAIL = 0.2
+#: line styles cycled with the colours, so that overlapping curves stay apart in print and for colour-blind readers
+STYLES = ("-", "--", "-.", ":")
+
+
 def plot_curves(results: list[dict], runs: list[Run], out: Path) -> list[Path]:
+    """One figure per curve of the spec: a column per setting; the top row the whole run, the bottom row the last
+    :data:`TAIL` of the steps with its own y-range (the first evaluations would squeeze the final gap); mean ±
+    std over seeds; one legend, outside the panels; the runs not finished named under the title."""
     # imported here: matplotlib adds 0.6-0.8 s to the start of every `catvae` command on this CPU
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     import numpy as np
+    from matplotlib.ticker import FuncFormatter, MaxNLocator
 
     settings = list(dict.fromkeys(r.setting for r in runs))
     labels = list(dict.fromkeys(r.label for r in runs))
+    done = {r["key"] for r in results if "key" in r}
+    missing = [r.experiment for r in runs if r.key() not in done] if done else []
     written = []
     for curve in runs[0].curves if runs else ():
         tag, title = curve.tag, curve.title
-        fig, axes = plt.subplots(1, len(settings), figsize=(max(7.0, 5 * len(settings)), 4.2), squeeze=False)
-        for ax, s in zip(axes[0], settings):
-            for label in labels:
+        fig, axes = plt.subplots(2, len(settings), figsize=(max(7.0, 5 * len(settings)) + 2.2, 7.4), squeeze=False,
+                                 gridspec_kw={"height_ratios": [3, 2]})
+        handles = {}
+        for col, s in enumerate(settings):
+            full, tail = axes[0][col], axes[1][col]
+            for k, label in enumerate(labels):
                 curves = [dict(map(tuple, r["curves"].get(tag, []))) for r in results
                           if r["setting"] == s and r["estimator"] == label]
                 curves = [c for c in curves if c]
-                if not curves:
-                    continue
-                steps = sorted(set.intersection(*(set(c) for c in curves)))
+                steps = sorted(set.intersection(*(set(c) for c in curves))) if curves else []
                 if not steps:
                     continue
                 values = np.array([[c[t] for t in steps] for c in curves])
                 mean, std = values.mean(0), values.std(0)
-                line, = ax.plot(steps, mean, label=label)
-                ax.fill_between(steps, mean - std, mean + std, color=line.get_color(), alpha=0.2)
-            ax.set_title(s)
-            ax.set_xlabel("step")
-            ax.set_ylabel(textwrap.fill(title, 40))
-            if curve.log:
-                ax.set_yscale("log")
-            ax.grid(alpha=0.3)
-        handles, names = axes[0][0].get_legend_handles_labels()
+                style = {"linestyle": STYLES[k // 10 % len(STYLES)] if len(labels) > 10 else STYLES[k % len(STYLES)],
+                         "color": f"C{k % 10}", "marker": "o" if len(steps) <= 30 else None, "markersize": 3}
+                start = steps[-1] - TAIL * (steps[-1] - steps[0])
+                keep = np.array(steps) >= start
+                for ax, sel in ((full, slice(None)), (tail, keep)):
+                    x = np.array(steps)[sel]
+                    line, = ax.plot(x, mean[sel], label=label, **style)
+                    ax.fill_between(x, (mean - std)[sel], (mean + std)[sel], color=line.get_color(), alpha=0.15)
+                handles.setdefault(label, line)
+            full.set_title(s)
+            tail.set_title(f"{s}: last {TAIL:.0%} of the steps", fontsize=9)
+            for ax in (full, tail):
+                ax.set_xlabel("step")
+                ax.set_ylabel(textwrap.fill(title, 36), fontsize=9)
+                ax.xaxis.set_major_locator(MaxNLocator(integer=True, nbins=6))
+                ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{int(v):,}"))
+                if curve.log:
+                    ax.set_yscale("log")
+                ax.grid(alpha=0.3)
         if handles:
-            axes[0][-1].legend(fontsize=8)
+            fig.legend(list(handles.values()), list(handles), loc="center left", bbox_to_anchor=(0.985, 0.5), fontsize=8,
+                       frameon=False)
         n_seeds = len({r.seed for r in runs})
         spread = f"mean ± std over {n_seeds} seeds" if n_seeds > 1 else "one seed"
-        fig.suptitle(textwrap.fill(f"{title}: {spread}", 90))
-        fig.tight_layout()
+        head = f"{title}: {spread}"
+        if missing:
+            head += f" — {len(runs) - len(missing)}/{len(runs)} runs finished; not shown: {', '.join(missing)}"
+        fig.suptitle(textwrap.fill(head, 110), fontsize=10)
+        fig.tight_layout(rect=(0, 0, 0.985, 1))
         path = out / f"curves_{_slug(tag)}.png"
-        fig.savefig(path, dpi=100)
+        fig.savefig(path, dpi=100, bbox_inches="tight")
         plt.close(fig)
         written.append(path)
     return written
-
-
