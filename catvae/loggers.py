@@ -12,7 +12,7 @@ from lightning.fabric.loggers.logger import rank_zero_experiment
 from lightning.pytorch.loggers import CSVLogger as _LightningCSVLogger
 from lightning.pytorch.loggers.csv_logs import ExperimentWriter
 
-__all__ = ["CSVLogger", "LoggedHParams", "ReleaseHeldLogs", "hold_lightning_logs", "release_held_logs"]
+__all__ = ["CSVLogger", "LoggedHParams", "ReleaseHeldLogs", "drop_held_logs", "hold_lightning_logs", "release_held_logs"]
 
 #: the loggers whose INFO lines Lightning prints before a run starts ("Seed set to 0", "GPU available: ...")
 _LIGHTNING = ("lightning.pytorch", "lightning.fabric")
@@ -57,6 +57,12 @@ def hold_lightning_logs():
         release_held_logs()
         raise
     release_held_logs()
+
+
+def drop_held_logs() -> None:
+    """Forget the lines held so far (a tool that built runs without running them: ``compare --batched`` sizing its
+    groups in the sweep's process; the runs print their own lines where they run)."""
+    _held.clear()
 
 
 class ReleaseHeldLogs(L.Callback):

@@ -52,6 +52,7 @@ from .. import runner
 from ..core import EstimatorTask
 from ..data.loader import StackedBatches
 from ..errors import ConfigError
+from ..loggers import drop_held_logs
 from ..models import CategoricalVAE
 from ..models.stacked import StackedVAE, run_slice
 from ..runs import LAST, claim_version, load_checkpoint, record_versions
@@ -237,6 +238,7 @@ def plan_groups(runs: list[Run], out: Path, limit: int | None = None) -> tuple[l
         templates = [build_template(run.train_args(out)) for run in _representatives([r for r in runs if r.setting == setting])]
         sizes[setting] = group_size(templates[0], limit)
         check_group(templates)
+    drop_held_logs()  # "Seed set to 0" of each template: the groups print theirs in their own log.txt
     return plan(runs, sizes), sizes
 
 
