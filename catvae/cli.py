@@ -25,9 +25,7 @@ __all__ = ["main"]
 TOOLS = ("analyze", "bench", "compare", "sample")
 
 
-def _tools(argv: list[str]) -> int:
-    args = tools.build_parser().parse_args(argv)
-    args.argv = argv[1:]
+def _tool(args: argparse.Namespace) -> int:
     return tools.function(args.func)(args)
 
 
@@ -40,11 +38,12 @@ def main(argv: list[str] | None = None) -> int:
     if argv[0] in TOOLS:
         argv = tools.underscored(argv)
         try:  # --help and argument errors before the heavy imports
-            tools.build_parser().parse_args(argv)
+            args = tools.build_parser().parse_args(argv)
         except argparse.ArgumentError as err:
             print(f"catvae: error: {' '.join(str(err).split())} (see catvae {argv[0]} --help)", file=sys.stderr)
             return 2
-        return tools.function("catvae.runner:handle")(_tools, argv)
+        args.argv = argv[1:]
+        return tools.function("catvae.runner:handle")(_tool, args)
     return tools.function("catvae.runner:run")(argv)
 
 

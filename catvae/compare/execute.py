@@ -70,17 +70,18 @@ class _Children:
         """``python -m catvae.compare ARGS`` (a run's or a group's process) with its output appended to ``log``
         after ``header``, its progress shown as ``name`` (:class:`Watch`); its exit status. :class:`Interrupted` if
         the sweep was stopped before it started."""
+        name = name or str(log.parent)
         with open(log, "a") as out:
             out.write(header)
             out.flush()
-            self.watch.add(name or str(log.parent), log)
+            self.watch.add(name, log)
             proc = self.start([sys.executable, "-m", "catvae.compare", *args], stdout=out, stderr=subprocess.STDOUT,
                               env={**env, "CATVAE_PROGRESS_EVERY": str(self.watch.every_s or 30)})
             try:
                 return proc.wait()
             finally:
                 self.finish(proc)
-                self.watch.remove(name or str(log.parent))
+                self.watch.remove(name)
 
     def stop(self, signum: int, frame=None) -> None:
         with self.lock:
