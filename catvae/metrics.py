@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import torch
 from torch import Tensor
 from torchmetrics import MeanMetric
 
@@ -16,7 +17,15 @@ class StepMean(MeanMetric):
     ``nan_strategy="disable"`` also drops the weights). Here ``update`` is two in-place adds on the
     device, and a NaN loss propagates into the epoch mean (a diverged run shows ``nan``) instead of
     being silently removed. Reduction across DDP ranks, ``compute`` and ``reset`` are MeanMetric's.
+
+    ``runs=R``: ``R`` means at once (a batched group's runs, :class:`~catvae.models.stacked.StackedVAE`), each
+    ``update`` a value ``[R]`` with one weight shared by the runs (their batches have the same size).
     """
+
+    def __init__(self, runs: int | None = None, **kwargs) -> None:
+        super().__init__(**kwargs)
+        if runs is not None:
+            self.add_state("mean_value", default=torch.zeros(runs), dist_reduce_fx="sum")
 
     def update(self, value: Tensor, weight: float = 1.0) -> None:  # type: ignore[override]
         self.mean_value += value.detach().to(self.mean_value.dtype) * weight

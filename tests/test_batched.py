@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import csv
 import json
+import shutil
 import statistics
 import tarfile
 from pathlib import Path
@@ -134,9 +135,9 @@ def test_the_group_test_pass_draws_what_each_runs_own_test_draws():
     for r, (model, _) in enumerate(built):
         with seeded(model.eval_seed):
             nelbo, ll = model.nelbo(x).mean(), model.log_likelihood(x).mean()
-        torch.testing.assert_close(group.test_nelbo_sum[r] / group.test_weight, nelbo, rtol=1e-6, atol=1e-4)
-        torch.testing.assert_close(group.test_ll_sum[r] / group.test_weight, ll, rtol=1e-6, atol=1e-4)
-    assert group.n_importance == 100 and float(group.test_weight) == 32
+        torch.testing.assert_close(group.test_nelbo.compute()[r], nelbo, rtol=1e-6, atol=1e-4)
+        torch.testing.assert_close(group.test_ll.compute()[r], ll, rtol=1e-6, atol=1e-4)
+    assert group.n_importance_samples == 100 and float(group.test_ll.weight) == 32
 
 
 def test_a_stack_refuses_runs_of_different_architectures():
@@ -197,19 +198,50 @@ def test_an_interrupted_and_resumed_group_equals_an_uninterrupted_one(tmp_path):
     halfway = _run_states(stopped, specs)
     assert all(c["global_step"] == 13 for c in halfway.values())  # the runs' own checkpoints exist when stopped
     B.fit_group(fit, stopped / "group", "k")
-    a, b = _run_states(straight, specs), _run_states(stopped, specs)
+    _assert_same_runs(straight, stopped, specs, steps=25)
+
+
+def _assert_same_runs(straight: Path, resumed: Path, specs, steps: int, logged_from: int = 0) -> None:
+    """Every run's final checkpoint (parameters, Adam, noise) and gumbel/seed1's epoch curves (from step
+    ``logged_from``: what ``resumed``'s own logs hold) are equal."""
+    a, b = _run_states(straight, specs), _run_states(resumed, specs)
     for key in specs:
-        assert a[key]["global_step"] == b[key]["global_step"] == 25
+        assert a[key]["global_step"] == b[key]["global_step"] == steps
         for name, value in a[key]["state_dict"].items():
             assert torch.equal(b[key]["state_dict"][name], value), (key, name)
         assert torch.equal(a[key]["catvae_rng"]["torch"], b[key]["catvae_rng"]["torch"])
         for i, state in a[key]["optimizer_states"][0]["state"].items():
             assert torch.equal(b[key]["optimizer_states"][0]["state"][i]["exp_avg_sq"], state["exp_avg_sq"])
     run = load_spec(SPEC / "quick.yaml")[0]
-    curves = [collect(next((t / "runs" / "gumbel" / "seed1").glob("*/version_*")), run)["curves"]
-              for t in (straight, stopped)]
-    assert curves[0]["train/loss_epoch"] == curves[1]["train/loss_epoch"] and len(curves[0]["train/loss_epoch"]) == 3
+    curves = [{tag: [(step, v) for step, v in points if step >= logged_from] for tag, points in
+               collect(next((t / "runs" / "gumbel" / "seed1").glob("*/version_*")), run)["curves"].items()}
+              for t in (straight, resumed)]
+    assert curves[0]["train/loss_epoch"] == curves[1]["train/loss_epoch"]
+    assert len(curves[0]["train/loss_epoch"]) == len([e for e in (9, 19, 24) if e >= logged_from])
     assert curves[0]["val/nelbo"] == curves[1]["val/nelbo"]
+
+
+#: a group stopped by SIGTERM at step 13 (of 25) under the code before the group became the VAE's own layers
+#: (commit 8b557a4: parameters ``stacked.<i>``, epoch sums as raw buffers), written by
+#: ``tests/data/make_group_layout1.py`` run in a checkout of that commit
+LAYOUT1 = Path(__file__).parent / "data" / "group_layout1"
+LAYOUT1_ARGS = ["--model.init_args.latent_dim=4", "--model.init_args.encoder_hidden=[2]",
+                "--model.init_args.decoder_hidden=[2]"]
+
+
+@needs_mnist
+@pytest.mark.slow
+def test_a_group_stopped_under_the_old_checkpoint_layout_resumes_as_an_uninterrupted_group(tmp_path):
+    """A sweep interrupted before the one-model change resumes under today's code: the old group checkpoint's keys
+    are renamed on load (``upgrade_group_checkpoint``), and every run ends where an uninterrupted group of today's
+    code ends, bitwise."""
+    specs = [(0, "redge_cov"), (1, "gumbel"), (0, "rloo")]
+    assert "stacked.0" in load_checkpoint(LAYOUT1 / "checkpoints" / "last.ckpt")["state_dict"]  # the old layout
+    straight, stopped = tmp_path / "straight", tmp_path / "stopped"
+    B.fit_group([_tiny_args(straight, s, e, 25) + LAYOUT1_ARGS for s, e in specs], straight / "group", "k")
+    shutil.copytree(LAYOUT1, stopped / "group")
+    B.fit_group([_tiny_args(stopped, s, e, 25) + LAYOUT1_ARGS for s, e in specs], stopped / "group", "k")
+    _assert_same_runs(straight, stopped, specs, steps=25, logged_from=13)  # steps 0-12 were logged elsewhere
 
 
 @needs_mnist

@@ -54,7 +54,8 @@ from ..data.loader import StackedBatches
 from ..errors import ConfigError
 from ..loggers import drop_held_logs
 from ..models import CategoricalVAE
-from ..models.stacked import StackedVAE, run_slice
+from ..models.stacked import StackedVAE, run_slice, upgrade_group_checkpoint
+from ..models.vae import linear_layout
 from ..runs import LAST, claim_version, load_checkpoint, record_versions
 from .child import tie_to_parent
 from .spec import Run
@@ -337,8 +338,10 @@ def split_checkpoint(group: dict, r: int, template: Template) -> dict:
     and the run's own hyperparameters; no callback states (they belong to the group's folder)."""
     model = template.model
     names = [n for n, _ in model.named_parameters()]
-    transposed = group["catvae_task"]["transposed"]
-    sd = {n: run_slice(group["state_dict"][f"stacked.{i}"], r, transposed[i]) for i, n in enumerate(names)}
+    upgrade_group_checkpoint(group, names)
+    params = group["state_dict"]
+    transposed = [linear_layout(n, params[n]) for n in names]
+    sd = {n: run_slice(params[n], r, t) for n, t in zip(names, transposed)}
     sd.update({k: v for k, v in model.state_dict().items() if k not in sd})
     optimizer = group["optimizer_states"][0]
     state = {i: {k: (run_slice(v, r, transposed[i]) if k != "step" else v.clone()) for k, v in s.items()}
@@ -349,9 +352,10 @@ def split_checkpoint(group: dict, r: int, template: Template) -> dict:
         loops["fit_loop"]["state_dict"]["combined_loader"] = [loader[0]["runs"][r]]
     sums = group["state_dict"]
 
-    def mean_state(total: str, weight: str) -> dict:
-        w = sums[weight].clone()
-        return {"states": {"mean_value": sums[total][r].clone(), "weight": w}, "update_count": int(w > 0)}
+    def mean_state(metric: str) -> dict:
+        w = sums[f"{metric}.weight"].clone()
+        return {"states": {"mean_value": sums[f"{metric}.mean_value"][r].clone(), "weight": w},
+                "update_count": int(w > 0)}
 
     return {
         "epoch": group["epoch"], "global_step": group["global_step"],
@@ -362,8 +366,7 @@ def split_checkpoint(group: dict, r: int, template: Template) -> dict:
         "datamodule_hparams_name": "kwargs", "datamodule_hyper_parameters": dict(template.datamodule.hparams),
         "catvae_rng": dict(group["catvae_streams"][r]),
         "catvae_task": {"class": type(model).__qualname__, "estimator": model.estimator.name},
-        "catvae_metrics": {"train_loss": mean_state("train_loss_sum", "train_weight"),
-                           "train_nelbo_exact": mean_state("train_exact_sum", "train_exact_weight")},
+        "catvae_metrics": {"train_loss": mean_state("train_loss"), "train_nelbo_exact": mean_state("train_nelbo_exact")},
     }
 
 

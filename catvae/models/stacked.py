@@ -25,9 +25,15 @@ The objective is the sum of the runs' batch-mean negative ELBOs, whose gradient 
 is one Adam per run. The whole step therefore depends on run ``r``'s inputs alone (the equivalence tests:
 ``tests/test_batched.py``).
 
+The model is :class:`~catvae.models.vae.CategoricalVAE`'s: its networks are the runs' MLPs stacked
+(:func:`~catvae.models.vae.stack_mlps`, each ``nn.Linear`` a :class:`~catvae.models.vae.RunLinear` under the
+same name), and encoding, the NELBO and the importance-weighted log-likelihood are the one definition of
+:class:`~catvae.models.vae.VAEMath` on a leading run dimension. What is here is what a group adds: the runs'
+noise streams, estimator blocks, divergence bookkeeping and per-run outputs.
+
 Per-run outputs (TensorBoard scalars with the single-run tags, per-run checkpoints) are written by
-:mod:`catvae.compare.batched`; this module keeps the per-run epoch sums as buffers (so a group checkpoint
-resumes them) and hands finished values to its ``writer``.
+:mod:`catvae.compare.batched`; this module keeps the per-run epoch means as :class:`~catvae.metrics.StepMean`
+of ``R`` values (persistent, so a group checkpoint resumes them) and hands finished values to its ``writer``.
 """
 
 from __future__ import annotations
@@ -43,14 +49,15 @@ from torch import Tensor, nn
 from callbacks.timing import device_clock
 from estimators import rng
 from estimators.base import ConfigError, NonFiniteLogitsError
-from estimators.functional import log_softmax, sample_one_hot, softmax
+from estimators.functional import sample_one_hot, softmax
 
 from ..core import adam
 from ..errors import TrainingDiverged
 from ..fast import ReplayOptimizer, StepRunner, canonical_device
-from .vae import CategoricalVAE, bernoulli_nll, kl_to_uniform
+from ..metrics import StepMean
+from .vae import CategoricalVAE, VAEMath, bernoulli_nll, kl_to_uniform, linear_layout, run_mlp, stack_mlps
 
-__all__ = ["ARCHITECTURE", "RunStreams", "StackedVAE", "run_slice"]
+__all__ = ["ARCHITECTURE", "RunStreams", "StackedVAE", "run_slice", "upgrade_group_checkpoint"]
 
 #: the hyperparameters every run of a stack shares (the model's shape and its optimizer)
 ARCHITECTURE = ("latent_dim", "n_categories", "encoder_hidden", "decoder_hidden", "activation", "lr", "image_size",
@@ -143,7 +150,7 @@ def _same(a, b) -> bool:
     return type(a) is type(b) and a.hparams() == b.hparams()
 
 
-class StackedVAE(L.LightningModule):
+class StackedVAE(VAEMath, L.LightningModule):
     """``R`` :class:`~catvae.CategoricalVAE` runs as one LightningModule (module docstring).
 
     Args:
@@ -154,11 +161,9 @@ class StackedVAE(L.LightningModule):
         writer: ``writer(r, metrics, step)`` receives run ``r``'s finished scalars (the single-run tags); by
             default they are dropped.
 
-    The parameters are ``stacked.<i>``, the ``i``-th parameter of the runs' ``CategoricalVAE`` stacked on a
-    new first dimension, Linear weights transposed to ``[R, in, out]`` so that each layer is
-    ``baddbmm(b, h, W)`` on contiguous operands (with ``nn.Linear``'s ``[out, in]`` the CPU batched matmul
-    ran 20-25 % slower than the runs' own ``addmm``, forward and backward; transposed it is as fast, measured
-    on docs/performance.md's CPU). :meth:`run_state_dict` gives run ``r``'s back under its own names and layout.
+    The parameters have the names of :class:`CategoricalVAE`'s (``encoder.0.weight``, ...), each the runs' tensors
+    stacked on a new first dimension, Linear weights transposed to ``[R, in, out]``
+    (:class:`~catvae.models.vae.RunLinear`). :meth:`run_state_dict` gives run ``r``'s back in its own layout.
     """
 
     def __init__(self, models: Sequence[CategoricalVAE], rng_states: Sequence[dict] | None = None,
@@ -184,14 +189,10 @@ class StackedVAE(L.LightningModule):
         self.lr = first.hparams.lr
         self.eval_seed = first.eval_seed
         self.estimators = nn.ModuleList([m.estimator for m in models])
-        self.names = [name for name, _ in first.named_parameters()]
-        #: the parameters stored transposed (the Linear weights: ``[R, in, out]``, see the class docstring)
-        self.transposed = [p.dim() == 2 for _, p in first.named_parameters()]
-        self.stacked = nn.ParameterList(
-            [nn.Parameter(torch.stack([_layout(dict(m.named_parameters())[n].detach(), t) for m in models]).contiguous())
-             for n, t in zip(self.names, self.transposed)])
-        self.encoder_layers = self._layers(first.encoder, "encoder.")
-        self.decoder_layers = self._layers(first.decoder, "decoder.")
+        self.encoder = stack_mlps([m.encoder for m in models])
+        self.decoder = stack_mlps([m.decoder for m in models])
+        self.n_importance_samples, self.importance_chunk = (first.hparams.n_importance_samples,
+                                                            first.hparams.importance_chunk)
         self.register_buffer("exact_mask", torch.tensor([est.exact_draws for est in self.estimators]), persistent=False)
         #: the step at which each run diverged (-1: it did not); a diverged run is left out of the objective and
         #: of the outputs, the others go on (their computations never read its numbers)
@@ -205,59 +206,17 @@ class StackedVAE(L.LightningModule):
             self._runner = None
         self.streams = RunStreams(rng_states or [_rng_state(torch.device("cpu"))] * self.R)
         self.writer = writer
-        for name in ("train_loss_sum", "train_exact_sum", "val_sum"):
-            self.register_buffer(name, torch.zeros(self.R))
-        for name in ("train_weight", "train_exact_weight", "val_weight"):
-            self.register_buffer(name, torch.zeros(()))
-        for name in ("test_nelbo_sum", "test_ll_sum"):  # reset by every test, never in a checkpoint
-            self.register_buffer(name, torch.zeros(self.R), persistent=False)
-        self.register_buffer("test_weight", torch.zeros(()), persistent=False)
-        self.n_importance, self.importance_chunk = first.hparams.n_importance_samples, first.hparams.importance_chunk
+        # the runs' epoch means, in the group checkpoint (a resumed epoch goes on with its sums) ...
+        self.train_loss, self.train_nelbo_exact, self.val_nelbo = (StepMean(runs=self.R) for _ in range(3))
+        for metric in (self.train_loss, self.train_nelbo_exact, self.val_nelbo):
+            metric.persistent(True)
+        # ... and the test's, reset by every test, never in a checkpoint
+        self.test_nelbo, self.test_ll = StepMean(runs=self.R), StepMean(runs=self.R)
         self._epoch_t0: float | None = None
-
-    def _layers(self, seq: nn.Sequential, prefix: str) -> list[tuple[int, int, nn.Module | None]]:
-        """``(weight index, bias index, activation after it or None)`` of each Linear of ``seq``."""
-        out = []
-        modules = list(seq)
-        for i, module in enumerate(modules):
-            if isinstance(module, nn.Linear):
-                act = modules[i + 1] if i + 1 < len(modules) and not isinstance(modules[i + 1], nn.Linear) else None
-                out.append((self.names.index(f"{prefix}{i}.weight"), self.names.index(f"{prefix}{i}.bias"), act))
-        return out
-
-    # -- the stacked networks ----------------------------------------------------------------------
-    def _mlp(self, layers, h: Tensor) -> Tensor:
-        """All runs: ``h [R, N, in] -> [R, N, out]``, one ``baddbmm`` per layer."""
-        for w, b, act in layers:
-            h = torch.baddbmm(self.stacked[b].unsqueeze(1), h, self.stacked[w])
-            if act is not None:
-                h = act(h)
-        return h
-
-    def _mlp_run(self, layers, r: int, h: Tensor) -> Tensor:
-        """Run ``r`` alone: ``h [..., in] -> [..., out]`` with its slice of every weight."""
-        for w, b, act in layers:
-            h = torch.matmul(h, self.stacked[w][r]) + self.stacked[b][r]
-            if act is not None:
-                h = act(h)
-        return h
-
-    def encode(self, x: Tensor) -> Tensor:
-        """Posterior logits of every run, ``x [R, B, D] -> [R, B, L, K]``."""
-        return self._mlp(self.encoder_layers, x).view(self.R, x.shape[1], self.latent_dim, self.n_categories)
-
-    def decode(self, z: Tensor) -> Tensor:
-        """Pixel logits of every run, ``z [R, B, L, K] -> [R, B, D]``."""
-        return self._mlp(self.decoder_layers, z.flatten(-2))
-
-    def nelbo(self, x: Tensor, z: Tensor, kl: Tensor) -> Tensor:
-        """Every run's negative ELBO per example, ``[R, B]``: ``−log p(x|z)`` of samples ``z [R, B, L, K]`` plus the
-        KL term ``kl`` (:func:`~catvae.models.vae.kl_to_uniform` of the logits), as :meth:`CategoricalVAE.nelbo`."""
-        return bernoulli_nll(self.decode(z), x) + kl
 
     def _run_objective(self, r: int, x: Tensor, kl: Tensor) -> Callable[[Tensor], Tensor]:
         """Run ``r``'s negative ELBO of samples ``[*lead, B, L, K]`` (for an estimator's ``surrogate``)."""
-        return lambda z: bernoulli_nll(self._mlp_run(self.decoder_layers, r, z.flatten(-2)), x) + kl
+        return lambda z: bernoulli_nll(run_mlp(self.decoder, r, z.flatten(-2)), x) + kl
 
     def losses(self, x: Tensor) -> tuple[Tensor, Tensor]:
         """Each run's training objective (batch mean of the negative ELBO of its estimator's samples, carrying
@@ -292,7 +251,7 @@ class StackedVAE(L.LightningModule):
                 self._mark_diverged(bad, self.global_step, "its posterior logits became non-finite")
                 samples += [call(r, r + 1, "dead" if r in self._dead else kind, part[r - a : r - a + 1])
                             for r in range(a, b)]
-        losses = self.nelbo(x, torch.cat(samples), kl).mean(dim=1)
+        losses = (self.reconstruction(x, torch.cat(samples)) + kl).mean(dim=1)
         if surrogate:
             losses = torch.stack([surrogate.get(r, losses[r]) for r in range(self.R)])
         return losses, logits
@@ -333,7 +292,7 @@ class StackedVAE(L.LightningModule):
             z = sample_one_hot(softmax(logits if index is None else logits.index_select(0, index)))
         if index is not None:
             z = torch.zeros_like(logits).index_copy_(0, index, z)
-        means = self.nelbo(x, z, kl_to_uniform(logits)).mean(dim=1)
+        means = self.nelbo(x, z, logits).mean(dim=1)
         return torch.where(self.exact_mask, losses.detach(), means)
 
     def objective(self, losses: Tensor) -> Tensor:
@@ -393,11 +352,9 @@ class StackedVAE(L.LightningModule):
                 self._mark_diverged([r for r in range(self.R) if not finite[r]], step, "its training loss became "
                                     f"{float(losses[finite.index(False)])}")
         B = x.shape[1]
-        self.train_loss_sum += losses.detach() * B
-        self.train_weight += B
+        self.train_loss.update(losses, weight=B)
         if exact is not None:
-            self.train_exact_sum += exact * B
-            self.train_exact_weight += B
+            self.train_nelbo_exact.update(exact, weight=B)
         every = self.trainer.log_every_n_steps
         if every and (step + 1) % every == 0:
             self._write({"train/loss_step": losses.detach()}, step)
@@ -431,10 +388,10 @@ class StackedVAE(L.LightningModule):
 
     def on_train_epoch_end(self) -> None:
         step = self.global_step - 1
-        if float(self.train_weight) > 0:
-            values = {"train/loss_epoch": self.train_loss_sum / self.train_weight}
-            if float(self.train_exact_weight) > 0:
-                values["train/nelbo_exact"] = self.train_exact_sum / self.train_exact_weight
+        if float(self.train_loss.weight) > 0:
+            values = {"train/loss_epoch": self.train_loss.compute()}
+            if float(self.train_nelbo_exact.weight) > 0:
+                values["train/nelbo_exact"] = self.train_nelbo_exact.compute()
             if self._epoch_t0 is not None:
                 # the group's epoch time shared by its runs: each run's amortized cost, comparable across group sizes
                 values["time/epoch_s"] = torch.full((self.R,), (device_clock(self) - self._epoch_t0) / self.R)
@@ -444,8 +401,8 @@ class StackedVAE(L.LightningModule):
                 losses = values["train/loss_epoch"][alive]
                 self.log("train/loss_epoch_min", losses.min(), prog_bar=True, logger=False)
                 self.log("train/loss_epoch_max", losses.max(), prog_bar=True, logger=False)
-        for name in ("train_loss_sum", "train_exact_sum", "train_weight", "train_exact_weight"):
-            getattr(self, name).zero_()
+        self.train_loss.reset()
+        self.train_nelbo_exact.reset()
 
     def _eval_streams(self, batch_idx: int):
         """Each run's evaluation draws as the single-run path's (:meth:`CategoricalVAE.eval_rng`: the global
@@ -455,35 +412,14 @@ class StackedVAE(L.LightningModule):
 
     def validation_step(self, x: Tensor, batch_idx: int) -> None:
         xs = x.unsqueeze(0).expand(self.R, *x.shape)
-        logits = self.encode(xs)
         with self._eval_streams(batch_idx):
-            z = sample_one_hot(softmax(logits))
-        self.val_sum += self.nelbo(xs, z, kl_to_uniform(logits)).sum(dim=1)
-        self.val_weight += x.shape[0]
+            self.val_nelbo.update(self.nelbo(xs).mean(dim=1), weight=x.shape[0])
 
     def on_validation_epoch_end(self) -> None:
-        if not self.trainer.sanity_checking and float(self.val_weight) > 0:
-            self._write({"val/nelbo": self.val_sum / self.val_weight,
-                         "val/n_examples": self.val_weight.expand(self.R)}, self.global_step - 1)
-        self.val_sum.zero_()
-        self.val_weight.zero_()
-
-    @torch.no_grad()
-    def log_likelihood(self, x: Tensor, logits: Tensor) -> Tensor:
-        r"""Each run's importance-weighted ``log p(x)`` (as :meth:`CategoricalVAE.log_likelihood`, with the draws of
-        the current :func:`estimators.rng.streams`), ``x [R, B, D]``, ``logits [R, B, L, K]`` -> ``[R, B]``."""
-        R, B = logits.shape[:2]
-        log_q = log_softmax(logits)
-        probs = log_q.exp()
-        log_prior = -self.latent_dim * math.log(self.n_categories)
-        weights = []
-        for start in range(0, self.n_importance, self.importance_chunk):
-            s = min(self.importance_chunk, self.n_importance - start)
-            z = sample_one_hot(probs.unsqueeze(1).expand(R, s, *probs.shape[1:]))  # each run: [s, B, L, K]
-            xs = x.unsqueeze(1).expand(R, s, *x.shape[1:]).reshape(R, s * B, -1)
-            log_px = -bernoulli_nll(self.decode(z.reshape(R, s * B, *z.shape[-2:])), xs).view(R, s, B)
-            weights.append(log_px + log_prior - (z * log_q.unsqueeze(1)).sum(dim=(-1, -2)))
-        return torch.logsumexp(torch.cat(weights, dim=1), dim=1) - math.log(self.n_importance)
+        if not self.trainer.sanity_checking and float(self.val_nelbo.weight) > 0:
+            self._write({"val/nelbo": self.val_nelbo.compute(),
+                         "val/n_examples": self.val_nelbo.weight.expand(self.R)}, self.global_step - 1)
+        self.val_nelbo.reset()
 
     def test_step(self, x: Tensor, batch_idx: int) -> None:
         """``test/nelbo`` and ``test/log_likelihood`` of every run, with each run's draws those of ``catvae test``
@@ -492,18 +428,15 @@ class StackedVAE(L.LightningModule):
         xs = x.unsqueeze(0).expand(self.R, *x.shape)
         with self._eval_streams(batch_idx):
             logits = self.encode(xs)
-            nelbo = self.nelbo(xs, sample_one_hot(softmax(logits)), kl_to_uniform(logits))
-            ll = self.log_likelihood(xs, logits)
-        self.test_nelbo_sum += nelbo.sum(dim=1)
-        self.test_ll_sum += ll.sum(dim=1)
-        self.test_weight += x.shape[0]
+            self.test_nelbo.update(self.nelbo(xs, logits=logits).mean(dim=1), weight=x.shape[0])
+            self.test_ll.update(self.log_likelihood(xs, logits=logits).mean(dim=1), weight=x.shape[0])
 
     def on_test_epoch_end(self) -> None:
-        if float(self.test_weight) > 0:
-            self._write({"test/nelbo": self.test_nelbo_sum / self.test_weight,
-                         "test/log_likelihood": self.test_ll_sum / self.test_weight}, self.global_step)
-        for name in ("test_nelbo_sum", "test_ll_sum", "test_weight"):
-            getattr(self, name).zero_()
+        if float(self.test_nelbo.weight) > 0:
+            self._write({"test/nelbo": self.test_nelbo.compute(), "test/log_likelihood": self.test_ll.compute()},
+                        self.global_step)
+        self.test_nelbo.reset()
+        self.test_ll.reset()
 
     def configure_optimizers(self):
         """One Adam over the stacked tensors (elementwise: one Adam per run), fused as
@@ -521,7 +454,7 @@ class StackedVAE(L.LightningModule):
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         finite = torch.ones(self.R, dtype=torch.bool, device=self.device)
-        for param in self.stacked:
+        for param in (*self.encoder.parameters(), *self.decoder.parameters()):
             finite &= torch.isfinite(param).flatten(1).all(dim=1)
         bad = [r for r in (~finite).nonzero().flatten().tolist() if r not in self._dead]
         if bad:  # found here on a GPU, where no step reads the loss back
@@ -529,28 +462,55 @@ class StackedVAE(L.LightningModule):
             checkpoint["state_dict"]["diverged_at"] = self.diverged_at.detach().clone().cpu()
         checkpoint["catvae_streams"] = [dict(s) for s in self.streams.states]
         checkpoint["catvae_task"] = {"class": type(self).__qualname__, "runs": self.R,
-                                     "estimators": [est.name for est in self.estimators],
-                                     "transposed": list(self.transposed)}
+                                     "estimators": [est.name for est in self.estimators], "layout": LAYOUT}
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         task = checkpoint.get("catvae_task") or {}
         if task.get("class") != type(self).__qualname__ or task.get("runs") != self.R:
             raise ConfigError(f"the group checkpoint holds {task.get('runs')} runs of {task.get('class')}, not "
                               f"{self.R} of {type(self).__qualname__}: delete the group's folder to start it over")
+        upgrade_group_checkpoint(checkpoint, self.parameter_names())
         self.streams = RunStreams(checkpoint["catvae_streams"])
         diverged = checkpoint["state_dict"].get("diverged_at")
         self._dead = set() if diverged is None else {r for r, step in enumerate(diverged.tolist()) if step >= 0}
         self._blocks = None
 
+    def parameter_names(self) -> list[str]:
+        """The names of the stacked parameters, in order (those of :class:`CategoricalVAE`'s)."""
+        return [f"{net}.{name}" for net in ("encoder", "decoder") for name, _ in getattr(self, net).named_parameters()]
+
     def run_state_dict(self, r: int, state_dict: dict | None = None) -> dict[str, Tensor]:
-        """Run ``r``'s parameters under the names of :class:`CategoricalVAE` (from ``state_dict``, a saved
-        group state, or the live parameters)."""
+        """Run ``r``'s parameters under the names and in the layout of :class:`CategoricalVAE` (from ``state_dict``, a
+        saved group state, or the live parameters)."""
         source = state_dict if state_dict is not None else self.state_dict()
-        return {n: run_slice(source[f"stacked.{i}"], r, t) for i, (n, t) in enumerate(zip(self.names, self.transposed))}
+        return {n: run_slice(source[n], r, linear_layout(n, source[n])) for n in self.parameter_names()}
 
 
-def _layout(param: Tensor, transposed: bool) -> Tensor:
-    return param.t() if transposed else param
+#: the group checkpoint's layout: 2 = parameters under the VAE's names (``encoder.0.weight``), epoch means as
+#: ``StepMean`` states; 1 (before 2026-12-03, no ``layout`` key) = ``stacked.<i>`` and raw sum buffers
+LAYOUT = 2
+_LAYOUT1_MEANS = {"train_loss_sum": "train_loss.mean_value", "train_weight": "train_loss.weight",
+                  "train_exact_sum": "train_nelbo_exact.mean_value", "train_exact_weight": "train_nelbo_exact.weight",
+                  "val_sum": "val_nelbo.mean_value", "val_weight": "val_nelbo.weight"}
+
+
+def upgrade_group_checkpoint(checkpoint: dict, names: Sequence[str]) -> dict:
+    """Rename, in place, a group checkpoint written before :data:`LAYOUT` 2 to today's keys (its parameters
+    ``stacked.<i>`` to ``names[i]``, the VAE's parameter names in order; its sum buffers to the
+    :class:`~catvae.metrics.StepMean` states), so that a sweep interrupted under the old code resumes; the tensors
+    and the optimizer state (indexed by parameter order, unchanged) stay as they are."""
+    task = checkpoint.setdefault("catvae_task", {})
+    if task.get("layout", 1) >= LAYOUT:
+        return checkpoint
+    state = checkpoint["state_dict"]
+    for i, name in enumerate(names):
+        state[name] = state.pop(f"stacked.{i}")
+    for old, new in _LAYOUT1_MEANS.items():
+        if old in state:
+            state[new] = state.pop(old)
+    task.pop("transposed", None)
+    task["layout"] = LAYOUT
+    return checkpoint
 
 
 def run_slice(stacked: Tensor, r: int, transposed: bool) -> Tensor:
