@@ -6,6 +6,8 @@ import warnings
 
 from lightning.pytorch.callbacks import ModelCheckpoint
 
+from .compat import last_saved_step, save_checkpoint_now
+
 __all__ = ["RunCheckpoint"]
 
 # The two warnings of ModelCheckpoint that are false alarms for a run that resumes in place; see RunCheckpoint.
@@ -30,9 +32,12 @@ class RunCheckpoint(ModelCheckpoint):
       state after the update, with the step counted, is exactly what the checkpoint must hold.
     """
 
-    def __init__(self, *args, resuming: bool = False, **kwargs) -> None:
-        super().__init__(*args, **kwargs)
+    def __init__(self, *args, resuming: bool = False, every_n_train_steps: int | None = None,
+                 every_n_epochs: int | None = None, **kwargs) -> None:
+        super().__init__(*args, every_n_train_steps=every_n_train_steps, every_n_epochs=every_n_epochs, **kwargs)
         self.resuming = resuming
+        # the triggers as given (ModelCheckpoint keeps its own in private attributes)
+        self.step_trigger, self.epoch_trigger = every_n_train_steps, every_n_epochs
 
     @classmethod
     def last(cls, every_n_steps: int = 1000, dirpath: str | None = None, resuming: bool = False,
@@ -71,7 +76,7 @@ class RunCheckpoint(ModelCheckpoint):
             super().setup(trainer, pl_module, stage)
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        every = self._every_n_train_steps
+        every = self.step_trigger
         if not every or trainer.fit_loop.epoch_loop.batch_progress.is_last_batch:
             # (last batch: the epoch-end checkpoint follows, after validation and the epoch's metrics; a checkpoint
             # of the last batch alone would resume into a skipped epoch end: Lightning 2.6 does not rerun it)
@@ -83,13 +88,13 @@ class RunCheckpoint(ModelCheckpoint):
             if not pl_module.automatic_optimization:
                 warnings.filterwarnings("ignore", message=_MANUAL_OPTIMIZATION)
             super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
-        if spent and self._last_global_step_saved != trainer.global_step and not trainer.sanity_checking:
+        if spent and last_saved_step(self) != trainer.global_step and not trainer.sanity_checking:
             # the run's last step, in the middle of an epoch: save it as a step (Lightning resumes it mid-epoch,
             # whatever budget the resumed run has), not as the end of a cut epoch (see on_train_epoch_end)
-            self._save_checkpoint(trainer, self.format_checkpoint_name({}))
+            save_checkpoint_now(self, trainer, self.format_checkpoint_name({}))
 
     def on_train_epoch_end(self, trainer, pl_module) -> None:
-        if self._every_n_epochs and not trainer.fit_loop.epoch_loop.batch_progress.is_last_batch:
+        if self.epoch_trigger and not trainer.fit_loop.epoch_loop.batch_progress.is_last_batch:
             # an epoch cut short by max_steps: its last step was saved as a step above. Saved here, Lightning
             # would count the cut epoch as a whole one on resume (and skip its remaining batches when the
             # resumed run is bounded by max_epochs)

@@ -8,6 +8,8 @@ import lightning as L
 from lightning.pytorch.loggers import TensorBoardLogger
 from torch.utils.tensorboard.summary import hparams
 
+from .compat import tensorboard_file_writer
+
 __all__ = ["HParamsSummary", "flatten_hparams"]
 
 
@@ -57,6 +59,6 @@ class HParamsSummary(L.Callback):
         summaries = hparams(flat, {tag: 0.0 for tag in metrics})
         for logger in trainer.loggers:
             if isinstance(logger, TensorBoardLogger):
-                writer = logger.experiment._get_file_writer()
+                writer = tensorboard_file_writer(logger.experiment)
                 for summary in summaries:
                     writer.add_summary(summary)

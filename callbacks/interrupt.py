@@ -10,6 +10,8 @@ from typing import ClassVar
 from lightning.pytorch.callbacks import Checkpoint, ModelCheckpoint
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
+from .compat import request_stop
+
 __all__ = ["CheckpointOnInterrupt"]
 
 
@@ -72,7 +74,7 @@ class CheckpointOnInterrupt(Checkpoint):
         if callable(lightning_handler):
             lightning_handler(signal.SIGTERM, None)
         else:  # no Lightning handler installed (e.g. not the main thread): set its flag directly
-            trainer._signal_connector.received_sigterm = True
+            request_stop(trainer)
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         if self._pending is not None and not trainer.fit_loop.epoch_loop.batch_progress.is_last_batch:

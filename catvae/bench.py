@@ -441,8 +441,11 @@ def bench_cost(args: argparse.Namespace) -> None:
     at least: in a CUDA graph they run back to back, ``--gap_us`` apart) and bytes written by them (read about
     as much again). Predicted seconds per step = max(FLOPs / ``--tflops``, 2 x bytes / ``--gbps``) + ops x gap;
     then minutes for ``--steps`` steps. A plan, not a measurement: ``bench sweep --fast_step`` measures it there."""
-    from torch.utils._python_dispatch import TorchDispatchMode
     from torch.utils.flop_counter import FlopCounterMode
+
+    from callbacks.compat import torch_dispatch_mode, tree_leaves
+
+    TorchDispatchMode = torch_dispatch_mode()
 
     class Count(TorchDispatchMode):  # every ATen op of the step and the bytes of its outputs
         ops = bytes = 0
@@ -450,7 +453,7 @@ def bench_cost(args: argparse.Namespace) -> None:
         def __torch_dispatch__(self, func, types, args=(), kwargs=None):
             out = func(*args, **(kwargs or {}))
             self.ops += 1
-            self.bytes += sum(t.numel() * t.element_size() for t in torch.utils._pytree.tree_leaves(out)
+            self.bytes += sum(t.numel() * t.element_size() for t in tree_leaves(out)
                               if isinstance(t, torch.Tensor))
             return out
 

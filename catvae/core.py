@@ -18,6 +18,14 @@ from torch.optim.lr_scheduler import LRScheduler
 from torchmetrics.utilities.data import dim_zero_cat, dim_zero_sum
 
 import estimators
+from callbacks.compat import (
+    attached_trainer,
+    logging_step,
+    metric_reductions,
+    metric_state_defaults,
+    set_logging_step,
+    set_update_count,
+)
 from estimators import CategoricalEstimator
 from estimators.base import ConfigError
 from estimators.constraints import validate
@@ -265,7 +273,7 @@ class EstimatorTask(LoggedHParams, L.LightningModule):
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         self._checkpoint_step = int(checkpoint.get("global_step") or 0)
         self.check_checkpoint(checkpoint)
-        trainer = getattr(self, "_trainer", None)
+        trainer = attached_trainer(self)
         if trainer is not None and trainer.max_steps not in (None, -1):
             _count_replayed_epoch_end_once(checkpoint)
         self._pending_rng = checkpoint.get("catvae_rng")
@@ -291,7 +299,7 @@ class EstimatorTask(LoggedHParams, L.LightningModule):
         resumed run does not log again) holds empty states: the next epoch starts from zero. At the end of
         an epoch cut short by ``max_steps`` the states are kept: a resumed run with a larger budget
         finishes that epoch and logs its whole mean."""
-        trainer = getattr(self, "_trainer", None)
+        trainer = attached_trainer(self)
         distributed = trainer is not None and trainer.world_size > 1
         loop = trainer.fit_loop if trainer is not None else None
         logged = loop is not None and loop.epoch_progress.current.processed > loop.epoch_progress.current.completed \
@@ -301,17 +309,18 @@ class EstimatorTask(LoggedHParams, L.LightningModule):
             if not isinstance(metric, StepMean):
                 continue
             if logged:
-                states[name] = {"states": {key: _detached(v) for key, v in metric._defaults.items()}, "update_count": 0}
+                states[name] = {"states": {key: _detached(v) for key, v in metric_state_defaults(metric).items()},
+                                "update_count": 0}
                 continue
             with metric.sync_context(should_sync=distributed, should_unsync=True):
-                values = {key: _detached(getattr(metric, key)) for key in metric._defaults}
+                values = {key: _detached(getattr(metric, key)) for key in metric_state_defaults(metric)}
             states[name] = {"states": values, "update_count": metric.update_count}
         return states
 
     def _restore_metric_states(self, saved: dict) -> None:
         """Put saved metric states back: the reduced sums (and concatenations) on rank 0 alone, any other
         reduction on every rank, so that the next reduction over ranks gives the saved value again."""
-        trainer = getattr(self, "_trainer", None)
+        trainer = attached_trainer(self)
         rank = trainer.global_rank if trainer is not None else 0
         modules = dict(self.named_modules())
         for name, entry in saved.items():
@@ -320,9 +329,9 @@ class EstimatorTask(LoggedHParams, L.LightningModule):
                 continue
             metric.reset()
             for key, value in entry["states"].items():
-                if key not in metric._defaults:
+                if key not in metric_state_defaults(metric):
                     continue
-                reduction = metric._reductions.get(key)
+                reduction = metric_reductions(metric).get(key)
                 if rank == 0 or reduction not in (dim_zero_sum, dim_zero_cat):
                     default = getattr(metric, key)
                     if isinstance(value, list):
@@ -330,7 +339,7 @@ class EstimatorTask(LoggedHParams, L.LightningModule):
                     else:
                         setattr(metric, key, value.to(device=default.device, dtype=default.dtype))
             # torchmetrics has no public setter for it; compute() and update_called read it
-            metric._update_count = int(entry.get("update_count", 0))
+            set_update_count(metric, entry.get("update_count", 0))
 
     def on_train_start(self) -> None:
         if self._pending_rng is not None:  # resume: continue the training noise exactly
@@ -349,8 +358,8 @@ class EstimatorTask(LoggedHParams, L.LightningModule):
         # replays that epoch's end and leaves its logging step (_batches_that_stepped, which a straight run
         # keeps equal to global_step) one ahead, so every later value would be logged one step late
         loop = self.trainer.fit_loop.epoch_loop
-        if loop._batches_that_stepped != self.global_step:
-            loop._batches_that_stepped = self.global_step
+        if logging_step(loop) != self.global_step:
+            set_logging_step(loop, self.global_step)
 
     def _check_state_dict(self, state_dict: dict, strict: bool) -> None:
         own = self.state_dict()

@@ -27,9 +27,11 @@ from pathlib import Path
 
 import torch
 from torch import Tensor
-from torch.utils._python_dispatch import TorchDispatchMode
 
+from callbacks.compat import torch_dispatch_mode
 from estimators.base import CategoricalEstimator
+
+TorchDispatchMode = torch_dispatch_mode()
 
 __all__ = ["StepRunner", "ReplayOptimizer", "canonical_device", "capture_hazards"]
 

@@ -12,6 +12,8 @@ from lightning.fabric.loggers.logger import rank_zero_experiment
 from lightning.pytorch.loggers import CSVLogger as _LightningCSVLogger
 from lightning.pytorch.loggers.csv_logs import ExperimentWriter
 
+from callbacks.compat import csv_filesystem, logger_experiment, set_logger_experiment
+
 __all__ = ["CSVLogger", "LoggedHParams", "ReleaseHeldLogs", "drop_held_logs", "hold_lightning_logs", "release_held_logs"]
 
 #: the loggers whose INFO lines Lightning prints before a run starts ("Seed set to 0", "GPU available: ...")
@@ -77,8 +79,9 @@ class _AppendingWriter(ExperimentWriter):
     """Lightning's CSV writer, except that an existing ``metrics.csv`` is continued, not deleted."""
 
     def _check_log_dir_exists(self) -> None:
-        if self._fs.isfile(self.metrics_file_path):
-            with self._fs.open(self.metrics_file_path, "r", newline="") as handle:
+        fs = csv_filesystem(self)
+        if fs.isfile(self.metrics_file_path):
+            with fs.open(self.metrics_file_path, "r", newline="") as handle:
                 self.metrics_keys = sorted(next(csv.reader(handle), []))
 
 
@@ -94,10 +97,10 @@ class CSVLogger(_LightningCSVLogger):
     @property
     @rank_zero_experiment
     def experiment(self) -> ExperimentWriter:
-        if self._experiment is None:
-            self._fs.makedirs(self.root_dir, exist_ok=True)
-            self._experiment = _AppendingWriter(log_dir=self.log_dir)
-        return self._experiment
+        if logger_experiment(self) is None:
+            csv_filesystem(self).makedirs(self.root_dir, exist_ok=True)
+            set_logger_experiment(self, _AppendingWriter(log_dir=self.log_dir))
+        return logger_experiment(self)
 
 
 class LoggedHParams:

@@ -42,6 +42,7 @@ from lightning.pytorch.utilities.rank_zero import rank_zero_only
 
 import estimators
 from callbacks import CheckpointOnInterrupt, CommitCheckpoints, DurableCheckpointIO, ProgressLines, RunCheckpoint
+from callbacks.compat import cli_config_value, parser_actions
 
 # every task and data module known to LightningCLI by class name (``--model GMMTask``)
 from . import data as _data  # noqa: F401
@@ -196,7 +197,7 @@ class CatVAECLI(LightningCLI):
         """LightningCLI's subcommand parser with catvae's meaning of ``--ckpt_path`` in its help (Lightning's says
         "last, hpc, registry ... the previous trainer.fit call"; here 'last' and 'best' find a run directory)."""
         parser = super()._prepare_subcommand_parser(klass, subcommand, **kwargs)
-        for action in parser._actions:
+        for action in parser_actions(parser):
             if action.dest == "ckpt_path":
                 action.help = CKPT_PATH_HELP["fit" if subcommand == "fit" else "eval"]
         return parser
@@ -304,7 +305,7 @@ class CatVAECLI(LightningCLI):
         (``catvae fit`` and a batched group): ``plugins`` with :class:`~callbacks.DurableCheckpointIO`
         (:func:`durable_plugins`), and the batch limits written as integers kept integers
         (:func:`integer_batch_limits`: 1 batch, not 1.0 = "all batches")."""
-        configured = self._get(self.config_init, "trainer", default={})
+        configured = cli_config_value(self, self.config_init, "trainer", default={})
         counts = {name: count for name, count in getattr(self, "batch_counts", {}).items()
                   if configured.get(name) == count}
         return {"plugins": durable_plugins(configured.get("plugins")), **counts}
@@ -348,7 +349,7 @@ class CatVAECLI(LightningCLI):
         where = {"save_dir": str(root.parent.parent), "name": f"{root.parent.name}/{root.name}", "version": version}
         if spec in (None, True):
             return TensorBoardLogger(**where, default_hp_metric=False)
-        built = self._get(self.config_init, "trainer", default={}).get("logger")
+        built = cli_config_value(self, self.config_init, "trainer", default={}).get("logger")
         specs, built = (spec, built) if isinstance(spec, list) else ([spec], [built])
         loggers: list[Logger] = []
         for one, instance in zip(specs, built):
@@ -374,7 +375,7 @@ class CatVAECLI(LightningCLI):
         (``--trainer.callbacks+=...TQDMProgressBar`` replaces the default's; Lightning allows one). Where stderr is
         not a terminal (a file, a pipe: a sweep's ``log.txt``, CI), a ``TQDMProgressBar`` becomes
         :class:`~callbacks.ProgressLines`: a line every 30 s instead of a bar redrawn with carriage returns."""
-        configured = self._get(self.config_init, "trainer", default={}).get("callbacks") or []
+        configured = cli_config_value(self, self.config_init, "trainer", default={}).get("callbacks") or []
         configured = configured if isinstance(configured, list) else [configured]
         trainer = cfg.get("trainer") or {}
         drop = (ProgressBar,) * (trainer.get("enable_progress_bar") is False)

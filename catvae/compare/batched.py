@@ -47,6 +47,7 @@ from lightning.pytorch.cli import LightningCLI
 from lightning.pytorch.loggers import TensorBoardLogger
 
 from callbacks import CheckpointOnInterrupt, CommitCheckpoints, DurableCheckpointIO, HParamsSummary, RunCheckpoint, Throughput
+from callbacks.compat import last_saved_step
 
 from .. import runner
 from ..core import EstimatorTask
@@ -316,7 +317,7 @@ def fit_group(fit: list[list[str]], folder: Path, key: str, callbacks: list | No
                                                **templates[0].cli.trainer_overrides())
     try:
         trainer.fit(module, datamodule=data, ckpt_path=str(ckpt) if resume else None, weights_only=True)
-        if trainer.global_step > max(c._last_global_step_saved for c in last):
+        if trainer.global_step > max(last_saved_step(c) for c in last):
             trainer.save_checkpoint(ckpt)  # the end of training, between two checkpoint steps
         if test:
             trainer.test(module, datamodule=data, verbose=False, weights_only=True)

@@ -45,6 +45,8 @@ class BenchmarkTask(EstimatorTask):
         super().__init__(estimator, optimizer, lr_scheduler)
         self.train_objective = StepMean()
         self.problem = None
+        #: the declared, size-less parameters and buffers (``declare``): ``{name: "parameter" | "buffer"}``
+        self.declared: dict[str, str] = {}
         self.register_buffer("_window", torch.zeros(self.window))  # a ring of the last objective values
         self.register_buffer("_window_count", torch.zeros((), dtype=torch.long))
 
@@ -56,13 +58,14 @@ class BenchmarkTask(EstimatorTask):
             self.register_parameter(name, None)
         for name in buffers:
             self.register_buffer(name, None)
+        self.declared.update({**dict.fromkeys(names, "parameter"), **dict.fromkeys(buffers, "buffer")})
 
     def create(self, name: str, value: Tensor) -> None:
         """Create the declared parameter or buffer ``name`` with initial ``value``, or check that one loaded
         before has the same size (a checkpoint written for another problem size is refused)."""
         current = getattr(self, name)
         if current is None:
-            if name in self._buffers:
+            if self.declared[name] == "buffer":
                 self.register_buffer(name, value)
             else:
                 self.register_parameter(name, nn.Parameter(value))
@@ -103,12 +106,12 @@ class BenchmarkTask(EstimatorTask):
 
     def _create_from(self, state_dict: dict) -> None:
         """Declared parameters and buffers not created yet take their size from ``state_dict``."""
-        for name, param in list(self._parameters.items()):
-            if param is None and name in state_dict:
-                self.register_parameter(name, nn.Parameter(torch.empty_like(state_dict[name])))
-        for name, buffer in list(self._buffers.items()):
-            if buffer is None and name in state_dict:
-                self.register_buffer(name, torch.empty_like(state_dict[name]))
+        for name, kind in self.declared.items():
+            if getattr(self, name) is None and name in state_dict:
+                if kind == "buffer":
+                    self.register_buffer(name, torch.empty_like(state_dict[name]))
+                else:
+                    self.register_parameter(name, nn.Parameter(torch.empty_like(state_dict[name])))
 
     # -- logging --------------------------------------------------------------------------------------
     def log_train_objective(self, value: Tensor) -> None:
