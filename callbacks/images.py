@@ -13,11 +13,12 @@ class ImageLogger(L.Callback):
     """Every ``every_n_epochs`` validation epochs (and after the final one), log reconstructions of a fixed validation batch
     (originals above, reconstructions below) and decoded prior samples as image grids.
 
-    Works with any module that has ``forward(x) -> pixel probabilities`` and ``generate(n)``, and a
-    logger with a TensorBoard ``SummaryWriter`` as ``experiment``; other loggers are skipped.
+    Works with any module that has ``forward(x) -> pixel probabilities``, ``generate(n)`` and ``image_shape``
+    (``(height, width)`` of its flat images, unless ``image_shape`` is given here), and a logger with a TensorBoard
+    ``SummaryWriter`` as ``experiment``; other loggers are skipped.
     """
 
-    def __init__(self, every_n_epochs: int = 10, n_images: int = 32, image_shape: tuple[int, int] = (28, 28)) -> None:
+    def __init__(self, every_n_epochs: int = 10, n_images: int = 32, image_shape: tuple[int, int] | None = None) -> None:
         validate({"every_n_epochs": integer(1), "n_images": integer(1)}, locals())
         self.every_n_epochs, self.n_images, self.image_shape = every_n_epochs, n_images, image_shape
         self._batch: torch.Tensor | None = None
@@ -36,7 +37,7 @@ class ImageLogger(L.Callback):
         with torch.no_grad(), pl_module.eval_rng(-1):
             recon = pl_module(self._batch)
             samples = pl_module.generate(self.n_images)
-        shape = (-1, 1, *self.image_shape)
+        shape = (-1, 1, *(self.image_shape or pl_module.image_shape))
         pair = torch.cat([self._batch.view(shape), recon.view(shape)])
         step = trainer.global_step
         writer.add_image("images/reconstructions", make_grid(pair.float().cpu(), nrow=len(self._batch)), step)

@@ -61,7 +61,7 @@ from estimators.base import ConfigError
 from estimators.rng import seeded
 
 from .runs import make_folder
-from .sample import binarized_test_images, load_vae
+from .sample import load_vae
 from .tools import VARIANTS
 
 __all__ = ["analyze", "law_error", "make_objective", "parse_probs"]
@@ -249,17 +249,17 @@ def _names(text: str, allowed: tuple[str, ...], flag: str) -> list[str]:
 
 def vae_posterior(path: str, example: int, trust: bool = False, data_dir: str | None = None) -> tuple[Tensor, Objective, str]:
     """``(π [L, K] float64, f, description)`` for test image ``example`` of a trained VAE (module docstring)."""
-    model, dataset = load_vae(path, trust)
+    model, data = load_vae(path, trust)
     if example < 0:
         raise ConfigError(f"--example {example}: must be >= 0 (an index into the test images)")
-    x = binarized_test_images(dataset, example + 1, data_dir)[example]
+    x = data.test_images(example + 1, data_dir)[example]
     with torch.no_grad():
         probs = torch.softmax(model.encode(x[None])[0].double(), -1)
 
     def f(z: Tensor) -> Tensor:  # −log p(x|z) for codes [..., L, K]
         return model.reconstruction(x.expand(*z.shape[:-2], x.shape[-1]), z.float()).double()
 
-    return probs, f, f"−log p(x|z) of {dataset} test image {example}, posterior of {path}"
+    return probs, f, f"−log p(x|z) of {data.name} test image {example}, posterior of {path}"
 
 
 def run(args: argparse.Namespace) -> int:

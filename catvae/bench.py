@@ -31,9 +31,8 @@ from .data.paths import resolve_data_dir
 from .fast import StepRunner
 from .models import CategoricalVAE
 from .models.stacked import StackedVAE
-from .models.vae import mlp
 from .runner import default_callbacks, fit_callbacks
-from .sample import binarized_test_images, load_vae
+from .sample import DataRecord, load_vae
 
 #: the paper's VAE latent shapes (batch 200). Every estimator is built with its defaults, which are Table 5's
 #: VAE column (``configs/estimators/``).
@@ -196,15 +195,21 @@ class _StepTimer:
         return (window[-1] - window[0]) / (len(window) - 1)
 
 
+def _mnist_like(*batch: int, device: torch.device | str = "cpu") -> torch.Tensor:
+    """Random binary images of MNIST's shape and share of lit pixels (13 %), ``[*batch, pixels]``."""
+    pixels = math.prod(MNISTDataModule.image_shape)
+    return (torch.rand(*batch, pixels, device=device) < 0.13).float()
+
+
 def reference_loop(estimator, latent_dim: int, n_categories: int, steps: int, warmup: int, device: torch.device, root) -> float:
     """The authors' style of loop: torchvision MNIST with per-item transforms through a DataLoader,
     a plain Python optimization loop. Returns the median seconds per steady-state step."""
     transform = transforms.Compose([transforms.ToTensor(), transforms.Lambda(lambda x: (x > 0.5).float().view(-1))])
     loader = torch.utils.data.DataLoader(MNIST(str(root), train=True, transform=transform), batch_size=200,
                                          shuffle=True, drop_last=True)
-    enc = mlp([784, 512, 256, latent_dim * n_categories], "leaky_relu").to(device)
-    dec = mlp([latent_dim * n_categories, 256, 512, 784], "leaky_relu").to(device)
-    opt = torch.optim.Adam([*enc.parameters(), *dec.parameters()], lr=5e-4)
+    vae = CategoricalVAE(estimator, latent_dim=latent_dim, n_categories=n_categories)  # the paper's sizes and lr
+    enc, dec = vae.encoder.to(device), vae.decoder.to(device)
+    opt = torch.optim.Adam([*enc.parameters(), *dec.parameters()], lr=vae.hparams.lr)
     timer = _StepTimer(device, warmup, steps)
     for i, (x, _) in enumerate(loader):
         timer.tick()
@@ -360,7 +365,7 @@ def bench_step(args: argparse.Namespace) -> None:
     print(f"{'estimator':<15}{'setting':<12}{'ms/step':>9}{'s/epoch':>9}{'vs gumbel':>11}")
     for latent_dim, n_categories in (_shape(s) for s in args.settings):
         torch.manual_seed(0)
-        x = (torch.rand(200, 784, device=device) < 0.13).float()  # MNIST's share of lit pixels
+        x = _mnist_like(200, device=device)
         steps = {}
         for name in names:
             model = CategoricalVAE(estimators.build(name), latent_dim=latent_dim, n_categories=n_categories,
@@ -423,7 +428,7 @@ def _sweep_times(R: int, latent_dim: int, n_categories: int, device: torch.devic
     """Seconds per step of a group of ``R`` runs, and of the same runs stepped one after the other."""
     capture = args.fast_step and device.type == "cuda"
     models = [m.to(device) for m in _table3_runs(R, latent_dim, n_categories, fast_step=args.fast_step)]
-    x = (torch.rand(R, 200, 784, device=device) < 0.13).float()  # MNIST's share of lit pixels
+    x = _mnist_like(R, 200, device=device)
     group = StackedVAE(models).to(device)
     singles = [functools.partial(StepRunner(m.make_step(m.adam(capturable=capture)), capture=capture), x[r])
                for r, m in enumerate(models)]
@@ -466,7 +471,7 @@ def bench_cost(args: argparse.Namespace) -> None:
         latent_dim, n_categories = _shape(setting)
         group = StackedVAE(_table3_runs(R, latent_dim, n_categories))
         step = group.make_step(group.adam())
-        x = (torch.rand(R, 200, 784) < 0.13).float()
+        x = _mnist_like(R, 200)
         step(x)  # the optimizer's state exists, as in every later step
         count, flops = Count(), FlopCounterMode(display=False)
         with flops, count:
@@ -511,15 +516,17 @@ def bench_variance(args: argparse.Namespace) -> None:
     specs = [_estimator_arg(t) for t in args.estimators or VARIANCE_ESTIMATORS]
     latent_dim, n_categories = _shape(args.setting)
     with seeded(args.seed):
-        dataset = "mnist"
+        data = None
         if args.ckpt_path:
-            model, dataset = load_vae(args.ckpt_path)
+            model, data = load_vae(args.ckpt_path)
         else:
             hidden = _hidden(args.hidden)
             model = CategoricalVAE("gumbel", latent_dim=latent_dim, n_categories=n_categories,
                                    encoder_hidden=hidden, decoder_hidden=hidden[::-1])
     model.eval()
-    x = binarized_test_images(dataset, args.batch, args.data_dir, download=False)
+    data = data or DataRecord(f"{MNISTDataModule.__module__}.MNISTDataModule", {"dataset": "mnist"})
+    x = data.test_images(args.batch, args.data_dir, download=False)
+    dataset = data.name
     groups = {name: list(child.parameters()) for name, child in model.named_children()
               if any(True for _ in child.parameters())}
     what = f"checkpoint {args.ckpt_path}" if args.ckpt_path else f"a freshly initialized VAE (seed {args.seed})"

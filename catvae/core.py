@@ -262,6 +262,9 @@ class EstimatorTask(LoggedHParams, L.LightningModule):
         checkpoint["catvae_rng"] = rng
         checkpoint["catvae_task"] = {"class": type(self).__qualname__, "estimator": self.estimator.name}
         checkpoint["catvae_metrics"] = self._metric_states()
+        data = getattr(attached_trainer(self), "datamodule", None)
+        if data is not None:  # what the model was trained on (catvae sample and analyze rebuild its test set)
+            checkpoint["catvae_data"] = {"class_path": f"{type(data).__module__}.{type(data).__qualname__}"}
 
     def on_test_epoch_end(self) -> None:
         """The test metrics go on the step the evaluated model was trained to (Lightning takes a logged ``step`` as

@@ -177,6 +177,18 @@ def _class_path(name: str) -> str:
     return json.dumps({"class_path": path, "init_args": defaults})
 
 
+def _class_attribute(config, name: str):
+    """Attribute ``name`` of the class a ``{class_path, init_args}`` config names (``None`` if it has none)."""
+    path = config.get("class_path") if hasattr(config, "get") else None
+    if not isinstance(path, str) or "." not in path:
+        return None
+    module, _, cls = path.rpartition(".")
+    try:
+        return getattr(getattr(importlib.import_module(module), cls), name, None)
+    except (ImportError, AttributeError):
+        return None
+
+
 class CatVAECLI(LightningCLI):
     """LightningCLI with catvae's run layout, checkpointing, safe checkpoint loading and resume rules."""
 
@@ -232,6 +244,12 @@ class CatVAECLI(LightningCLI):
         if init is not None and "data_dir" in init and not init.get("data_dir"):
             # the folder the data is read from ($CATVAE_DATA_DIR, else ./data), recorded in config.yaml as used
             init["data_dir"] = str(resolve_data_dir().resolve())
+        model = cfg.get("model")
+        model_init = model.get("init_args") if hasattr(model, "get") else None
+        shape = _class_attribute(data, "image_shape")
+        if model_init is not None and "image_shape" in model_init and model_init.get("image_shape") is None \
+                and shape is not None and model_init.get("image_size") is None:
+            model_init["image_shape"] = list(shape)  # the model's geometry is the data's (config.yaml records it)
 
     def _parse_ckpt_path(self) -> None:
         """LightningCLI would merge the checkpoint's hyperparameters into the config; here the given config

@@ -367,6 +367,7 @@ def split_checkpoint(group: dict, r: int, template: Template) -> dict:
         "datamodule_hparams_name": "kwargs", "datamodule_hyper_parameters": dict(template.datamodule.hparams),
         "catvae_rng": dict(group["catvae_streams"][r]),
         "catvae_task": {"class": type(model).__qualname__, "estimator": model.estimator.name},
+        "catvae_data": {"class_path": f"{type(template.datamodule).__module__}.{type(template.datamodule).__qualname__}"},
         "catvae_metrics": {"train_loss": mean_state("train_loss"), "train_nelbo_exact": mean_state("train_nelbo_exact")},
     }
 

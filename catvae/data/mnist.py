@@ -23,6 +23,8 @@ __all__ = ["DATASETS", "MNISTDataModule", "resolve_data_dir", "load_mnist"]
 
 Binarize = Literal["threshold", "dynamic", "none"]
 SIZES = {True: 60_000, False: 10_000}
+#: the images' height and width (every dataset of :data:`DATASETS`)
+IMAGE_SHAPE = (28, 28)
 FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
 #: the datasets in MNIST's idx format (same sizes and file names), by ``--data.dataset`` name: torchvision's
 #: classes, each reading ``<root>/<ClassName>/raw/``.
@@ -43,7 +45,7 @@ def _cause(err: Exception) -> str:
 
 
 def load_mnist(root: Path, train: bool, download: bool, dataset: str = "mnist") -> Tensor:
-    """The images of an MNIST-format dataset (:data:`DATASETS`) as a uint8 tensor ``[N, 784]`` from
+    """The images of an MNIST-format dataset (:data:`DATASETS`) as a uint8 tensor ``[N, 28·28]`` from
     torchvision's files under ``root/<ClassName>/raw`` (``root/MNIST/raw`` for MNIST)."""
     cls = DATASETS[dataset]
     raw = root / cls.__name__ / "raw"
@@ -64,12 +66,12 @@ def load_mnist(root: Path, train: bool, download: bool, dataset: str = "mnist") 
         raise ConfigError(f"{cls.__name__} files not found in {raw}; put the four idx files there, or point "
                           f"--data.data_dir / CATVAE_DATA_DIR at a folder containing {cls.__name__}/raw/") from None
     images = data.data
-    if images.shape != (SIZES[train], 28, 28) or images.dtype != torch.uint8:
+    if images.shape != (SIZES[train], *IMAGE_SHAPE) or images.dtype != torch.uint8:
         raise ConfigError(
             f"{cls.__name__} {'training' if train else 'test'} images in {raw} have shape {tuple(images.shape)}, expected "
-            f"({SIZES[train]}, 28, 28): the files are corrupt; delete them to re-download or replace them"
+            f"{(SIZES[train], *IMAGE_SHAPE)}: the files are corrupt; delete them to re-download or replace them"
         )
-    return images.reshape(len(images), 784)
+    return images.reshape(len(images), -1)
 
 
 def _bernoulli(batch: Tensor, gen: torch.Generator) -> Tensor:
@@ -98,6 +100,10 @@ class MNISTDataModule(LoggedHParams, L.LightningDataModule):
         dataset: ``mnist`` (default, the paper's), ``fashion_mnist`` or ``kmnist``: the same idx format, sizes
             and 28×28 grey levels, binarized the same way; downloaded by torchvision where the network allows.
     """
+
+    #: the images' shape: what the VAE's input and output size and the image grids follow (``catvae fit`` gives it
+    #: to the model as ``image_shape``; another image data module declares its own)
+    image_shape = IMAGE_SHAPE
 
     arg_constraints = {"data_dir": optional(text), "dataset": one_of(*DATASETS), "batch_size": integer(1),
                        "eval_batch_size": integer(1),

@@ -60,7 +60,7 @@ from .vae import CategoricalVAE, VAEMath, bernoulli_nll, kl_to_uniform, linear_l
 __all__ = ["ARCHITECTURE", "RunStreams", "StackedVAE", "run_slice", "upgrade_group_checkpoint"]
 
 #: the hyperparameters every run of a stack shares (the model's shape and its optimizer)
-ARCHITECTURE = ("latent_dim", "n_categories", "encoder_hidden", "decoder_hidden", "activation", "lr", "image_size",
+ARCHITECTURE = ("latent_dim", "n_categories", "encoder_hidden", "decoder_hidden", "activation", "lr", "image_shape",
                 "exact_nelbo_every_n_steps", "optimizer", "lr_scheduler", "fast_step", "n_importance_samples",
                 "importance_chunk")
 

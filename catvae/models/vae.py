@@ -12,10 +12,11 @@ from torchmetrics import MeanMetric, SumMetric
 from callbacks import ImageLogger
 from callbacks.diagnostics import vae_objective
 from estimators.base import ConfigError
-from estimators.constraints import boolean, integer, one_of, positive, sizes
+from estimators.constraints import boolean, integer, one_of, optional, positive, sizes
 from estimators.functional import LOW_PRECISION, log_softmax, sample_one_hot, softmax
 
 from ..core import EstimatorSpec, EstimatorTask, OptimizerSpec, SchedulerSpec
+from ..data.mnist import IMAGE_SHAPE
 from ..fast import ReplayOptimizer, StepRunner
 from ..metrics import StepMean
 
@@ -121,6 +122,19 @@ def kl_to_uniform(logits: Tensor) -> Tensor:
     return (log_q.exp() * (log_q + math.log(logits.shape[-1]))).sum(dim=(-1, -2))
 
 
+def _image_shape(shape: Sequence[int] | None, size: int | None) -> tuple[int, ...]:
+    """``(height, width)`` from ``image_shape``, else from a flat ``image_size`` (a square if it is a square number,
+    else one row), else MNIST's."""
+    if shape is not None:
+        if size is not None and size != math.prod(shape):
+            raise ConfigError(f"image_size {size} is not the pixels of image_shape {list(shape)}; give one of them")
+        return tuple(shape)
+    if size is None:
+        return IMAGE_SHAPE
+    side = math.isqrt(size)
+    return (side, side) if side * side == size else (1, size)
+
+
 class VAEMath:
     r"""The math of the VAE of §4.4 on any leading dimensions, shared by :class:`CategoricalVAE` (one run, ``x [B, D]``)
     and :class:`~catvae.models.stacked.StackedVAE` (``R`` runs, ``x [R, B, D]``, every layer a :class:`RunLinear`):
@@ -178,11 +192,12 @@ class VAEMath:
 
 
 class CategoricalVAE(VAEMath, EstimatorTask):
-    r"""Bernoulli VAE on binarized MNIST with ``L`` categorical latents of ``K`` classes.
+    r"""Bernoulli VAE on binary images (the paper's: binarized MNIST) with ``L`` categorical latents of ``K``
+    classes.
 
     Encoder ``x ↦ φ(x) ∈ R^{L×K}`` (the logits of the mean-field posterior ``q(z|x)``, paper eq. 2),
-    decoder ``z ↦ η(z) ∈ R^{784}`` (Bernoulli pixel logits). The objective, averaged over the batch,
-    is the negative ELBO of §4.4 with a uniform prior over ``V^L``:
+    decoder ``z ↦ η(z) ∈ R^D`` (Bernoulli pixel logits, ``D`` the pixels of ``image_shape``). The objective,
+    averaged over the batch, is the negative ELBO of §4.4 with a uniform prior over ``V^L``:
 
     ``loss = Σ_pixels BCE(η(Z), x) + Σ_l KL(q_l(·|x) ‖ U(K))``, ``Z = estimator(φ(x))``,
     ``KL(q_l ‖ U) = Σ_k q_lk log(q_lk K)`` (closed form, as in the authors' code).
@@ -210,6 +225,10 @@ class CategoricalVAE(VAEMath, EstimatorTask):
             ``0`` turns it off (fastest ReDGE training; `catvae compare` then has no exact training column).
         n_importance_samples: ``S`` of ``test/log_likelihood``.
         importance_chunk: samples decoded at once for the importance-weighted bound (memory bound).
+        image_shape: the images' ``(height, width)``; ``catvae fit`` takes it from the data module's ``image_shape``
+            (left unset, MNIST's). Images enter flattened, ``[B, height·width]``.
+        image_size: the pixels of an image, flat (what checkpoints before ``image_shape`` record); a square number
+            is read as a square image.
         fast_step: run each training step (forward, estimator, backward, Adam) as one unit that is
             captured in a CUDA graph on a GPU (:mod:`catvae.fast`); same results, far fewer kernel
             launches. Single device only. Off CUDA it runs eagerly (identical to the default path with
@@ -221,7 +240,8 @@ class CategoricalVAE(VAEMath, EstimatorTask):
     arg_constraints = {
         "latent_dim": integer(1), "n_categories": integer(2), "encoder_hidden": sizes, "decoder_hidden": sizes,
         "activation": one_of(*sorted(ACTIVATIONS)), "lr": positive, "exact_nelbo_every_n_steps": integer(0),
-        "n_importance_samples": integer(1), "importance_chunk": integer(1), "image_size": integer(1),
+        "n_importance_samples": integer(1), "importance_chunk": integer(1), "image_size": optional(integer(1)),
+        "image_shape": optional(sizes),
         "fast_step": boolean,
     }
 
@@ -241,7 +261,8 @@ class CategoricalVAE(VAEMath, EstimatorTask):
         exact_nelbo_every_n_steps: int = 1,
         n_importance_samples: int = 100,
         importance_chunk: int = 10,
-        image_size: int = 784,
+        image_size: int | None = None,
+        image_shape: Sequence[int] | None = None,
         fast_step: bool = False,
         optimizer: OptimizerSpec = None,
         lr_scheduler: SchedulerSpec = None,
@@ -250,8 +271,10 @@ class CategoricalVAE(VAEMath, EstimatorTask):
         self.save_task_hyperparameters()  # checks arg_constraints
         self.latent_dim, self.n_categories = latent_dim, n_categories
         self.n_importance_samples, self.importance_chunk = n_importance_samples, importance_chunk
-        self.encoder = mlp([image_size, *encoder_hidden, latent_dim * n_categories], activation)
-        self.decoder = mlp([latent_dim * n_categories, *decoder_hidden, image_size], activation)
+        self.image_shape = _image_shape(image_shape, image_size)
+        pixels = math.prod(self.image_shape)
+        self.encoder = mlp([pixels, *encoder_hidden, latent_dim * n_categories], activation)
+        self.decoder = mlp([latent_dim * n_categories, *decoder_hidden, pixels], activation)
         self.train_loss = StepMean()
         self.train_nelbo_exact = StepMean()
         self.val_nelbo = MeanMetric()
