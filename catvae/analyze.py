@@ -60,13 +60,14 @@ from estimators import exact
 from estimators.base import ConfigError
 from estimators.rng import seeded
 
+from .data import PolynomialDataModule
 from .runs import make_folder
 from .sample import load_vae
+from .tasks import PolynomialTask
 from .tools import VARIANTS
 
-__all__ = ["analyze", "law_error", "make_objective", "parse_probs"]
+__all__ = ["analyze", "law_error", "make_objective", "parse_probs", "polynomial_task"]
 
-POLYNOMIAL_C = 0.45  # paper §4.1
 COLUMNS = ("estimator", "n_steps", "t_1", "tv", "tv_floor", "rel_bias", "noise_floor", "rel_std", "cos", "cos_mean")
 STATS = (("tv", "sample law: TV to π"), ("rel_bias", "gradient: relative bias"),
          ("rel_std", "gradient: relative std (one draw)"), ("cos", "gradient: cosine to exact (one draw)"))
@@ -89,12 +90,18 @@ def parse_probs(text: str) -> Tensor:
     return probs
 
 
+def polynomial_task(L: int, p: float) -> PolynomialTask:
+    """The polynomial benchmark's task (its objective ``f``, eq. 16) on the data module's instance of length ``L``
+    with its default ``c`` (the paper's)."""
+    return PolynomialTask("st", p=p).attach(PolynomialDataModule(length=L).make_problem())
+
+
 def make_objective(name: str, L: int, K: int, seed: int, p: float = 2.0) -> Objective:
     """``f``: one-hot (or relaxed) ``[..., L, K]`` to ``[...]`` (module docstring)."""
     if name == "polynomial":
         if K != 2:
             raise ConfigError(f"--objective polynomial is the paper's eq. (16) on Bernoulli coordinates: it needs K=2, got K={K}")
-        return lambda x: (x[..., 1] - POLYNOMIAL_C).abs().pow(p).mean(-1)
+        return polynomial_task(L, p).f
     generator = torch.Generator().manual_seed(seed)
     g = torch.randn(L * K, L * K, generator=generator, dtype=torch.float64)
     a, b = (g + g.T) / math.sqrt(2 * L * K), torch.randn(L * K, generator=generator, dtype=torch.float64)
