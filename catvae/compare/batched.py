@@ -333,10 +333,22 @@ def fit_group(fit: list[list[str]], folder: Path, key: str, callbacks: list | No
                                           "diverged": {r: s for r, s in steps.items() if s >= 0}}))
 
 
+#: the entries of a group checkpoint that belong to the group alone (a run's checkpoint replaces or drops them)
+_GROUP_ONLY = ("state_dict", "optimizer_states", "callbacks", "hyper_parameters", "datamodule_hyper_parameters",
+               "catvae_streams", "catvae_task")
+
+
 def split_checkpoint(group: dict, r: int, template: Template) -> dict:
-    """Run ``r``'s own ``CategoricalVAE`` checkpoint from a group checkpoint: its parameters, Adam state,
-    position in its data, noise state and epoch sums under the single-run keys, the group's loop progress,
-    and the run's own hyperparameters; no callback states (they belong to the group's folder)."""
+    """Run ``r``'s own ``CategoricalVAE`` checkpoint from a group checkpoint.
+
+    The group checkpoint is Lightning's (``trainer.save_checkpoint`` of the group's trainer), and every entry that
+    is not per run is carried over from it as Lightning wrote it (format version, epoch, global step, loop
+    progress, learning-rate schedulers, the optimizer's parameter groups): nothing of Lightning's format is
+    written here. What is per run is cut from the group's stacked tensors: the parameters (in the run's own
+    layout, under the names of its model, whose other state — buffers — completes them), Adam's moments, the
+    run's position in its data (its part of the stacked loader's state), its noise state and epoch means (the
+    single-run keys ``catvae_rng``, ``catvae_metrics``), its hyperparameters and data module's; no callback
+    states (they belong to the group's folder)."""
     model = template.model
     names = [n for n, _ in model.named_parameters()]
     upgrade_group_checkpoint(group, names)
@@ -351,23 +363,22 @@ def split_checkpoint(group: dict, r: int, template: Template) -> dict:
     loader = loops["fit_loop"].get("state_dict", {}).get("combined_loader")
     if loader:
         loops["fit_loop"]["state_dict"]["combined_loader"] = [loader[0]["runs"][r]]
-    sums = group["state_dict"]
 
     def mean_state(metric: str) -> dict:
-        w = sums[f"{metric}.weight"].clone()
-        return {"states": {"mean_value": sums[f"{metric}.mean_value"][r].clone(), "weight": w},
+        w = params[f"{metric}.weight"].clone()
+        return {"states": {"mean_value": params[f"{metric}.mean_value"][r].clone(), "weight": w},
                 "update_count": int(w > 0)}
 
+    data = template.datamodule
     return {
-        "epoch": group["epoch"], "global_step": group["global_step"],
-        "pytorch-lightning_version": group["pytorch-lightning_version"],
+        **{k: v for k, v in group.items() if k not in _GROUP_ONLY},
         "state_dict": sd, "loops": loops, "callbacks": {},
-        "optimizer_states": [{"state": state, "param_groups": copy.deepcopy(optimizer["param_groups"])}],
-        "lr_schedulers": [], "hparams_name": None, "hyper_parameters": dict(model.hparams),
-        "datamodule_hparams_name": "kwargs", "datamodule_hyper_parameters": dict(template.datamodule.hparams),
+        "optimizer_states": [{**optimizer, "state": state, "param_groups": copy.deepcopy(optimizer["param_groups"])}],
+        "hyper_parameters": dict(model.hparams), "datamodule_hyper_parameters": dict(data.hparams),
+        "datamodule_hparams_name": "kwargs",
         "catvae_rng": dict(group["catvae_streams"][r]),
         "catvae_task": {"class": type(model).__qualname__, "estimator": model.estimator.name},
-        "catvae_data": {"class_path": f"{type(template.datamodule).__module__}.{type(template.datamodule).__qualname__}"},
+        "catvae_data": {"class_path": f"{type(data).__module__}.{type(data).__qualname__}"},
         "catvae_metrics": {"train_loss": mean_state("train_loss"), "train_nelbo_exact": mean_state("train_nelbo_exact")},
     }
 
