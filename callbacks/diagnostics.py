@@ -14,8 +14,8 @@ Logged per group ``G`` as ``diag/<ref>/<G>/<metric>`` (``<ref>`` is ``exact`` or
 one draw with g) and ``cos_mean`` (cosine of ḡ with g). Group ``logits`` is ``∂J/∂φ`` itself.
 
 The module protocol: ``diagnostic_objective(batch) -> (logits [B, L, K], f)`` with ``f(z [N, B, L, K]) -> [N, B]``
-the per-example objective (it may use the parameters and ``logits``). :class:`CategoricalVAE`-like modules
-(``encode`` and ``nelbo(x, z=, logits=)``) are supported without it: ``f`` is their negative ELBO.
+the per-example objective (it may use the parameters and ``logits``); every catvae task has it (the VAE's ``f`` is
+its negative ELBO).
 """
 
 from __future__ import annotations
@@ -32,19 +32,9 @@ from estimators.constraints import ConfigError, integer, validate
 from estimators.rng import seeded
 from estimators.score import RLOO
 
-__all__ = ["GradientDiagnostics", "gradient_diagnostics", "reference_gradient", "summarize", "vae_objective"]
+__all__ = ["GradientDiagnostics", "gradient_diagnostics", "reference_gradient", "summarize"]
 
 Objective = Callable[[Tensor], Tensor]
-
-
-def vae_objective(module: nn.Module, x: Tensor) -> tuple[Tensor, Objective]:
-    """``(logits, f)`` of a VAE with ``encode`` and ``nelbo``: ``f`` is the negative ELBO per example."""
-    logits = module.encode(x)
-
-    def f(z: Tensor) -> Tensor:
-        return module.nelbo(x.expand(*z.shape[:-3], *x.shape), z=z, logits=logits)
-
-    return logits, f
 
 
 def _grads(value: Tensor, inputs: Sequence[Tensor]) -> list[Tensor]:
@@ -188,24 +178,21 @@ class GradientDiagnostics(L.Callback):
     @staticmethod
     def supports(module) -> bool:
         """Whether ``module`` follows the protocol of the module docstring."""
-        return hasattr(module, "diagnostic_objective") or all(hasattr(module, a) for a in ("encode", "nelbo"))
+        return callable(getattr(module, "diagnostic_objective", None))
 
     def check(self, trainer, pl_module) -> None:
         """Raise :class:`ConfigError` for a module without the protocol (``catvae`` calls it before anything is
         written; :meth:`setup` calls it too, for a plain ``Trainer``)."""
         if not self.supports(pl_module):
-            raise ConfigError(f"GradientDiagnostics needs a task with diagnostic_objective(batch) -> (logits, f) "
-                              f"or a VAE's encode/nelbo; {type(pl_module).__name__} has neither: remove it from "
-                              "--trainer.callbacks")
+            raise ConfigError(f"GradientDiagnostics needs a task with diagnostic_objective(batch) -> (logits, f); "
+                              f"{type(pl_module).__name__} has none: remove it from --trainer.callbacks")
 
     def setup(self, trainer, pl_module, stage: str) -> None:
         self.check(trainer, pl_module)
 
     def _objective(self, module, batch):
-        if hasattr(module, "diagnostic_objective"):
-            return module.diagnostic_objective(batch)
         if self.supports(module):
-            return vae_objective(module, batch)
+            return module.diagnostic_objective(batch)
         raise ConfigError(f"{type(module).__name__} has no diagnostic_objective(batch) -> (logits, f)")
 
     def diagnose(self, module: nn.Module, batch) -> dict[str, float]:

@@ -22,7 +22,7 @@ from torchvision.datasets import MNIST
 from tqdm import tqdm
 
 import estimators
-from callbacks.diagnostics import gradient_diagnostics, vae_objective
+from callbacks.diagnostics import gradient_diagnostics
 from estimators.base import ConfigError
 from estimators.rng import seeded
 
@@ -535,7 +535,7 @@ def bench_variance(args: argparse.Namespace) -> None:
     rows, base = [], None
     for label, est in specs:
         with seeded(args.seed):
-            logits, f = vae_objective(model, x)
+            logits, f = model.diagnostic_objective(x)
             stats, kind = gradient_diagnostics(est, logits, f, groups, n_draws=args.draws,
                                                reference_samples=args.reference_samples)
         base = base or stats

@@ -10,7 +10,6 @@ from torch import Tensor, nn
 from torchmetrics import MeanMetric, SumMetric
 
 from callbacks import ImageLogger
-from callbacks.diagnostics import vae_objective
 from estimators.base import ConfigError
 from estimators.constraints import boolean, integer, one_of, optional, positive, sizes
 from estimators.functional import LOW_PRECISION, log_softmax, sample_one_hot, softmax
@@ -172,6 +171,16 @@ class VAEMath:
             z = sample_one_hot(softmax(logits))
         return self.reconstruction(x, z) + self.kl(logits)
 
+    def diagnostic_objective(self, x: Tensor) -> tuple[Tensor, Callable[[Tensor], Tensor]]:
+        """``(logits, f)``: the posterior logits of ``x`` and ``f(z) =`` the negative ELBO per example of samples
+        ``z [..., B, L, K]`` (the training objective; :class:`callbacks.GradientDiagnostics`' protocol)."""
+        logits = self.encode(x)
+
+        def f(z: Tensor) -> Tensor:
+            return self.nelbo(x.expand(*z.shape[:-3], *x.shape), z=z, logits=logits)
+
+        return logits, f
+
     @torch.no_grad()
     def log_likelihood(self, x: Tensor, n_samples: int | None = None, logits: Tensor | None = None) -> Tensor:
         r"""Importance-weighted ``log p(x) ≈ logsumexp_s[log p(x|z_s) + log p(z_s) − log q(z_s|x)] − log S`` per
@@ -304,8 +313,9 @@ class CategoricalVAE(VAEMath, EstimatorTask):
     # -- Lightning ------------------------------------------------------------------------------
     def _loss(self, x: Tensor) -> tuple[Tensor, Tensor]:
         """The estimator's objective (batch mean) and the posterior logits: the negative ELBO of the estimator's
-        samples (``vae_objective``'s ``f``, which an estimator drawing several samples per example broadcasts)."""
-        logits, nelbo = vae_objective(self, x)
+        samples (:meth:`diagnostic_objective`'s ``f``, which an estimator drawing several samples per example
+        broadcasts)."""
+        logits, nelbo = self.diagnostic_objective(x)
         return self.estimator.surrogate(logits, nelbo).mean(), logits
 
     def training_step(self, x: Tensor, batch_idx: int) -> Tensor | None:
