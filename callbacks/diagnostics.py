@@ -28,7 +28,8 @@ import torch
 from torch import Tensor, nn
 
 from estimators import exact
-from estimators.constraints import ConfigError, integer, validate
+from estimators.base import ConfigError
+from estimators.constraints import integer, validate
 from estimators.rng import seeded
 from estimators.score import RLOO
 

@@ -24,7 +24,8 @@ import math
 
 import lightning as L
 
-from estimators.constraints import ConfigError, integer, one_of, optional, positive, real, text, validate
+from estimators.base import ConfigError
+from estimators.constraints import integer, one_of, optional, positive, real, text, validate
 
 __all__ = ["EstimatorSchedule"]
 

@@ -22,6 +22,7 @@ from torchvision.datasets import MNIST
 from tqdm import tqdm
 
 import estimators
+from callbacks.compat import torch_dispatch_mode, tree_leaves
 from callbacks.diagnostics import gradient_diagnostics
 from estimators.base import ConfigError
 from estimators.rng import seeded
@@ -447,8 +448,6 @@ def bench_cost(args: argparse.Namespace) -> None:
     as much again). Predicted seconds per step = max(FLOPs / ``--tflops``, 2 x bytes / ``--gbps``) + ops x gap;
     then minutes for ``--steps`` steps. A plan, not a measurement: ``bench sweep --fast_step`` measures it there."""
     from torch.utils.flop_counter import FlopCounterMode
-
-    from callbacks.compat import torch_dispatch_mode, tree_leaves
 
     TorchDispatchMode = torch_dispatch_mode()
 

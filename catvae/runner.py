@@ -43,6 +43,7 @@ from lightning.pytorch.utilities.rank_zero import rank_zero_only
 import estimators
 from callbacks import CheckpointOnInterrupt, CommitCheckpoints, DurableCheckpointIO, ProgressLines, RunCheckpoint
 from callbacks.compat import cli_config_value, parser_actions
+from estimators.base import ConfigError
 
 # every task and data module known to LightningCLI by class name (``--model GMMTask``)
 from . import data as _data  # noqa: F401
@@ -50,7 +51,7 @@ from . import models as _models  # noqa: F401
 from . import tasks as _tasks  # noqa: F401
 from .core import EstimatorTask
 from .data.paths import resolve_data_dir
-from .errors import ConfigError, NonFiniteLogitsError, NothingToTrain, TrainingDiverged
+from .errors import NonFiniteLogitsError, NothingToTrain, TrainingDiverged
 from .loggers import CSVLogger as AppendingCSVLogger
 from .loggers import ReleaseHeldLogs, hold_lightning_logs
 from .runs import (

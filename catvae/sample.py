@@ -20,11 +20,11 @@ from pathlib import Path
 import torch
 from torchvision.utils import make_grid, save_image
 
+from estimators.base import ConfigError
 from estimators.functional import sample_one_hot
 from estimators.rng import seeded
 
 from .data import MNISTDataModule
-from .errors import ConfigError
 from .models import CategoricalVAE
 from .runs import load_checkpoint, make_folder
 

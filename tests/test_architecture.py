@@ -101,3 +101,19 @@ def test_no_function_local_imports_of_the_project():
     _, graph = _graph()
     local = [(m, t, line) for m, edges in graph.items() for t, line, inside in edges if inside]
     assert not local, local
+
+
+def test_config_error_has_one_import_path():
+    """``ConfigError`` (exit 2, one line) is imported from ``estimators.base`` everywhere (``catvae.errors`` re-exports
+    it for users; ``estimators.base`` itself takes it from the module that defines it)."""
+    exempt = {ROOT / "catvae" / "errors.py", ROOT / "estimators" / "base.py"}
+    others = []
+    for path in sorted(p for d in ("catvae", "callbacks", "estimators", "tests") for p in (ROOT / d).rglob("*.py")):
+        if path in exempt:
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and any(a.name == "ConfigError" for a in node.names):
+                module = "." * node.level + (node.module or "")
+                if module not in ("estimators.base", ".base"):
+                    others.append(f"{path.relative_to(ROOT)}:{node.lineno}: from {module}")
+    assert not others, "import ConfigError from estimators.base:\n" + "\n".join(others)

@@ -26,10 +26,11 @@ from catvae.cli import main
 from catvae.compare import batched as B
 from catvae.compare import load_spec
 from catvae.compare.execute import collect
-from catvae.errors import ConfigError, TrainingDiverged
+from catvae.errors import TrainingDiverged
 from catvae.fast import StepRunner
 from catvae.models.stacked import StackedVAE
 from catvae.runs import load_checkpoint
+from estimators.base import ConfigError
 from estimators.rng import seeded
 
 SPEC = ROOT / "configs" / "compare"

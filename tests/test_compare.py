@@ -11,7 +11,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 from catvae.cli import main
 from catvae.compare import Run, load_spec, write_markdown
-from catvae.errors import ConfigError
+from estimators.base import ConfigError
 
 SPEC = ROOT / "configs" / "compare"
 

@@ -491,7 +491,7 @@ def test_fast_step_refuses_float16_mixed_precision():
     from types import SimpleNamespace
 
     from catvae import CategoricalVAE
-    from catvae.errors import ConfigError
+    from estimators.base import ConfigError
 
     model = CategoricalVAE("gumbel", latent_dim=2, n_categories=3, fast_step=True)
     model.check_trainer(SimpleNamespace(world_size=1, precision="bf16-mixed"))
@@ -533,7 +533,7 @@ def test_a_bug_keeps_its_traceback(tmp_path):
     (lambda: estimators.build("redge", t_1=float("nan")), "t_1 must be in (0, 1]"),
 ])
 def test_python_api_rejects_bad_values_with_config_error(build, message):
-    from catvae.errors import ConfigError
+    from estimators.base import ConfigError
 
     with pytest.raises(ConfigError) as err:
         build()

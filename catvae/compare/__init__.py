@@ -42,7 +42,8 @@ import argparse
 import sys
 from pathlib import Path
 
-from ..errors import ConfigError
+from estimators.base import ConfigError
+
 from . import batched
 from .execute import collect, execute, gather, run_all, run_groups
 from .report import plot_curves, write_csv, write_markdown

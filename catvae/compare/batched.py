@@ -48,11 +48,11 @@ from lightning.pytorch.loggers import TensorBoardLogger
 
 from callbacks import CheckpointOnInterrupt, CommitCheckpoints, DurableCheckpointIO, HParamsSummary, RunCheckpoint, Throughput
 from callbacks.compat import last_saved_step
+from estimators.base import ConfigError
 
 from .. import runner
 from ..core import EstimatorTask
 from ..data.loader import StackedBatches
-from ..errors import ConfigError
 from ..loggers import drop_held_logs
 from ..models import CategoricalVAE
 from ..models.stacked import StackedVAE, run_slice, upgrade_group_checkpoint

@@ -17,8 +17,9 @@ from pathlib import Path
 import yaml
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
+from estimators.base import ConfigError
+
 from .. import runner
-from ..errors import ConfigError
 from ..runs import load_checkpoint
 from . import batched
 from .child import child_env, tie_to_parent

@@ -11,8 +11,8 @@ from pathlib import Path
 import yaml
 
 import estimators
+from estimators.base import ConfigError
 
-from ..errors import ConfigError
 from ..runs import safe_name
 from ..tools import QUICK_STEPS
 

@@ -15,7 +15,8 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from estimators.constraints import ConfigError, integer, optional, positive, text
+from estimators.base import ConfigError
+from estimators.constraints import integer, optional, positive, text
 
 from .paths import resolve_file
 from .steps import StepsDataModule

@@ -12,7 +12,8 @@ import torch
 from torch import Tensor
 from torchvision.datasets import KMNIST, MNIST, FashionMNIST
 
-from estimators.constraints import ConfigError, boolean, integer, one_of, optional, text, validate
+from estimators.base import ConfigError
+from estimators.constraints import boolean, integer, one_of, optional, text, validate
 
 from ..loggers import LoggedHParams
 from ..runs import remove_empty

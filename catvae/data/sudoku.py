@@ -17,7 +17,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from estimators.constraints import ConfigError, integer, one_or_list, optional, text, validate
+from estimators.base import ConfigError
+from estimators.constraints import integer, one_or_list, optional, text, validate
 
 from .paths import resolve_file
 from .steps import StepsDataModule
