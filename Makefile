@@ -21,7 +21,7 @@ ifneq ($(wildcard ../shared/data),)
 export CATVAE_DATA_DIR ?= $(abspath ../shared/data)
 endif
 
-.PHONY: setup demo test test-fast bench lint clean gpu-pack gpu-check gpu-table3
+.PHONY: setup demo test test-fast test-lowest bench lint clean gpu-pack gpu-check gpu-table3
 
 setup: $(STAMP)
 
@@ -46,15 +46,27 @@ test: setup
 test-fast: setup
 	$(BIN)/python -m pytest -q -m "not slow"
 
+# the fast tier at the lowest framework versions pyproject.toml declares (LOWEST), in .venv-lowest: those three
+# installed there, everything else (torch, ...) taken from .venv behind them
+LOWEST := lightning==2.6.0 pytorch-lightning==2.6.0 torchmetrics==1.4.0 jsonargparse[signatures]==4.39.0
+test-lowest: setup
+	test -x .venv-lowest/bin/python || $(PYTHON) -m venv .venv-lowest
+	.venv-lowest/bin/python -m pip install -q --disable-pip-version-check --no-deps $(LOWEST)
+	$(BIN)/python -c "import site; print(site.getsitepackages()[0])" > \
+	  $$(.venv-lowest/bin/python -c "import site; print(site.getsitepackages()[0])")/zz-catvae-venv.pth
+	.venv-lowest/bin/python -m pytest -q -m "not slow"
+
 bench: setup
 	$(BIN)/catvae bench estimators
 	$(BIN)/catvae bench step
 
 # Here, once per GPU session (needs the package index): what a GPU machine of the device tool lacks, into ignored
 # folders that `carry` can take along: MNIST gzipped (.gpu/, 11 MB) and the pure-Python wheels of jsonargparse and
-# the two dependencies the GPU image lacks (.whl/; PyYAML, typing-extensions and pytest are in the image). There
+# the two dependencies the GPU image lacks, and of the Lightning tested here (the image's may predate 2.6, the floor)
+# (.whl/; PyYAML, typing-extensions and pytest are in the image). There
 # they are installed with `pip install --no-index --no-deps --target /tmp/site` and PYTHONPATH (catvae.gpu_check).
-GPU_WHEELS := jsonargparse==4.53.0 docstring_parser==0.18.0 typeshed_client==2.15.0
+GPU_WHEELS := jsonargparse==4.53.0 docstring_parser==0.18.0 typeshed_client==2.15.0 \
+  lightning==2.6.6 pytorch-lightning==2.6.6 lightning-utilities==0.15.3
 gpu-pack:
 	mkdir -p .gpu/MNIST/raw .whl
 	for f in $(CATVAE_DATA_DIR)/MNIST/raw/*-ubyte; do gzip -c $$f > .gpu/MNIST/raw/$$(basename $$f).gz; done
