@@ -9,8 +9,10 @@ import pytest
 from conftest import ROOT, needs_mnist
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
+from catvae import CategoricalVAE
 from catvae.cli import main
 from catvae.compare import Run, load_spec, write_markdown
+from catvae.compare.spec import Metric
 from estimators.base import ConfigError
 
 SPEC = ROOT / "configs" / "compare"
@@ -48,8 +50,13 @@ def test_bad_spec_is_one_line(tmp_path, capsys):
     assert len(err) == 1 and err[0].startswith("catvae: error: ") and "t_1 must be in" in err[0]
 
 
+#: the VAE's columns (CategoricalVAE.compare_defaults), as a VAE sweep's runs carry them
+VAE_METRICS = tuple(Metric(m["column"], m["tag"], m["header"], m.get("lower", True))
+                    for m in CategoricalVAE.compare_defaults["metrics"])
+
+
 def test_markdown_bolds_the_best_mean_over_seeds(tmp_path):
-    runs = [Run("s", [], lab, lab, {}, seed, 10) for lab in ("a", "b") for seed in (0, 1)]
+    runs = [Run("s", [], lab, lab, {}, seed, 10, metrics=VAE_METRICS) for lab in ("a", "b") for seed in (0, 1)]
     res = [{"estimator": r.label, "setting": "s", "seed": r.seed, "train_loss": v, "train_nelbo_exact": v + 1,
             "test_nelbo": v + 2, "test_log_likelihood": -v, "epoch_s": 1.0, "ms_per_step": 10.0}
            for r, v in zip(runs, (100.0, 102.0, 90.0, 91.0))]
@@ -103,6 +110,27 @@ def test_a_spec_names_its_columns_figures_and_per_seed_arguments(tmp_path, capsy
         spec.write_text(f"steps: 2\nsettings: [{ROOT / 'configs/gmm/k20.yaml'}]\nestimators: [st]\n{bad}\n")
         with pytest.raises(ConfigError, match=message):
             load_spec(spec)
+
+
+def test_a_spec_without_columns_takes_its_tasks_compare_defaults(tmp_path):
+    """The columns, figures, note and --quick arguments a spec leaves out are its task's (``compare_defaults`` of the
+    class its settings train: the VAE's for an MNIST setting), nothing from another benchmark; a spec's own
+    ``metrics:`` replace them and drop the task's note."""
+    from catvae import CategoricalVAE
+
+    spec = tmp_path / "vae.yaml"
+    spec.write_text(f"steps: 20\nsettings: [{ROOT / 'configs/mnist/l48_k2.yaml'}]\nestimators: [st]\n")
+    (run,) = load_spec(spec, quick=True, steps=5)
+    defaults = CategoricalVAE.compare_defaults
+    assert [m.tag for m in run.metrics] == [m["tag"] for m in defaults["metrics"]]
+    assert [m.column for m in run.metrics][0] == "train_loss" and run.note == " ".join(defaults["note"].split())
+    assert run.args == defaults["quick"]["args"] and [c.tag for c in run.curves] == [c["tag"] for c in defaults["curves"]]
+    spec.write_text(spec.read_text() + "metrics: [{tag: test/nelbo, header: NELBO}]\n")
+    (run,) = load_spec(spec)
+    assert [m.column for m in run.metrics] == ["test_nelbo"] and run.note == "" and run.args == []
+    spec.write_text(f"steps: 20\nsettings: [{ROOT / 'configs/gmm/k20.yaml'}]\nestimators: [st]\n")
+    (run,) = load_spec(spec, quick=True)
+    assert run.metrics == () and run.args == []  # a GMM sweep gets none of the VAE's
 
 
 @needs_mnist

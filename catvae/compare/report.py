@@ -8,7 +8,7 @@ import statistics
 import textwrap
 from pathlib import Path
 
-from .spec import METRICS, Run
+from .spec import Run
 
 __all__ = ["plot_curves", "write_csv", "write_markdown"]
 
@@ -32,7 +32,7 @@ def _stats(values):
     return statistics.mean(values), (statistics.stdev(values) if len(values) > 1 else 0.0), len(values)
 
 
-def write_csv(results: list[dict], path: Path, metrics=METRICS) -> None:
+def write_csv(results: list[dict], path: Path, metrics=()) -> None:
     cols = ["estimator", "name", "params", "setting", "seed", "steps", *[m.column for m in metrics],
             "epoch_s", "ms_per_step", "steps_per_epoch", "wall_s", "run_dir"]
     with open(path, "w", newline="") as f:
@@ -88,7 +88,7 @@ def write_markdown(results: list[dict], runs: list[Run], path: Path, title: str,
     for r in results:
         group.setdefault((r["estimator"], r["setting"]), []).append(r)
 
-    metrics = runs[0].metrics if runs else METRICS
+    metrics = runs[0].metrics if runs else ()
     note = runs[0].note if runs else ""
     lines = [f"# {title}", "", f"Command: `{command}`  ", f"Budget: {steps} training steps per run; seeds {seeds}; "
              f"{len(results)}/{len(runs)} runs finished. Mean ± std over seeds; best per column in **bold** when the "

@@ -16,13 +16,8 @@ from estimators.base import ConfigError
 from ..runs import safe_name
 from ..tools import QUICK_STEPS
 
-__all__ = ["COMMON_ARGS", "CURVES", "METRICS", "QUICK_ARGS", "QUICK_STEPS", "Curve", "Metric", "Run", "load_spec"]
+__all__ = ["COMMON_ARGS", "QUICK_STEPS", "Curve", "Metric", "Run", "load_spec", "task_defaults"]
 
-QUICK_ARGS = [
-    "--data.train_subset=1000", "--data.batch_size=100", "--data.eval_batch_size=200",
-    "--trainer.limit_val_batches=1", "--trainer.limit_test_batches=1", "--model.n_importance_samples=4",
-    "--trainer.log_every_n_steps=5",
-]
 #: arguments every run gets (quiet logs in files).
 COMMON_ARGS = ["--trainer.enable_model_summary=false"]
 
@@ -49,22 +44,6 @@ class Curve:
     log: bool = False
 
 
-#: the VAE's columns (the default of a spec's ``metrics:``)
-METRICS = (
-    Metric("train_loss", "train/loss_epoch", "train/loss"),
-    Metric("train_nelbo_exact", "train/nelbo_exact", "train NELBO (exact z~q)"),
-    Metric("test_nelbo", "test/nelbo", "test NELBO (exact z~q)"),
-    Metric("test_log_likelihood", "test/log_likelihood", "test log p(x)", lower=False),
-)
-#: the VAE's figures (the default of a spec's ``curves:``)
-CURVES = (Curve("train/loss_epoch", "train/loss (estimator's samples)"),
-          Curve("train/nelbo_exact", "train NELBO (exact samples)"),
-          Curve("val/nelbo", "val NELBO (exact samples)"))
-#: what results.md says under its title with the VAE's columns (a spec's ``note:`` replaces it)
-VAE_NOTE = ("`train/loss` is the objective the estimator optimizes, averaged over the last epoch, with the "
-            "estimator's own hard samples (the paper's Table 3 metric). The *exact* columns evaluate the same "
-            "bound with exact draws z ~ q(z|x): for ReDGE variants, whose hard samples are not exact draws from q, "
-            "`train/loss` is not the model's bound — read it next to the exact columns.")
 
 
 @dataclass
@@ -81,10 +60,11 @@ class Run:
     steps: int
     args: list[str] = field(default_factory=list)
     estimator_config: str | None = None
-    #: what the sweep reports (the spec's ``metrics:``, ``curves:`` and ``note:``; the same for every run)
-    metrics: tuple[Metric, ...] = METRICS
-    curves: tuple[Curve, ...] = CURVES
-    note: str = VAE_NOTE
+    #: what the sweep reports (the spec's ``metrics:``, ``curves:`` and ``note:``, else its task's
+    #: ``compare_defaults``; the same for every run)
+    metrics: tuple[Metric, ...] = ()
+    curves: tuple[Curve, ...] = ()
+    note: str = ""
 
     @property
     def experiment(self) -> str:
@@ -174,16 +154,16 @@ def load_spec(path: Path, quick: bool = False, steps: int | None = None, seeds: 
     run_seeds = seeds or (quick_spec.get("seeds") if quick else None) or spec.get("seeds") or [0]
     if not all(isinstance(s, int) and not isinstance(s, bool) for s in run_seeds):
         raise ConfigError(f"spec {path}: seeds must be a list of integers, got {run_seeds!r}")
-    extra = [str(a) for a in spec.get("args") or []]
-    if quick:
-        extra += [str(a) for a in quick_spec.get("args", QUICK_ARGS)]
-
     settings = spec.get("settings")
     if isinstance(settings, list):
         settings = {Path(p).stem: p for p in settings}
     if not isinstance(settings, dict) or not settings:
         raise ConfigError(f"spec {path}: settings must be a non-empty mapping name: config file(s), or a list of files")
     spec_dir = path.resolve().parent
+    defaults = task_defaults([_resolve_config(c, spec_dir) for c in _listed(next(iter(settings.values())))])
+    extra = [str(a) for a in spec.get("args") or []]
+    if quick:
+        extra += [str(a) for a in quick_spec.get("args", (defaults.get("quick") or {}).get("args", []))]
     ests = spec.get("estimators")
     if not isinstance(ests, list) or not ests:
         raise ConfigError(f"spec {path}: estimators must be a non-empty list of config files or {{name, init_args}}")
@@ -192,14 +172,14 @@ def load_spec(path: Path, quick: bool = False, steps: int | None = None, seeds: 
     if len(set(labels)) != len(labels):
         raise ConfigError(f"spec {path}: estimator labels must be unique (add label: to variants), got {labels}")
 
-    report = _report(spec, path)
+    report = _report({**{k: v for k, v in defaults.items() if k != "quick" and not (k == "note" and "metrics" in spec)},
+                      **spec}, path)
     runs = []
     for label in labels:
         safe_name(label, f"spec {path}: estimator label")
     for setting, configs in settings.items():
         safe_name(setting, f"spec {path}: setting")
-        configs = [configs] if isinstance(configs, str) else list(configs)
-        configs = [_resolve_config(c, spec_dir) for c in configs]
+        configs = [_resolve_config(c, spec_dir) for c in _listed(configs)]
         for label, name, init_args, estimator_config in parsed:
             for seed in run_seeds:
                 runs.append(Run(str(setting), configs, label, name, init_args, seed, run_steps, extra, estimator_config,
@@ -207,15 +187,40 @@ def load_spec(path: Path, quick: bool = False, steps: int | None = None, seeds: 
     return runs
 
 
+def _listed(configs) -> list:
+    return [configs] if isinstance(configs, str) else list(configs)
+
+
+def task_defaults(configs: list[str]) -> dict:
+    """The ``compare_defaults`` of the task the setting's config files train (the last ``model.class_path`` among
+    them): its columns, figures, note and quick arguments, in a spec's form; ``{}`` when it declares none."""
+    class_path = None
+    for config in configs:
+        try:
+            model = (yaml.safe_load(Path(config).read_text()) or {}).get("model")
+        except (OSError, yaml.YAMLError):
+            continue  # the run reports the unreadable file itself
+        if isinstance(model, dict) and isinstance(model.get("class_path"), str):
+            class_path = model["class_path"]
+    if not class_path:
+        return {}
+    module, _, name = class_path.rpartition(".")
+    try:
+        task = getattr(importlib.import_module(module or "catvae"), name)
+    except (ImportError, AttributeError):
+        return {}
+    return dict(getattr(task, "compare_defaults", None) or {})
+
+
 def _report(spec: dict, path: Path) -> dict:
-    """The spec's ``metrics:`` (``{tag, header, lower, rank}``; the column is the tag with ``/`` as ``_``),
-    ``curves:`` (``{tag, title, log}``) and ``note:``; the VAE's where it has none."""
+    """The spec's ``metrics:`` (``{tag, header, lower, rank, column}``; the column defaults to the tag with ``/`` as
+    ``_``), ``curves:`` (``{tag, title, log}``) and ``note:``."""
     out = {}
     if "metrics" in spec:
         entries = spec["metrics"]
         if not isinstance(entries, list) or not entries or not all(isinstance(m, dict) and "tag" in m for m in entries):
             raise ConfigError(f"spec {path}: metrics must be a non-empty list of {{tag, header, lower}}")
-        out["metrics"] = tuple(Metric(m["tag"].replace("/", "_"), m["tag"], str(m.get("header", m["tag"])),
+        out["metrics"] = tuple(Metric(str(m.get("column", m["tag"].replace("/", "_"))), m["tag"], str(m.get("header", m["tag"])),
                                       bool(m.get("lower", True)), bool(m.get("rank", True))) for m in entries)
         out["note"] = ""
     if "curves" in spec:
