@@ -116,8 +116,6 @@ def test_a_spec_without_columns_takes_its_tasks_compare_defaults(tmp_path):
     """The columns, figures, note and --quick arguments a spec leaves out are its task's (``compare_defaults`` of the
     class its settings train: the VAE's for an MNIST setting), nothing from another benchmark; a spec's own
     ``metrics:`` replace them and drop the task's note."""
-    from catvae import CategoricalVAE
-
     spec = tmp_path / "vae.yaml"
     spec.write_text(f"steps: 20\nsettings: [{ROOT / 'configs/mnist/l48_k2.yaml'}]\nestimators: [st]\n")
     (run,) = load_spec(spec, quick=True, steps=5)
