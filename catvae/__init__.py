@@ -13,11 +13,12 @@ from . import layout  # noqa: F401  (first: checks that estimators/, callbacks/ 
 
 #: each exported name and the submodule that defines it
 _EXPORTS = {
-    "EstimatorTask": "core",
-    "BenchmarkTask": "tasks", "GMMTask": "tasks", "PolynomialTask": "tasks", "SudokuTask": "tasks",
-    "CategoricalVAE": "models",
-    "GMMDataModule": "data", "MNISTDataModule": "data", "PolynomialDataModule": "data", "StepsDataModule": "data",
-    "SudokuDataModule": "data", "TensorBatches": "data",
+    "EstimatorTask": "core", "BenchmarkTask": "tasks", "StepsDataModule": "data", "TensorBatches": "data",
+    "BENCHMARKS": "benchmarks",
+    "GMMTask": "benchmarks.gmm", "GMMDataModule": "benchmarks.gmm",
+    "PolynomialTask": "benchmarks.polynomial", "PolynomialDataModule": "benchmarks.polynomial",
+    "SudokuTask": "benchmarks.sudoku", "SudokuDataModule": "benchmarks.sudoku",
+    "CategoricalVAE": "benchmarks.vae", "MNISTDataModule": "benchmarks.vae", "StackedVAE": "benchmarks.vae",
 }
 
 __all__ = sorted(_EXPORTS)

@@ -60,10 +60,9 @@ from estimators import exact
 from estimators.base import ConfigError
 from estimators.rng import seeded
 
-from .data import PolynomialDataModule
+from .benchmarks.polynomial import PolynomialDataModule, PolynomialTask
 from .runs import make_folder
 from .sample import load_vae
-from .tasks import PolynomialTask
 from .tools import VARIANTS
 
 __all__ = ["analyze", "law_error", "make_objective", "parse_probs", "polynomial_task"]

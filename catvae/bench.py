@@ -27,11 +27,9 @@ from callbacks.diagnostics import gradient_diagnostics
 from estimators.base import ConfigError
 from estimators.rng import seeded
 
-from .data import MNISTDataModule
+from .benchmarks.vae import CategoricalVAE, MNISTDataModule, StackedVAE
 from .data.paths import resolve_data_dir
 from .fast import StepRunner
-from .models import CategoricalVAE
-from .models.stacked import StackedVAE
 from .runner import default_callbacks, fit_callbacks
 from .sample import DataRecord, load_vae
 

@@ -45,10 +45,11 @@ from callbacks import CheckpointOnInterrupt, CommitCheckpoints, DurableCheckpoin
 from callbacks.compat import cli_config_value, parser_actions
 from estimators.base import ConfigError
 
-# every task and data module known to LightningCLI by class name (``--model GMMTask``)
-from . import data as _data  # noqa: F401
-from . import models as _models  # noqa: F401
-from . import tasks as _tasks  # noqa: F401
+# every benchmark's task and data module known to LightningCLI by class name (``--model GMMTask``)
+from .benchmarks import gmm as _gmm  # noqa: F401
+from .benchmarks import polynomial as _polynomial  # noqa: F401
+from .benchmarks import sudoku as _sudoku  # noqa: F401
+from .benchmarks import vae as _vae  # noqa: F401
 from .core import EstimatorTask
 from .data.paths import resolve_data_dir
 from .errors import NonFiniteLogitsError, NothingToTrain, TrainingDiverged

@@ -24,8 +24,7 @@ from estimators.base import ConfigError
 from estimators.functional import sample_one_hot
 from estimators.rng import seeded
 
-from .data import MNISTDataModule
-from .models import CategoricalVAE
+from .benchmarks.vae import CategoricalVAE, MNISTDataModule
 from .runs import load_checkpoint, make_folder
 
 __all__ = ["DataRecord", "load_vae", "run", "sample"]

@@ -23,6 +23,7 @@ from conftest import DATA, ROOT, needs_mnist
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 import estimators
+from catvae.benchmarks import BENCHMARKS
 from catvae.cli import main
 from catvae.errors import TrainingDiverged
 from catvae.runs import checkpoint_score, resolve_checkpoint
@@ -678,11 +679,10 @@ def test_a_diverged_run_stops_with_one_line_and_keeps_the_last_good_checkpoint(t
 
 def test_every_task_writes_checkpoints_the_safe_loader_opens(tmp_path, monkeypatch):
     monkeypatch.setenv("CATVAE_DATA_DIR", str(tmp_path / "data"))
-    for config, extra in (("polynomial/p2.yaml", []), ("gmm/k20.yaml", ["--data.init_args.n_points=50"]),
-                          ("sudoku/generated.yaml", ["--data.init_args.n_puzzles=2"])):
-        bench = config.split("/")[0]
-        runs = tmp_path / bench
-        assert main(["fit", "--config", str(CONFIGS / config),
+    for bench in (b for b in BENCHMARKS.values() if not b.needs_data):  # every benchmark (the VAE's: test_vae)
+        config, extra = bench.config(bench.smoke_setting), bench.smoke
+        runs = tmp_path / bench.name
+        assert main(["fit", "--config", str(config),
                      "--config", str(CONFIGS / "estimators" / "redge.yaml"), "--runs_dir", str(runs),
                      "--trainer.max_steps=4", "--data.init_args.steps_per_epoch=3",
                      "--trainer.enable_progress_bar=false", *extra]) == 0

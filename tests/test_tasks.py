@@ -14,6 +14,7 @@ import torch
 import yaml
 
 import estimators
+from catvae.benchmarks import BENCHMARKS
 from catvae.data import GMMDataModule, PolynomialDataModule, SudokuDataModule
 from catvae.data.sudoku import GROUPS, count_solutions, generate_puzzles, load_puzzles, parse_puzzle, violations
 from catvae.tasks import GMMTask, PolynomialTask, SudokuTask
@@ -299,8 +300,7 @@ def test_puzzle_files_text_csv_and_errors(tmp_path, monkeypatch):
 PAPER = ROOT.parent / "shared" / "paper" / "redge.txt"
 COLUMNS = ["redge", "redge_max", "redge_cov", "gumbel", "st", "reinmax"]  # Table 5's sampler columns
 BEYOND = ("redge_max_cov", "gumbel_rao")  # estimators with config files that Table 5 does not list
-ROWS = {"Polynomial Programming": "polynomial", "GMM Variational Inference": "gmm", "Sudoku": "sudoku",
-        "Categorical VAE": "mnist"}
+ROWS = {b.table5: b.configs for b in BENCHMARKS.values()}  # Table 5's row title: the benchmark's config folder
 
 
 def _paper_table5() -> tuple[dict, dict]:
@@ -330,7 +330,7 @@ def _estimator_config(bench: str, name: str) -> Path:
 
 
 @pytest.mark.skipif(not PAPER.is_file(), reason=f"the paper's text is not at {PAPER}")
-@pytest.mark.parametrize("bench", ["polynomial", "gmm", "sudoku", "mnist"])
+@pytest.mark.parametrize("bench", [b.configs for b in BENCHMARKS.values()])
 def test_configs_give_the_hyperparameters_of_table5(bench):
     """Every value of Table 5 (read from the paper) is what the configs give, each defined once: the VAE column
     by the estimators' defaults (configs/estimators/ name the classes only), a benchmark's own value in its
@@ -345,11 +345,11 @@ def test_configs_give_the_hyperparameters_of_table5(bench):
         paper = params[(bench, name)]
         expected = {**paper, "t_1": paper.get("t_1", 1 / (paper["n_steps"] - 1))} if "n_steps" in paper else paper
         assert {k: est.hparams()[k] for k in expected} == pytest.approx(expected), (bench, name)
-    settings = {"polynomial": ["p1.5", "p2", "p3"], "gmm": ["k20"], "sudoku": ["generated", "easy50", "top95"],
-                "mnist": ["l48_k2", "l30_k10", "l32_k64"]}[bench]
-    for setting in settings:
-        config = yaml.safe_load((ROOT / "configs" / bench / f"{setting}.yaml").read_text())
-        assert config["model"]["init_args"]["lr"] == rates[bench], setting
+    (benchmark,) = [b for b in BENCHMARKS.values() if b.configs == bench]
+    for path in benchmark.settings():
+        model = yaml.safe_load(path.read_text()).get("model") or {}
+        if "class_path" in model:  # a setting (linear.yaml is an add-on to one)
+            assert model["init_args"]["lr"] == rates[bench], path.stem
     own = {p.stem for p in (ROOT / "configs" / bench / "estimators").glob("*.yaml")}
     for name in own:  # a benchmark's own file exists only where its column differs from the VAE column
         assert name in BEYOND or params[(bench, name)] != params[("mnist", name)], (bench, name)

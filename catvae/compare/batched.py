@@ -51,12 +51,12 @@ from callbacks.compat import last_saved_step
 from estimators.base import ConfigError
 
 from .. import runner
+from ..benchmarks.vae import CategoricalVAE
+from ..benchmarks.vae.model import linear_layout
+from ..benchmarks.vae.stacked import StackedVAE, run_slice, upgrade_group_checkpoint
 from ..core import EstimatorTask
 from ..data.loader import StackedBatches
 from ..loggers import drop_held_logs
-from ..models import CategoricalVAE
-from ..models.stacked import StackedVAE, run_slice, upgrade_group_checkpoint
-from ..models.vae import linear_layout
 from ..runs import LAST, claim_version, load_checkpoint, record_versions
 from .child import tie_to_parent
 from .spec import Run

@@ -1,41 +1,9 @@
-"""The problem instance of polynomial programming (paper §4.1): ``L`` binary variables and a target ``c``."""
+"""Moved to :mod:`catvae.benchmarks.polynomial.data` (the polynomial benchmark's package).
 
-from __future__ import annotations
+This path is an alias of that module, kept for the imports and class
+paths written before (configs, runs' ``config.yaml``)."""
 
-from dataclasses import dataclass
+import importlib
+import sys
 
-from estimators.constraints import integer, interval
-
-from .steps import StepsDataModule
-
-__all__ = ["PolynomialDataModule", "PolynomialProblem"]
-
-
-@dataclass(frozen=True)
-class PolynomialProblem:
-    """``length`` binary variables (written as 2-class categoricals) and the target ``c`` of eq. (16)."""
-
-    length: int
-    c: float
-
-
-class PolynomialDataModule(StepsDataModule):
-    """Polynomial programming's instance (:class:`~catvae.tasks.PolynomialTask` holds θ and the objective).
-
-    Args:
-        length: ``L``, the number of binary variables (paper: 128).
-        c: the target ``c`` in ``(0, 1/2)`` (paper: 0.45); the optimum puts all mass on ``e_1``.
-        steps_per_epoch: optimizer steps between two evaluations of the exact objective.
-    """
-
-    run_name = "polynomial"
-    # c < 1/2: the optimum is then all mass on e_1
-    arg_constraints = {"length": integer(1), "c": interval(0.0, 0.5, low_open=True, high_open=True)}
-
-    def __init__(self, length: int = 128, c: float = 0.45, steps_per_epoch: int = 100) -> None:
-        super().__init__(steps_per_epoch)
-        self.save_arguments()
-        self.length, self.c = length, float(c)
-
-    def make_problem(self) -> PolynomialProblem:
-        return PolynomialProblem(self.length, self.c)
+sys.modules[__name__] = importlib.import_module("catvae.benchmarks.polynomial.data")
