@@ -12,6 +12,7 @@ import statistics
 import sys
 import tempfile
 import time
+from pathlib import Path
 
 import lightning as L
 import torch
@@ -28,10 +29,12 @@ from estimators.base import ConfigError
 from estimators.rng import seeded
 
 from .benchmarks.vae import CategoricalVAE, MNISTDataModule, StackedVAE
+from .compare.spec import load_spec
 from .data.paths import resolve_data_dir
 from .fast import StepRunner
 from .runner import default_callbacks, fit_callbacks
 from .sample import DataRecord, load_vae
+from .tools import config_path
 
 #: the paper's VAE latent shapes (batch 200). Every estimator is built with its defaults, which are Table 5's
 #: VAE column (``configs/estimators/``).
@@ -379,7 +382,10 @@ def bench_step(args: argparse.Namespace) -> None:
 
 
 #: the estimators of the paper's Table 3 (Table 5 defaults), which ``bench sweep`` cycles through to fill a group
-TABLE3 = ("st", "gumbel", "reinmax", "redge", "redge_max", "redge_cov", "redge_max_cov")
+def table3_estimators() -> list[str]:
+    """The estimators of the GPU Table 3 sweep (``configs/compare/table3_gpu.yaml``: the paper's six and
+    ReDGE-Max-Cov), in its order: the mix a batched group of ``bench sweep``/``cost`` holds."""
+    return list(dict.fromkeys(run.name for run in load_spec(Path(config_path("compare/table3_gpu")))))
 
 
 def _sizes(text: str) -> list[int]:
@@ -414,10 +420,10 @@ def bench_sweep(args: argparse.Namespace) -> None:
 
 def _table3_runs(R: int, latent_dim: int, n_categories: int, **kwargs) -> list[CategoricalVAE]:
     """``R`` VAEs of Table 3's estimators in a spec's order (estimator-major), run ``r`` built under seed ``r``."""
-    models = []
+    models, names = [], table3_estimators()
     for r in range(R):
         torch.manual_seed(r)
-        models.append(CategoricalVAE(estimators.build(TABLE3[r * len(TABLE3) // R]), latent_dim=latent_dim,
+        models.append(CategoricalVAE(estimators.build(names[r * len(names) // R]), latent_dim=latent_dim,
                                      n_categories=n_categories, **kwargs))
     return models
 
