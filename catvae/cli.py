@@ -22,7 +22,7 @@ from . import tools
 
 __all__ = ["main"]
 
-TOOLS = ("analyze", "bench", "compare", "sample")
+TOOLS = ("analyze", "bench", "compare", "sample", "tune")
 
 
 def _tool(args: argparse.Namespace) -> int:

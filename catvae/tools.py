@@ -86,6 +86,7 @@ SUBCOMMANDS = {
     "bench variance": "gradient spread of estimators on one VAE batch",
     "analyze": "t_1 / n_steps sweep of the ReDGE family: sample-law error, gradient bias and spread",
     "sample": "prior samples and reconstructions of a trained VAE as PNG grids",
+    "tune": "every estimator at its own best hyperparameters: an Optuna study per estimator from a YAML spec",
 }
 
 
@@ -129,6 +130,7 @@ def build_parser() -> ToolParser:
     _compare(sub)
     _analyze(sub)
     _sample(sub)
+    _tune(sub)
     return parser
 
 
@@ -300,6 +302,24 @@ def _analyze(sub) -> None:
     p.add_argument("--seed", type=int, default=0, help="seeds π, the objective and the noise")
     p.add_argument("--quiet", action="store_true", help="no per-configuration progress lines")
     p.set_defaults(func="catvae.analyze:run")
+
+
+def _tune(sub) -> None:
+    p = sub.add_parser("tune", help=SUBCOMMANDS["tune"],
+                       description="Search each estimator's hyperparameters (a spec's space: per estimator, ranges and "
+                                   "log scales) with Optuna's TPE sampler and median pruning; every trial is an "
+                                   "ordinary run. Rerunning the command continues the studies.")
+    p.add_argument("spec", type=spec_path, help="the tune spec (YAML: a compare spec's keys, or base: one, plus space, "
+                                                "trials, metric, direction, pruning); a file, or a shipped one by name")
+    p.add_argument("--out", help="results folder (default: results/tune_<spec name>[_quick])")
+    p.add_argument("--storage", help="an Optuna RDB URL (e.g. postgresql://user@host/db) that workers on several "
+                                     "machines share; default: a journal file in --out")
+    p.add_argument("--trials", type=int, help="override the spec's trials per estimator")
+    p.add_argument("--quick", action="store_true", help="the spec's quick budget (its quick: steps and arguments)")
+    p.add_argument("--steps", type=int, help="override the training steps per trial")
+    p.add_argument("--progress_every", type=float, default=60.0, metavar="SECONDS",
+                   help="show the running trial's latest step every SECONDS (default 60; 0: never)")
+    p.set_defaults(func="catvae.tune:run")
 
 
 def _sample(sub) -> None:

@@ -16,7 +16,7 @@ from estimators.base import ConfigError
 from ..runs import safe_name
 from ..tools import QUICK_STEPS
 
-__all__ = ["COMMON_ARGS", "QUICK_STEPS", "Curve", "Metric", "Run", "load_spec", "task_defaults"]
+__all__ = ["COMMON_ARGS", "QUICK_STEPS", "Curve", "Metric", "Run", "load_spec", "read_spec", "task_class", "task_defaults"]
 
 #: arguments every run gets (quiet logs in files).
 COMMON_ARGS = ["--trainer.enable_model_summary=false"]
@@ -119,7 +119,7 @@ def _resolve_config(path: str, spec_dir: Path) -> str:
                       f"{spec_dir} or its parents)")
 
 
-def _read(path: Path, chain: tuple[Path, ...] = ()) -> dict:
+def read_spec(path: Path, chain: tuple[Path, ...] = ()) -> dict:
     """The spec's mapping; ``base: other.yaml`` (relative to the spec's folder) starts from another spec's keys,
     which this one's replace (a reduced budget of a full protocol without copying its columns)."""
     if not path.is_file():
@@ -135,12 +135,14 @@ def _read(path: Path, chain: tuple[Path, ...] = ()) -> dict:
     base = path.parent / str(spec["base"])
     if base.resolve() in {p.resolve() for p in (*chain, path)}:
         raise ConfigError(f"spec {path}: base {spec['base']} refers back to itself; remove the cycle")
-    return {**_read(base, (*chain, path)), **{k: v for k, v in spec.items() if k != "base"}}
+    return {**read_spec(base, (*chain, path)), **{k: v for k, v in spec.items() if k != "base"}}
 
 
-def load_spec(path: Path, quick: bool = False, steps: int | None = None, seeds: list[int] | None = None) -> list[Run]:
-    """The runs of a spec file, in order setting → estimator → seed."""
-    spec = _read(path)
+def load_spec(path: Path, quick: bool = False, steps: int | None = None, seeds: list[int] | None = None,
+              spec: dict | None = None) -> list[Run]:
+    """The runs of a spec file, in order setting → estimator → seed (``spec``: its keys, already read from ``path``
+    by :func:`read_spec`, e.g. without the keys of another tool's spec)."""
+    spec = read_spec(path) if spec is None else spec
     allowed = ["steps", "seeds", "settings", "estimators", "args", "quick", "metrics", "curves", "note", "base"]
     unknown = set(spec) - {"name", *allowed}
     if unknown:
@@ -192,8 +194,13 @@ def _listed(configs) -> list:
 
 
 def task_defaults(configs: list[str]) -> dict:
-    """The ``compare_defaults`` of the task the setting's config files train (the last ``model.class_path`` among
-    them): its columns, figures, note and quick arguments, in a spec's form; ``{}`` when it declares none."""
+    """The ``compare_defaults`` of the task the setting's config files train (:func:`task_class`): its columns,
+    figures, note and quick arguments, in a spec's form; ``{}`` when it declares none."""
+    return dict(getattr(task_class(configs), "compare_defaults", None) or {})
+
+
+def task_class(configs: list[str]) -> type | None:
+    """The task class the setting's config files train (the last ``model.class_path`` among them), or ``None``."""
     class_path = None
     for config in configs:
         try:
@@ -203,13 +210,12 @@ def task_defaults(configs: list[str]) -> dict:
         if isinstance(model, dict) and isinstance(model.get("class_path"), str):
             class_path = model["class_path"]
     if not class_path:
-        return {}
+        return None
     module, _, name = class_path.rpartition(".")
     try:
-        task = getattr(importlib.import_module(module or "catvae"), name)
+        return getattr(importlib.import_module(module or "catvae"), name)
     except (ImportError, AttributeError):
-        return {}
-    return dict(getattr(task, "compare_defaults", None) or {})
+        return None
 
 
 def _report(spec: dict, path: Path) -> dict:

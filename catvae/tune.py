@@ -1,0 +1,438 @@
+r"""``catvae tune SPEC``: every estimator at its own best hyperparameters, searched with Optuna.
+
+A tune spec is a compare spec (``base:`` one, or the same keys: settings, estimators, steps, args, quick) plus:
+
+* ``space``: the search space, per estimator label (``all`` applies to every estimator): ``name: {low, high,
+  log, int}`` or ``name: {choices: [...]}``. A name is one of the estimator's declared arguments
+  (``arg_constraints``: ``tau``, ``t_1``, ``n_steps``, ``k``, ...) or of the task's constructor (``lr``, ...);
+* ``trials``: completed (or pruned) trials per estimator and setting; ``seeds``: the seeds of one trial, whose
+  metric is their mean; ``metric``: the objective, a logged tag (default: the task's ``monitor``), with
+  ``direction`` (``minimize``, default, or ``maximize``); ``pruning``: stop unpromising trials at a validation
+  (Optuna's median rule over the study's earlier trials; default on); ``sampler_seed``: the TPE sampler's seed.
+
+Each (setting, estimator) is one Optuna study (``<setting>/<label>``) with the TPE sampler, in one storage: by
+default a journal file in the results folder (``study.journal``: several ``catvae tune`` processes on one machine
+may share it), or ``--storage URL`` (an RDB such as PostgreSQL: workers on many machines join one study; stale
+trials of dead workers are failed by Optuna's heartbeat). Every trial is an ordinary run directory of
+``catvae compare`` (``trials/<setting>/<label>/trial<N>/runs/...``: TensorBoard, ``config.yaml``, checkpoints),
+run in its own process; its parameters and trial number go into ``hparams.yaml`` through the run's arguments.
+Rerunning the command continues the studies: a trial whose process was stopped or killed is failed, never counted.
+
+Results in the folder: ``best/<setting>/<label>.yaml`` (the best point as a config file: ``catvae fit --config``
+takes it, and so does a compare spec's estimator list), ``tune.md``/``tune.csv`` (per estimator: trials, the
+default point's parameters, the best parameters and value) and per study the optimization history and the
+parameter importances (``history_*.png``, ``importance_*.png``). ``optuna-dashboard <storage>`` shows the studies
+live.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import dataclasses
+import inspect
+import json
+import math
+import os
+import socket
+import sys
+import time
+from pathlib import Path
+
+import optuna
+import yaml
+from lightning.pytorch.callbacks import Callback
+from optuna.storages.journal import JournalFileBackend
+
+import estimators
+from estimators.base import ConfigError
+
+from .compare.execute import Interrupted, _Children, _install, execute
+from .compare.spec import Metric, Run, load_spec, read_spec, task_class
+from .compare.watch import Watch
+
+__all__ = ["Param", "TrialReporter", "load_tune_spec", "run", "storage_of"]
+
+#: the keys a tune spec adds to a compare spec's
+TUNE_KEYS = ("space", "trials", "metric", "direction", "pruning", "sampler_seed")
+
+
+@dataclasses.dataclass(frozen=True)
+class Param:
+    """One dimension of a search space: ``[low, high]`` (``log``: on a log scale; ``int``: integers) or
+    ``choices``; ``target``: ``estimator`` or ``model`` (where the value goes)."""
+
+    name: str
+    target: str
+    low: float | None = None
+    high: float | None = None
+    log: bool = False
+    int: bool = False
+    choices: tuple | None = None
+
+    def suggest(self, trial: optuna.Trial):
+        if self.choices is not None:
+            return trial.suggest_categorical(self.name, list(self.choices))
+        if self.int:
+            return trial.suggest_int(self.name, int(self.low), int(self.high), log=self.log)
+        return trial.suggest_float(self.name, float(self.low), float(self.high), log=self.log)
+
+    def arg(self, value) -> str:
+        where = "--model.init_args.estimator.init_args" if self.target == "estimator" else "--model.init_args"
+        return f"{where}.{self.name}={value}"
+
+
+def _param(name: str, entry, run: Run, task: type | None, where: str) -> Param:
+    """A :class:`Param` from a spec entry, checked: the estimator (or the task) takes ``name``, the range is
+    not empty, a log range is positive."""
+    est = type(estimators.build(run.name, **run.init_args))
+    task_args = set(inspect.signature(task).parameters) - {"estimator"} if task is not None else set()
+    if name in getattr(est, "arg_constraints", {}):
+        target = "estimator"
+    elif name in task_args:
+        target = "model"
+    else:
+        raise ConfigError(f"{where}: unknown parameter {name!r}: {run.label} ({est.__name__}) takes "
+                          f"{', '.join(sorted(getattr(est, 'arg_constraints', {}))) or 'none'}, the task "
+                          f"{', '.join(sorted(task_args)) or 'none'}")
+    if not isinstance(entry, dict):
+        raise ConfigError(f"{where}: {name} must be {{low, high, log, int}} or {{choices: [...]}}, got {entry!r}")
+    unknown = set(entry) - {"low", "high", "log", "int", "choices"}
+    if unknown:
+        raise ConfigError(f"{where}: {name} has unknown keys {sorted(unknown)}; allowed: low, high, log, int, choices")
+    if "choices" in entry:
+        choices = entry["choices"]
+        if not isinstance(choices, list) or not choices:
+            raise ConfigError(f"{where}: {name}.choices must be a non-empty list")
+        return Param(name, target, choices=tuple(choices))
+    low, high = entry.get("low"), entry.get("high")
+    if not all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in (low, high)):
+        raise ConfigError(f"{where}: {name} needs finite numbers low and high, got low={low!r}, high={high!r}")
+    if not low < high:
+        raise ConfigError(f"{where}: {name}'s range [{low}, {high}] is empty: low must be < high")
+    log = bool(entry.get("log", False))
+    if log and low <= 0:
+        raise ConfigError(f"{where}: {name} has log: true, so its range must be > 0; got low={low}")
+    return Param(name, target, float(low), float(high), log, bool(entry.get("int", False)))
+
+
+@dataclasses.dataclass
+class TuneSpec:
+    """A tune spec read and checked: the compare runs of seed ``seeds[0]`` of every (setting, estimator)
+    (``studies``), each with its search space, and the study settings."""
+
+    studies: list[tuple[Run, list[Param]]]
+    seeds: list[int]
+    trials: int
+    metric: Metric
+    direction: str
+    pruning: bool
+    sampler_seed: int
+
+
+def load_tune_spec(path: Path, quick: bool = False, steps: int | None = None) -> TuneSpec:
+    """Read and check a tune spec (a :class:`ConfigError` naming the first bad entry, before anything runs)."""
+    raw = read_spec(path)
+    tune = {k: raw.pop(k) for k in TUNE_KEYS if k in raw}
+    seeds = raw.get("seeds") or [0]
+    runs = load_spec(path, quick=quick, steps=steps, seeds=[seeds[0]], spec=raw)
+    trials = tune.get("trials", 10)
+    if not isinstance(trials, int) or isinstance(trials, bool) or trials < 1:
+        raise ConfigError(f"spec {path}: trials must be an integer >= 1, got {trials!r}")
+    direction = tune.get("direction", "minimize")
+    if direction not in ("minimize", "maximize"):
+        raise ConfigError(f"spec {path}: direction must be minimize or maximize, got {direction!r}")
+    space = tune.get("space")
+    if not isinstance(space, dict) or not space:
+        raise ConfigError(f"spec {path}: space must map estimator labels (or all) to parameters, e.g. "
+                          "space: {all: {lr: {low: 0.001, high: 0.3, log: true}}}")
+    labels = {r.label for r in runs}
+    unknown = [k for k in space if k != "all" and k not in labels]
+    if unknown:
+        raise ConfigError(f"spec {path}: space names {', '.join(map(str, unknown))}, not estimators of the spec "
+                          f"({', '.join(sorted(labels))}, or all)")
+    studies = []
+    for run in runs:
+        task = task_class(run.configs)
+        entries = {**(space.get("all") or {}), **(space.get(run.label) or {})}
+        if not entries:
+            raise ConfigError(f"spec {path}: no parameter to tune for {run.label}; add it under space")
+        params = [_param(n, e, run, task, f"spec {path}: space of {run.label}") for n, e in entries.items()]
+        studies.append((run, params))
+    monitor = tune.get("metric") or getattr(task_class(runs[0].configs), "monitor", None)
+    if not isinstance(monitor, str) or not monitor:
+        raise ConfigError(f"spec {path}: metric must be a logged tag, e.g. metric: val/nelbo")
+    metric = Metric(monitor.replace("/", "_"), monitor, monitor, lower=direction == "minimize")
+    seed = tune.get("sampler_seed", 0)
+    return TuneSpec(studies, list(seeds), trials, metric, direction, bool(tune.get("pruning", True)), int(seed))
+
+
+# -- storage --------------------------------------------------------------------------------------------------
+def storage_of(url: str | None, out: Path):
+    """The study storage: ``url`` (an RDB URL, with a heartbeat so that the trials of a dead worker are failed),
+    else a journal file in ``out`` (shared safely by the processes of one machine)."""
+    if url:
+        try:
+            return optuna.storages.RDBStorage(url, heartbeat_interval=60, grace_period=180)
+        except Exception as err:  # a bad URL, an unreachable server, a missing driver
+            raise ConfigError(f"--storage {url}: {' '.join(str(err).split())[:200]}") from None
+    return optuna.storages.JournalStorage(JournalFileBackend(str(out / "study.journal")))
+
+
+def _storage_arg(url: str | None, out: Path) -> str:
+    return url or f"journal:{(out / 'study.journal').resolve()}"
+
+
+def _reopen(arg: str):
+    return storage_of(None if arg.startswith("journal:") else arg, Path(arg[len("journal:"):]).parent)
+
+
+class TrialReporter(Callback):
+    """In a trial's run: report ``monitor`` after every validation to the trial (``storage``, ``study``,
+    ``trial``), and stop the run when the study's pruner says so (the tune process then prunes the trial).
+
+    Args:
+        storage: the study storage (an RDB URL, or ``journal:<file>``).
+        study: the study's name.
+        trial: the trial's number in the study.
+        monitor: the logged tag to report.
+    """
+
+    def __init__(self, storage: str, study: str, trial: int, monitor: str) -> None:
+        self.storage, self.study, self.trial, self.monitor = storage, study, trial, monitor
+        self._trial: optuna.Trial | None = None
+
+    def on_validation_end(self, trainer, pl_module) -> None:
+        if trainer.sanity_checking or self.monitor not in trainer.callback_metrics:
+            return
+        if self._trial is None:
+            storage = _reopen(self.storage)
+            study = optuna.load_study(study_name=self.study, storage=storage)
+            trial_id = storage.get_trial_id_from_study_id_trial_number(storage.get_study_id_from_name(self.study),
+                                                                        self.trial)
+            self._trial = optuna.trial.Trial(study, trial_id)
+        value = float(trainer.callback_metrics[self.monitor])
+        if not math.isfinite(value):
+            return
+        self._trial.report(value, trainer.global_step)
+        if self._trial.should_prune():
+            print(f"catvae tune: trial pruned at step {trainer.global_step} ({self.monitor} {value:.4g})", flush=True)
+            trainer.should_stop = True
+
+
+# -- running ----------------------------------------------------------------------------------------------------
+def _trial_runs(run: Run, params: list[Param], values: dict, seeds: list[int], metric: Metric, reporter: list[str]
+                ) -> list[Run]:
+    args = [*run.args, *(p.arg(values[p.name]) for p in params), *reporter]
+    return [dataclasses.replace(run, seed=s, args=args, metrics=(metric,), curves=()) for s in seeds]
+
+
+def _objective(spec: TuneSpec, run: Run, params: list[Param], out: Path, storage: str, children: _Children,
+               threads: int):
+    study = f"{run.setting}/{run.label}"
+
+    def objective(trial: optuna.Trial) -> float:
+        values = {p.name: p.suggest(trial) for p in params}
+        trial.set_user_attr("worker", f"{socket.gethostname()}:{os.getpid()}")
+        reporter = []
+        if spec.pruning:
+            reporter = ["--trainer.callbacks+=" + json.dumps(
+                {"class_path": "catvae.tune.TrialReporter",
+                 "init_args": {"storage": storage, "study": study, "trial": trial.number,
+                               "monitor": spec.metric.tag}})]
+        folder = out / "trials" / run.setting / run.label / f"trial{trial.number}"
+        scores = []
+        for r in _trial_runs(run, params, values, spec.seeds, spec.metric, reporter):
+            try:
+                res = execute(r, folder, threads, children)
+            except Interrupted:
+                raise
+            except RuntimeError as err:
+                if spec.pruning and trial.should_prune():
+                    raise optuna.TrialPruned(f"pruned by the median rule ({err})") from None
+                raise
+            value = res.get(spec.metric.column)
+            if value is None or not math.isfinite(value):
+                raise optuna.TrialPruned(f"{spec.metric.tag} is {value}: the run diverged or did not log it")
+            scores.append(value)
+        trial.set_user_attr("run_dir", str(folder))
+        return sum(scores) / len(scores)
+
+    return objective
+
+
+def _fail_dead_trials(study: optuna.Study) -> None:
+    """Fail this machine's RUNNING trials whose worker process is gone (killed: the journal has no heartbeat)."""
+    host = socket.gethostname()
+    for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
+        worker = str(t.user_attrs.get("worker", ""))
+        name, _, pid = worker.rpartition(":")
+        if name == host and pid.isdigit() and not _alive(int(pid)):
+            study.tell(t.number, state=optuna.trial.TrialState.FAIL)
+            print(f"catvae tune: {study.study_name} trial {t.number} was left running by a stopped process "
+                  f"({worker}): failed, not counted", flush=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _counted(study: optuna.Study, running: bool = False) -> int:
+    """The trials that count (complete or pruned), and with ``running`` those under way (other workers' too)."""
+    states = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
+    return len(study.get_trials(deepcopy=False, states=states + ((optuna.trial.TrialState.RUNNING,) if running else ())))
+
+
+def run(args: argparse.Namespace) -> int:
+    spec_path = Path(args.spec)
+    spec = load_tune_spec(spec_path, quick=args.quick, steps=args.steps)
+    if args.trials is not None:
+        if args.trials < 1:
+            raise ConfigError(f"--trials must be >= 1, got {args.trials}")
+        spec.trials = args.trials
+    out = Path(args.out or f"results/tune_{spec_path.stem}{'_quick' if args.quick else ''}")
+    out.mkdir(parents=True, exist_ok=True)
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    storage = storage_of(args.storage, out)
+    storage_arg = _storage_arg(args.storage, out)
+    children = _Children(Watch(args.progress_every))
+    threads = max(1, os.cpu_count() or 1)
+    print(f"catvae tune: {len(spec.studies)} studies x {spec.trials} trials ({len(spec.seeds)} seed(s) each, "
+          f"{spec.studies[0][0].steps} steps), {spec.direction} {spec.metric.tag} -> {out} (storage {storage_arg})",
+          flush=True)
+    previous = _install(children.stop)
+    try:
+        with children.watch:
+            for run_, params in spec.studies:
+                study = optuna.create_study(
+                    study_name=f"{run_.setting}/{run_.label}", storage=storage, direction=spec.direction,
+                    load_if_exists=True, sampler=optuna.samplers.TPESampler(seed=spec.sampler_seed),
+                    pruner=optuna.pruners.MedianPruner(n_startup_trials=3) if spec.pruning else optuna.pruners.NopPruner())
+                _fail_dead_trials(study)
+                objective = _objective(spec, run_, params, out, storage_arg, children, threads)
+                while _counted(study, running=True) < spec.trials:
+                    t0 = time.perf_counter()
+                    try:
+                        study.optimize(objective, n_trials=1, catch=(RuntimeError,))
+                    except Interrupted:
+                        raise
+                    last = study.trials[-1]
+                    best = _best(study)
+                    print(f"[{_counted(study)}/{spec.trials}] {study.study_name} trial {last.number}: "
+                          f"{last.state.name.lower()} {_fmt(last.value)} {_params(last.params)} "
+                          f"({time.perf_counter() - t0:.0f}s); best {_fmt(best.value if best else None)}"
+                          f"{' ' + _params(best.params) if best else ''}", flush=True)
+    except Interrupted:
+        print("catvae tune: stopped; the stopped trial is failed and not counted: run the same command to go on",
+              file=sys.stderr, flush=True)
+        return 128 + int(children.stopped or 15)
+    finally:
+        _install(previous)
+    report(spec, storage, out)
+    return 0
+
+
+def _best(study: optuna.Study):
+    try:
+        return study.best_trial
+    except ValueError:
+        return None
+
+
+def _fmt(value) -> str:
+    return "-" if value is None else f"{value:.4g}"
+
+
+def _params(params: dict) -> str:
+    return " ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in params.items())
+
+
+# -- results ------------------------------------------------------------------------------------------------------
+def _default_point(run: Run, params: list[Param]) -> dict:
+    """The values the compare run uses without tuning (Table 5's, from its configs and the classes' defaults)."""
+    est = estimators.build(run.name, **run.init_args).hparams()
+    if run.estimator_config:
+        est.update(((yaml.safe_load(Path(run.estimator_config).read_text()) or {}).get("model") or {})
+                    .get("init_args", {}).get("estimator", {}).get("init_args") or {})
+    model = {}
+    task = task_class(run.configs)
+    if task is not None:
+        model = {n: p.default for n, p in inspect.signature(task).parameters.items()}
+    for config in run.configs:
+        model.update(((yaml.safe_load(Path(config).read_text()) or {}).get("model") or {}).get("init_args") or {})
+    return {p.name: (est if p.target == "estimator" else model).get(p.name) for p in params}
+
+
+def best_config(run: Run, params: list[Param], values: dict) -> dict:
+    """The best point as a config file's content: the estimator (its class and tuned arguments) and the task's
+    tuned arguments, for ``catvae fit --config`` after the setting's configs, or a compare spec's estimator list."""
+    est = type(estimators.build(run.name, **run.init_args))
+    init = {**run.init_args, **{p.name: values[p.name] for p in params if p.target == "estimator"}}
+    model = {p.name: values[p.name] for p in params if p.target == "model"}
+    model["estimator"] = {"class_path": f"estimators.{est.__name__}", "init_args": init}
+    return {"model": {"init_args": model}}
+
+
+def report(spec: TuneSpec, storage, out: Path) -> None:
+    """``best/<setting>/<label>.yaml``, ``tune.csv``, ``tune.md`` and the figures of every study."""
+    rows = []
+    for run_, params in spec.studies:
+        name = f"{run_.setting}/{run_.label}"
+        study = optuna.load_study(study_name=name, storage=storage)
+        states = [t.state for t in study.trials]
+        best = _best(study)
+        row = {"setting": run_.setting, "estimator": run_.label,
+               "complete": states.count(optuna.trial.TrialState.COMPLETE),
+               "pruned": states.count(optuna.trial.TrialState.PRUNED),
+               "failed": states.count(optuna.trial.TrialState.FAIL),
+               "default": _params(_default_point(run_, params)),
+               "best": _params(best.params) if best else "", "best_value": best.value if best else None,
+               "best_trial": best.number if best else None}
+        rows.append(row)
+        if best is not None:
+            path = out / "best" / run_.setting / f"{run_.label}.yaml"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(f"# catvae tune: best of {row['complete']} trials of {name} ({spec.metric.tag} "
+                            f"{best.value:.6g}, trial {best.number})\n" +
+                            yaml.safe_dump(best_config(run_, params, best.params), sort_keys=False))
+            _figures(study, out, f"{run_.setting}_{run_.label}")
+    with open(out / "tune.csv", "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    lines = [f"# catvae tune: {spec.metric.tag} ({spec.direction})", "",
+             f"{spec.trials} trials per estimator, seeds {spec.seeds} per trial, "
+             f"{spec.studies[0][0].steps} steps. `default`: the values without tuning (Table 5's); `best`: the "
+             "best trial (its value is the search's own: re-run it with fresh seeds before comparing).", "",
+             "| setting | estimator | trials (complete/pruned/failed) | default | best | best value |",
+             "|---|---|---|---|---|---:|"]
+    lines += [f"| {r['setting']} | {r['estimator']} | {r['complete']}/{r['pruned']}/{r['failed']} | {r['default']} | "
+              f"{r['best']} | {_fmt(r['best_value'])} |" for r in rows]
+    (out / "tune.md").write_text("\n".join(lines) + "\n")
+    print(f"wrote {out / 'tune.md'}, {out / 'tune.csv'}, best configs in {out / 'best'}")
+
+
+def _figures(study: optuna.Study, out: Path, stem: str) -> None:
+    """The study's optimization history and parameter importances (matplotlib), when it has completed trials."""
+    import matplotlib  # deferred: 0.6-0.8 s of import at every start of catvae (as compare/report.py)
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from optuna.visualization import matplotlib as views
+
+    complete = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
+    if not complete:
+        return
+    ax = views.plot_optimization_history(study)
+    ax.figure.savefig(out / f"history_{stem}.png", dpi=110, bbox_inches="tight")
+    plt.close(ax.figure)
+    if len(complete) >= 2:
+        ax = views.plot_param_importances(study)
+        ax.figure.savefig(out / f"importance_{stem}.png", dpi=110, bbox_inches="tight")
+        plt.close(ax.figure)

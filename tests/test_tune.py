@@ -1,0 +1,92 @@
+"""``catvae tune``: Optuna studies of each estimator's hyperparameters, every trial an ordinary run."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import optuna
+import pytest
+import yaml
+from conftest import ROOT
+
+from catvae.cli import main
+
+GMM = ROOT / "configs" / "gmm" / "k20.yaml"
+
+
+def _spec(tmp_path, space: str, trials: int = 3, estimators: str = "[st]") -> str:
+    path = tmp_path / "tune.yaml"
+    path.write_text(f"steps: 40\nseeds: [0]\nsettings: {{k20: {GMM}}}\nestimators: {estimators}\n"
+                    "args: [--data.init_args.n_points=40, --data.init_args.steps_per_epoch=10]\n"
+                    f"trials: {trials}\nmetric: val/nelbo_nc\n{space}\n")
+    return str(path)
+
+
+def _journal(out):
+    return optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(str(out / "study.journal")))
+
+
+LR = "space: {all: {lr: {low: 0.001, high: 0.3, log: true}}}"
+
+
+@pytest.mark.parametrize("space, message", [
+    ("space: {all: {lr: {low: 0.1, high: 0.01}}}", "range [0.1, 0.01] is empty"),
+    ("space: {all: {lr: {low: 0.0, high: 0.1, log: true}}}", "log: true, so its range must be > 0"),
+    ("space: {all: {warmup: {low: 1, high: 2}}}", "unknown parameter 'warmup'"),
+    ("space: {st: {tau: {low: 1, high: 1}}}", "is empty"),
+    ("space: {gumbel: {tau: {low: 0.1, high: 1}}}", "not estimators of the spec"),
+    ("space: {}", "space must map estimator labels"),
+])
+def test_a_bad_search_space_is_one_line_before_anything_runs(tmp_path, capsys, space, message):
+    out = tmp_path / "out"
+    assert main(["tune", _spec(tmp_path, space), "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("catvae: error:") and message in err[0], err
+    assert not out.exists()
+
+
+def test_a_tiny_study_runs_continues_and_its_best_config_trains(tmp_path, capsys):
+    """3 trials of ST's lr and τ (GMM, 40 steps); the best point as a config that catvae fit takes; a rerun
+    continues the study (no new trial at the same --trials, one more at --trials 4)."""
+    spec, out = _spec(tmp_path, "space: {st: {lr: {low: 0.001, high: 0.3, log: true}, tau: {low: 0.5, high: 2.0}}}"), \
+        tmp_path / "out"
+    assert main(["tune", spec, "--out", str(out), "--progress_every", "0"]) == 0
+    printed = capsys.readouterr().out
+    assert printed.count("k20/st trial") == 3 and "best" in printed
+    study = optuna.load_study(study_name="k20/st", storage=_journal(out))
+    done = [t for t in study.trials if t.state in (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)]
+    assert len(done) == 3 and len({tuple(t.params.items()) for t in done}) == 3
+    assert all(0.001 <= t.params["lr"] <= 0.3 and 0.5 <= t.params["tau"] <= 2.0 for t in done)
+    best = yaml.safe_load((out / "best" / "k20" / "st.yaml").read_text())
+    assert best["model"]["init_args"]["lr"] == pytest.approx(study.best_params["lr"])
+    assert best["model"]["init_args"]["estimator"]["init_args"]["tau"] == pytest.approx(study.best_params["tau"])
+    table = (out / "tune.md").read_text()
+    assert "| k20 | st |" in table and "lr=0.05" in table  # the default point (Table 5's GMM lr 0.05) next to the best
+    # every trial is an ordinary run with its parameters recorded
+    hparams = yaml.safe_load(next((out / "trials" / "k20" / "st" / "trial0").rglob("hparams.yaml")).read_text())
+    assert hparams["lr"] == pytest.approx(study.trials[0].params["lr"])
+    assert main(["fit", "--config", str(GMM), "--config", str(out / "best" / "k20" / "st.yaml"),
+                 "--data.init_args.n_points=40", "--trainer.max_steps=5", "--runs_dir", str(tmp_path / "runs"),
+                 "--trainer.enable_progress_bar=false"]) == 0
+    capsys.readouterr()
+    assert main(["tune", spec, "--out", str(out), "--progress_every", "0"]) == 0
+    assert "trial" not in capsys.readouterr().out.split("->")[1].split("wrote")[0]  # nothing left to run
+    assert main(["tune", spec, "--out", str(out), "--trials", "4", "--progress_every", "0"]) == 0
+    assert capsys.readouterr().out.count("k20/st trial 3:") == 1
+
+
+@pytest.mark.slow
+def test_two_workers_on_one_journal_finish_the_study_without_loss_or_duplicates(tmp_path):
+    spec, out = _spec(tmp_path, LR, trials=4), tmp_path / "out"
+    out.mkdir()
+    workers = [subprocess.Popen([sys.executable, "-m", "catvae", "tune", spec, "--out", str(out), "--progress_every",
+                                 "0"], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+               for _ in range(2)]
+    logs = [w.communicate(timeout=600)[0] for w in workers]
+    assert all(w.returncode == 0 for w in workers), logs
+    study = optuna.load_study(study_name="k20/st", storage=_journal(out))
+    numbers = [t.number for t in study.trials]
+    counted = [t for t in study.trials if t.state in (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)]
+    assert len(numbers) == len(set(numbers)) and len(counted) in (4, 5), [(t.number, t.state) for t in study.trials]
+    assert sum("k20/st trial" in log for log in logs) == 2  # both workers ran trials
