@@ -37,6 +37,7 @@ import os
 import socket
 import sys
 import time
+import warnings
 from pathlib import Path
 
 import optuna
@@ -429,10 +430,12 @@ def _figures(study: optuna.Study, out: Path, stem: str) -> None:
     complete = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
     if not complete:
         return
-    ax = views.plot_optimization_history(study)
-    ax.figure.savefig(out / f"history_{stem}.png", dpi=110, bbox_inches="tight")
-    plt.close(ax.figure)
+    plots = [("history", views.plot_optimization_history)]
     if len(complete) >= 2:
-        ax = views.plot_param_importances(study)
-        ax.figure.savefig(out / f"importance_{stem}.png", dpi=110, bbox_inches="tight")
+        plots.append(("importance", views.plot_param_importances))
+    for name, plot in plots:
+        with warnings.catch_warnings():  # Optuna marks its matplotlib views experimental (their API may change)
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            ax = plot(study)
+        ax.figure.savefig(out / f"{name}_{stem}.png", dpi=110, bbox_inches="tight")
         plt.close(ax.figure)

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import signal
 import subprocess
 import sys
+import time
 
 import optuna
 import pytest
@@ -62,7 +64,7 @@ def test_a_tiny_study_runs_continues_and_its_best_config_trains(tmp_path, capsys
     assert best["model"]["init_args"]["lr"] == pytest.approx(study.best_params["lr"])
     assert best["model"]["init_args"]["estimator"]["init_args"]["tau"] == pytest.approx(study.best_params["tau"])
     table = (out / "tune.md").read_text()
-    assert "| k20 | st |" in table and "lr=0.05" in table  # the default point (Table 5's GMM lr 0.05) next to the best
+    assert "| k20 | st |" in table and "lr=0.01" in table  # the default point (Table 5's GMM lr 0.01) next to the best
     # every trial is an ordinary run with its parameters recorded
     hparams = yaml.safe_load(next((out / "trials" / "k20" / "st" / "trial0").rglob("hparams.yaml")).read_text())
     assert hparams["lr"] == pytest.approx(study.trials[0].params["lr"])
@@ -71,7 +73,7 @@ def test_a_tiny_study_runs_continues_and_its_best_config_trains(tmp_path, capsys
                  "--trainer.enable_progress_bar=false"]) == 0
     capsys.readouterr()
     assert main(["tune", spec, "--out", str(out), "--progress_every", "0"]) == 0
-    assert "trial" not in capsys.readouterr().out.split("->")[1].split("wrote")[0]  # nothing left to run
+    assert "k20/st trial" not in capsys.readouterr().out  # nothing left to run
     assert main(["tune", spec, "--out", str(out), "--trials", "4", "--progress_every", "0"]) == 0
     assert capsys.readouterr().out.count("k20/st trial 3:") == 1
 
@@ -90,3 +92,24 @@ def test_two_workers_on_one_journal_finish_the_study_without_loss_or_duplicates(
     counted = [t for t in study.trials if t.state in (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)]
     assert len(numbers) == len(set(numbers)) and len(counted) in (4, 5), [(t.number, t.state) for t in study.trials]
     assert sum("k20/st trial" in log for log in logs) == 2  # both workers ran trials
+
+
+@pytest.mark.slow
+def test_a_trial_stopped_by_sigterm_is_failed_and_the_rerun_completes_the_study(tmp_path):
+    spec, out = _spec(tmp_path, LR, trials=2), tmp_path / "out"
+    worker = subprocess.Popen([sys.executable, "-m", "catvae", "tune", spec, "--out", str(out), "--steps", "3000",
+                               "--progress_every", "0"], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                              text=True)
+    log = out / "trials" / "k20" / "st" / "trial0" / "runs" / "k20" / "st" / "seed0" / "log.txt"
+    deadline = time.monotonic() + 300
+    while not (log.is_file() and "progress: step" in log.read_text()) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    worker.send_signal(signal.SIGTERM)
+    text = worker.communicate(timeout=300)[0]
+    assert worker.returncode == 143, text
+    states = [t.state for t in optuna.load_study(study_name="k20/st", storage=_journal(out)).trials]
+    assert states == [optuna.trial.TrialState.FAIL], states
+    assert main(["tune", spec, "--out", str(out), "--steps", "40", "--progress_every", "0"]) == 0
+    trials = optuna.load_study(study_name="k20/st", storage=_journal(out)).trials
+    assert [t.state for t in trials][0] == optuna.trial.TrialState.FAIL
+    assert sum(t.state == optuna.trial.TrialState.COMPLETE for t in trials) == 2
