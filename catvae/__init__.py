@@ -7,9 +7,8 @@ answer before torch and Lightning are imported; ``catvae.CategoricalVAE`` (a con
 
 from __future__ import annotations
 
-import importlib
-
 from . import layout  # noqa: F401  (first: checks that estimators/, callbacks/ on the path are catvae's)
+from .lazy import lazy_exports
 
 #: each exported name and the submodule that defines it
 _EXPORTS = {
@@ -24,13 +23,4 @@ _EXPORTS = {
 __all__ = sorted(_EXPORTS)
 
 
-def __getattr__(name: str):
-    if name in _EXPORTS:
-        value = getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(_EXPORTS))
+__getattr__, __dir__ = lazy_exports(__name__, {k: f".{v}" for k, v in _EXPORTS.items()}, globals())

@@ -4,8 +4,7 @@ own, from its package in :mod:`catvae.benchmarks` (exported here too, on first u
 
 from __future__ import annotations
 
-import importlib
-
+from ..lazy import lazy_exports
 from .loader import TensorBatches
 from .paths import resolve_data_dir
 from .steps import StepsDataModule
@@ -17,14 +16,4 @@ _EXPORTS = {"GMMDataModule": "catvae.benchmarks.gmm.data", "MNISTDataModule": "c
 __all__ = ["GMMDataModule", "MNISTDataModule", "PolynomialDataModule", "StepsDataModule", "SudokuDataModule",
            "TensorBatches", "resolve_data_dir"]
 
-
-def __getattr__(name: str):
-    if name in _EXPORTS:
-        value = getattr(importlib.import_module(_EXPORTS[name]), name)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(_EXPORTS))
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS, globals())

@@ -4,8 +4,7 @@ the class paths configs hold, ``catvae.tasks.GMMTask``, keep working)."""
 
 from __future__ import annotations
 
-import importlib
-
+from ..lazy import lazy_exports
 from .base import BenchmarkTask
 
 _EXPORTS = {"GMMTask": "catvae.benchmarks.gmm.task", "PolynomialTask": "catvae.benchmarks.polynomial.task",
@@ -13,14 +12,4 @@ _EXPORTS = {"GMMTask": "catvae.benchmarks.gmm.task", "PolynomialTask": "catvae.b
 
 __all__ = ["BenchmarkTask", "GMMTask", "PolynomialTask", "SudokuTask"]
 
-
-def __getattr__(name: str):
-    if name in _EXPORTS:
-        value = getattr(importlib.import_module(_EXPORTS[name]), name)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(_EXPORTS))
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS, globals())
