@@ -218,6 +218,7 @@ class TrialReporter(Callback):
         self._trial.report(value, trainer.global_step)
         if self._trial.should_prune():
             print(f"catvae tune: trial pruned at step {trainer.global_step} ({self.monitor} {value:.4g})", flush=True)
+            self._trial.set_user_attr("pruned_at", trainer.global_step)  # what the tune process reads
             trainer.should_stop = True
 
 
@@ -228,8 +229,13 @@ def _trial_runs(run: Run, params: list[Param], values: dict, seeds: list[int], m
     return [dataclasses.replace(run, seed=s, args=args, metrics=(metric,), curves=()) for s in seeds]
 
 
+def _stored(study: optuna.Study, number: int) -> optuna.trial.FrozenTrial:
+    """Trial ``number`` as the storage holds it now (with what the trial's run process wrote into it)."""
+    return next(t for t in study.get_trials(deepcopy=False) if t.number == number)
+
+
 def _objective(spec: TuneSpec, run: Run, params: list[Param], out: Path, storage: str, children: _Children,
-               threads: int):
+               threads: int, study_: optuna.Study):
     study = f"{run.setting}/{run.label}"
 
     def objective(trial: optuna.Trial) -> float:
@@ -248,9 +254,10 @@ def _objective(spec: TuneSpec, run: Run, params: list[Param], out: Path, storage
                 res = execute(r, folder, threads, children)
             except Interrupted:
                 raise
-            except RuntimeError as err:
-                if spec.pruning and trial.should_prune():
-                    raise optuna.TrialPruned(f"pruned by the median rule ({err})") from None
+            except RuntimeError:
+                pruned = _stored(study_, trial.number).user_attrs.get("pruned_at")
+                if pruned is not None:  # the run stopped itself: the pruner's call, in the run's process
+                    raise optuna.TrialPruned(f"pruned at step {pruned} (median rule)") from None
                 raise
             value = res.get(spec.metric.column)
             if value is None or not math.isfinite(value):
@@ -299,7 +306,7 @@ def run(args: argparse.Namespace) -> int:
         spec.trials = args.trials
     out = Path(args.out or f"results/tune_{spec_path.stem}{'_quick' if args.quick else ''}")
     out.mkdir(parents=True, exist_ok=True)
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    optuna.logging.set_verbosity(optuna.logging.ERROR)  # each trial's line says what happened (a failure: why)
     storage = storage_of(args.storage, out)
     storage_arg = _storage_arg(args.storage, out)
     children = _Children(Watch(args.progress_every))
@@ -316,7 +323,7 @@ def run(args: argparse.Namespace) -> int:
                     load_if_exists=True, sampler=optuna.samplers.TPESampler(seed=spec.sampler_seed),
                     pruner=optuna.pruners.MedianPruner(n_startup_trials=3) if spec.pruning else optuna.pruners.NopPruner())
                 _fail_dead_trials(study)
-                objective = _objective(spec, run_, params, out, storage_arg, children, threads)
+                objective = _objective(spec, run_, params, out, storage_arg, children, threads, study)
                 while _counted(study, running=True) < spec.trials:
                     t0 = time.perf_counter()
                     try:
@@ -325,8 +332,11 @@ def run(args: argparse.Namespace) -> int:
                         raise
                     last = study.trials[-1]
                     best = _best(study)
+                    why = last.system_attrs.get("fail_reason", "").strip().splitlines()[-1:] \
+                        if last.state != optuna.trial.TrialState.COMPLETE else []
                     print(f"[{_counted(study)}/{spec.trials}] {study.study_name} trial {last.number}: "
-                          f"{last.state.name.lower()} {_fmt(last.value)} {_params(last.params)} "
+                          f"{last.state.name.lower()}{' (' + why[0][:160] + ')' if why else ''} {_fmt(last.value)} "
+                          f"{_params(last.params)} "
                           f"({time.perf_counter() - t0:.0f}s); best {_fmt(best.value if best else None)}"
                           f"{' ' + _params(best.params) if best else ''}", flush=True)
     except Interrupted:
@@ -402,7 +412,7 @@ def report(spec: TuneSpec, storage, out: Path) -> None:
             path.write_text(f"# catvae tune: best of {row['complete']} trials of {name} ({spec.metric.tag} "
                             f"{best.value:.6g}, trial {best.number})\n" +
                             yaml.safe_dump(best_config(run_, params, best.params), sort_keys=False))
-            _figures(study, out, f"{run_.setting}_{run_.label}")
+            _figures(study, out, f"{run_.setting}_{run_.label}", spec.metric.tag)
     with open(out / "tune.csv", "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=list(rows[0]))
         writer.writeheader()
@@ -419,7 +429,7 @@ def report(spec: TuneSpec, storage, out: Path) -> None:
     print(f"wrote {out / 'tune.md'}, {out / 'tune.csv'}, best configs in {out / 'best'}")
 
 
-def _figures(study: optuna.Study, out: Path, stem: str) -> None:
+def _figures(study: optuna.Study, out: Path, stem: str, metric: str) -> None:
     """The study's optimization history and parameter importances (matplotlib), when it has completed trials."""
     import matplotlib  # deferred: 0.6-0.8 s of import at every start of catvae (as compare/report.py)
 
@@ -436,6 +446,6 @@ def _figures(study: optuna.Study, out: Path, stem: str) -> None:
     for name, plot in plots:
         with warnings.catch_warnings():  # Optuna marks its matplotlib views experimental (their API may change)
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            ax = plot(study)
+            ax = plot(study, target_name=metric)
         ax.figure.savefig(out / f"{name}_{stem}.png", dpi=110, bbox_inches="tight")
         plt.close(ax.figure)
