@@ -46,13 +46,13 @@ test: setup
 test-fast: setup
 	$(BIN)/python -m pytest -q -m "not slow"
 
-# the fast tier at the lowest framework versions pyproject.toml declares (LOWEST), in .venv-lowest: those three
-# installed there, everything else (torch, ...) taken from .venv behind them
+# the fast tier at the lowest framework versions pyproject.toml declares (LOWEST), in .venv-lowest: those
+# installed there, everything else (torch, catvae itself, ...) taken from .venv behind them
 LOWEST := lightning==2.6.0 pytorch-lightning==2.6.0 torchmetrics==1.4.0 jsonargparse[signatures]==4.39.0 optuna==5.0.0
 test-lowest: setup
 	test -x .venv-lowest/bin/python || $(PYTHON) -m venv .venv-lowest
 	.venv-lowest/bin/python -m pip install -q --disable-pip-version-check --no-deps $(LOWEST)
-	$(BIN)/python -c "import site; print(site.getsitepackages()[0])" > \
+	$(BIN)/python -c "import site; print('import site; site.addsitedir(%r)' % site.getsitepackages()[0])" > \
 	  $$(.venv-lowest/bin/python -c "import site; print(site.getsitepackages()[0])")/zz-catvae-venv.pth
 	.venv-lowest/bin/python -m pytest -q -m "not slow"
 
