@@ -60,7 +60,7 @@ from estimators import exact
 from estimators.base import ConfigError
 from estimators.rng import seeded
 
-from .benchmarks.polynomial import PolynomialDataModule, PolynomialTask
+from .benchmarks import BENCHMARKS
 from .runs import make_folder
 from .sample import load_vae
 from .tools import VARIANTS
@@ -89,10 +89,11 @@ def parse_probs(text: str) -> Tensor:
     return probs
 
 
-def polynomial_task(L: int, p: float) -> PolynomialTask:
+def polynomial_task(L: int, p: float):
     """The polynomial benchmark's task (its objective ``f``, eq. 16) on the data module's instance of length ``L``
     with its default ``c`` (the paper's)."""
-    return PolynomialTask("st", p=p).attach(PolynomialDataModule(length=L).make_problem())
+    bench = BENCHMARKS["polynomial"]  # the benchmark's own classes, found through the registry
+    return bench.task_class("st", p=p).attach(bench.data_class(length=L).make_problem())
 
 
 def make_objective(name: str, L: int, K: int, seed: int, p: float = 2.0) -> Objective:
