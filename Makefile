@@ -48,7 +48,7 @@ test-fast: setup
 
 # the fast tier at the lowest framework versions pyproject.toml declares (LOWEST), in .venv-lowest: those
 # installed there, everything else (torch, catvae itself, ...) taken from .venv behind them
-LOWEST := lightning==2.6.0 pytorch-lightning==2.6.0 torchmetrics==1.4.0 jsonargparse[signatures]==4.39.0 optuna==5.0.0
+LOWEST := lightning==2.6.0 pytorch-lightning==2.6.0 torchmetrics==1.4.0 jsonargparse[signatures]==4.51.0 optuna==5.0.0
 test-lowest: setup
 	test -x .venv-lowest/bin/python || $(PYTHON) -m venv .venv-lowest
 	.venv-lowest/bin/python -m pip install -q --disable-pip-version-check --no-deps $(LOWEST)
