@@ -252,8 +252,6 @@ def _objective(spec: TuneSpec, run: Run, params: list[Param], out: Path, storage
         for r in _trial_runs(run, params, values, spec.seeds, spec.metric, reporter):
             try:
                 res = execute(r, folder, threads, children)
-            except Interrupted:
-                raise
             except RuntimeError:
                 pruned = _stored(study_, trial.number).user_attrs.get("pruned_at")
                 if pruned is not None:  # the run stopped itself: the pruner's call, in the run's process
@@ -286,8 +284,8 @@ def _alive(pid: int) -> bool:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
-    except PermissionError:
-        return True
+    except PermissionError:  # alive, another user's
+        pass
     return True
 
 
@@ -326,10 +324,7 @@ def run(args: argparse.Namespace) -> int:
                 objective = _objective(spec, run_, params, out, storage_arg, children, threads, study)
                 while _counted(study, running=True) < spec.trials:
                     t0 = time.perf_counter()
-                    try:
-                        study.optimize(objective, n_trials=1, catch=(RuntimeError,))
-                    except Interrupted:
-                        raise
+                    study.optimize(objective, n_trials=1, catch=(RuntimeError,))  # Interrupted propagates
                     last = study.trials[-1]
                     best = _best(study)
                     why = last.system_attrs.get("fail_reason", "").strip().splitlines()[-1:] \
