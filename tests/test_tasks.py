@@ -4,6 +4,7 @@ parser, and short runs through Lightning and the ``catvae`` CLI."""
 from __future__ import annotations
 
 import itertools
+import json
 import math
 import re
 from pathlib import Path
@@ -86,16 +87,23 @@ def test_polynomial_training_reaches_the_optimum_with_reinmax():
 
 
 def test_gmm_objective_matches_direct_enumeration():
+    """F in closed form, and its Monte-Carlo forms' expectation, against the sum over all K^N assignments; with
+    ``mc_terms`` every sample's value is the integrand of F itself, log q − log p(y|z) − log p_z − log p_m."""
     torch.manual_seed(0)
-    task, _ = gmm("st", {"n_points": 4, "n_components": 3, "dim": 2, "sigma_0": 3.0, "sigma_y": 1.5, "data_seed": 3})
+    data = {"n_points": 4, "n_components": 3, "dim": 2, "sigma_0": 3.0, "sigma_y": 1.5, "data_seed": 3}
+    task, _ = gmm("st", data)
     with torch.no_grad():
         task.means.add_(torch.randn_like(task.means))
+    mc, _ = gmm("st", data, mc_terms=True)
+    mc.load_state_dict(task.state_dict())
     theta, means, y = task.theta.detach(), task.means.detach(), task.y
     q = torch.softmax(theta, -1)
     lik = torch.distributions.MultivariateNormal
     prior = lik(torch.zeros(2), 3.0**2 * torch.eye(2))
     direct = 0.0
     by_sample = 0.0
+    by_mc_sample = 0.0
+    log_prior = prior.log_prob(means).sum().item()
     for z in itertools.product(range(3), repeat=4):
         weight = math.prod(q[i, k].item() for i, k in enumerate(z))
         log_q = sum(math.log(q[i, k].item()) for i, k in enumerate(z))
@@ -103,9 +111,13 @@ def test_gmm_objective_matches_direct_enumeration():
         direct += weight * (log_q - log_py - 4 * math.log(1 / 3))
         x = torch.nn.functional.one_hot(torch.tensor(z), 3).float()
         by_sample += weight * task.sample_objective(x).item()
-    direct -= prior.log_prob(means).sum().item()
+        integrand = log_q - log_py - 4 * math.log(1 / 3) - log_prior
+        assert mc.sample_objective(x).item() == pytest.approx(integrand, rel=1e-5)
+        by_mc_sample += weight * mc.sample_objective(x).item()
+    direct -= log_prior
     assert task.objective().item() == pytest.approx(direct, rel=1e-5)
     assert by_sample == pytest.approx(direct, rel=1e-5)
+    assert by_mc_sample == pytest.approx(direct, rel=1e-5) and mc.objective().item() == pytest.approx(direct, rel=1e-5)
 
 
 def test_gmm_data_and_accuracy():
@@ -128,6 +140,35 @@ def test_gmm_training_decreases_the_nelbo():
     assert task.accuracy() > acc0
     mean, std = task.window_stats()
     assert int(task._window_count) == 150 and std > 0 and math.isfinite(mean)
+
+
+def test_gmm_crossings_find_the_first_epoch_at_the_papers_value(tmp_path, capsys):
+    """The crossing table of a compare folder: the first logged step at or below Table 1's value per seed, ``—``
+    and the lowest value when never reached, no median then; estimators the paper lacks left out."""
+    from catvae.benchmarks.gmm import crossings
+
+    def run(label, name, seed, values):
+        folder = tmp_path / "runs" / "k20" / label / f"seed{seed}"
+        folder.mkdir(parents=True)
+        curve = [[100 * (i + 1) - 1, v] for i, v in enumerate(values)]
+        (folder / "result.json").write_text(json.dumps({"setting": "k20", "estimator": label, "name": name,
+                                                         "seed": seed, "steps": 300,
+                                                         "curves": {crossings.TAG: curve}}))
+
+    paper = crossings.PAPER_TABLE1["reinmax"][0]
+    run("reinmax", "reinmax", 0, [paper + 50, paper, paper - 1])
+    run("reinmax", "reinmax", 1, [paper + 50, paper + 10, paper - 5])
+    run("redge_cov", "redge_cov", 0, [2000.0, 1500.0, 1200.0])
+    run("gumbel_rao", "gumbel_rao", 0, [1.0, 1.0, 1.0])
+    assert crossings.first_crossing([[99, 3.0], [199, 1.0]], 2.0) == 199
+    assert crossings.first_crossing([[99, 3.0]], 2.0) is None
+    assert crossings.main([str(tmp_path), "--out", str(tmp_path / "crossings.md")]) == 0
+    table = capsys.readouterr().out
+    assert table == (tmp_path / "crossings.md").read_text()
+    assert "| k20 | reinmax | 1176 | 199 | 299 | 249 |" in table
+    assert "| k20 | redge_cov | 1040 | — (1200) |  | — |" in table and "gumbel_rao" not in table
+    with pytest.raises(SystemExit):
+        crossings.main([str(tmp_path / "absent")])
 
 
 # ---------------------------------------------------------------------------------- Sudoku (§4.3)
