@@ -312,13 +312,18 @@ def _tune(sub) -> None:
     p.add_argument("spec", type=spec_path, help="the tune spec (YAML: a compare spec's keys, or base: one, plus space, "
                                                 "trials, metric, direction, pruning); a file, or a shipped one by name")
     p.add_argument("--out", help="results folder (default: results/tune_<spec name>[_quick])")
-    p.add_argument("--storage", help="an Optuna RDB URL (e.g. postgresql://user@host/db) that workers on several "
+    p.add_argument("--storage", help="an Optuna RDB URL (e.g. postgresql+psycopg://user@host/db) that workers on several "
                                      "machines share; default: a journal file in --out")
     p.add_argument("--trials", type=int, help="override the spec's trials per estimator")
     p.add_argument("--quick", action="store_true", help="the spec's quick budget (its quick: steps and arguments)")
     p.add_argument("--steps", type=int, help="override the training steps per trial")
     p.add_argument("--progress_every", type=float, default=60.0, metavar="SECONDS",
                    help="show the running trial's latest step every SECONDS (default 60; 0: never)")
+    p.add_argument("--confirm", action="store_true",
+                   help="then re-run every estimator at its default and its best point with fresh seeds (the spec's "
+                        "confirm_seeds, default 100,101,102) as one compare per setting (confirm_<setting>/), and "
+                        "tabulate default vs tuned vs gain (confirm.md)")
+    p.add_argument("--parallel", type=int, default=1, help="with --confirm: its runs at a time (default 1)")
     p.set_defaults(func="catvae.tune:run")
 
 

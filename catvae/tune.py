@@ -48,14 +48,19 @@ from optuna.storages.journal import JournalFileBackend
 import estimators
 from estimators.base import ConfigError
 
+from .compare import compare
 from .compare.execute import Interrupted, _Children, _install, execute
+from .compare.report import _stats
 from .compare.spec import Metric, Run, load_spec, read_spec, task_class
 from .compare.watch import Watch
 
 __all__ = ["Param", "TrialReporter", "load_tune_spec", "run", "storage_of"]
 
 #: the keys a tune spec adds to a compare spec's
-TUNE_KEYS = ("space", "trials", "metric", "direction", "pruning", "sampler_seed")
+TUNE_KEYS = ("space", "trials", "metric", "direction", "pruning", "sampler_seed", "confirm_seeds")
+#: ``--confirm``'s seeds when the spec gives none: fresh ones, not the search's (a best trial's own value is biased
+#: low by the search: it is the best of many noisy draws)
+CONFIRM_SEEDS = (100, 101, 102)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -129,6 +134,7 @@ class TuneSpec:
     direction: str
     pruning: bool
     sampler_seed: int
+    confirm_seeds: list[int]
 
 
 def load_tune_spec(path: Path, quick: bool = False, steps: int | None = None) -> TuneSpec:
@@ -165,7 +171,12 @@ def load_tune_spec(path: Path, quick: bool = False, steps: int | None = None) ->
         raise ConfigError(f"spec {path}: metric must be a logged tag, e.g. metric: val/nelbo")
     metric = Metric(monitor.replace("/", "_"), monitor, monitor, lower=direction == "minimize")
     seed = tune.get("sampler_seed", 0)
-    return TuneSpec(studies, list(seeds), trials, metric, direction, bool(tune.get("pruning", True)), int(seed))
+    confirm = tune.get("confirm_seeds", list(CONFIRM_SEEDS))
+    if not isinstance(confirm, list) or not confirm or not all(isinstance(s, int) and not isinstance(s, bool)
+                                                                 for s in confirm):
+        raise ConfigError(f"spec {path}: confirm_seeds must be a non-empty list of integers, got {confirm!r}")
+    return TuneSpec(studies, list(seeds), trials, metric, direction, bool(tune.get("pruning", True)), int(seed),
+                    confirm)
 
 
 # -- storage --------------------------------------------------------------------------------------------------
@@ -174,7 +185,9 @@ def storage_of(url: str | None, out: Path):
     else a journal file in ``out`` (shared safely by the processes of one machine)."""
     if url:
         try:
-            return optuna.storages.RDBStorage(url, heartbeat_interval=60, grace_period=180)
+            with warnings.catch_warnings():  # Optuna marks the heartbeat experimental (its API may change)
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                return optuna.storages.RDBStorage(url, heartbeat_interval=60, grace_period=180)
         except Exception as err:  # a bad URL, an unreachable server, a missing driver
             raise ConfigError(f"--storage {url}: {' '.join(str(err).split())[:200]}") from None
     return optuna.storages.JournalStorage(JournalFileBackend(str(out / "study.journal")))
@@ -239,6 +252,7 @@ def _objective(spec: TuneSpec, run: Run, params: list[Param], out: Path, storage
     study = f"{run.setting}/{run.label}"
 
     def objective(trial: optuna.Trial) -> float:
+        objective.number = trial.number  # this worker's trial (study.trials[-1] may be another worker's)
         values = {p.name: p.suggest(trial) for p in params}
         trial.set_user_attr("worker", f"{socket.gethostname()}:{os.getpid()}")
         reporter = []
@@ -302,6 +316,8 @@ def run(args: argparse.Namespace) -> int:
         if args.trials < 1:
             raise ConfigError(f"--trials must be >= 1, got {args.trials}")
         spec.trials = args.trials
+    if args.parallel < 1:
+        raise ConfigError(f"--parallel must be >= 1, got {args.parallel}")
     out = Path(args.out or f"results/tune_{spec_path.stem}{'_quick' if args.quick else ''}")
     out.mkdir(parents=True, exist_ok=True)
     optuna.logging.set_verbosity(optuna.logging.ERROR)  # each trial's line says what happened (a failure: why)
@@ -325,7 +341,7 @@ def run(args: argparse.Namespace) -> int:
                 while _counted(study, running=True) < spec.trials:
                     t0 = time.perf_counter()
                     study.optimize(objective, n_trials=1, catch=(RuntimeError,))  # Interrupted propagates
-                    last = study.trials[-1]
+                    last = _stored(study, objective.number)
                     best = _best(study)
                     why = last.system_attrs.get("fail_reason", "").strip().splitlines()[-1:] \
                         if last.state != optuna.trial.TrialState.COMPLETE else []
@@ -341,6 +357,8 @@ def run(args: argparse.Namespace) -> int:
     finally:
         _install(previous)
     report(spec, storage, out)
+    if args.confirm:
+        return confirm(spec_path, spec, out, args)
     return 0
 
 
@@ -422,6 +440,122 @@ def report(spec: TuneSpec, storage, out: Path) -> None:
               f"{r['best']} | {_fmt(r['best_value'])} |" for r in rows]
     (out / "tune.md").write_text("\n".join(lines) + "\n")
     print(f"wrote {out / 'tune.md'}, {out / 'tune.csv'}, best configs in {out / 'best'}")
+
+
+# -- confirmation ------------------------------------------------------------------------------------------------
+def confirm_spec(spec_path: Path, spec: TuneSpec, out: Path, setting: str) -> Path:
+    """Write ``confirm_<setting>.yaml`` in ``out``: a compare spec with every estimator of ``setting`` twice, at its
+    default point (the spec's entry, label ``<label>``) and at its best one (``best/<setting>/<label>.yaml``,
+    label ``<label>_tuned``), with the fresh ``confirm_seeds``; the compare spec's budget, arguments and columns.
+    Paths are written relative to ``out`` (the spec resolves them from its folder and its parents)."""
+    raw = {k: v for k, v in read_spec(spec_path).items() if k not in TUNE_KEYS}
+
+    def rel(path: str) -> str:
+        return os.path.relpath(Path(path).resolve(), out.resolve())
+
+    entries, configs = [], None
+    for run_, _ in spec.studies:
+        if run_.setting != setting:
+            continue
+        configs = [rel(c) for c in run_.configs]
+        best = out / "best" / setting / f"{run_.label}.yaml"
+        if not best.is_file():
+            raise ConfigError(f"{run_.setting}/{run_.label} has no completed trial, so no best point to confirm: run more trials")
+        entries.append({"config": rel(run_.estimator_config), "label": run_.label} if run_.estimator_config else
+                       {"name": run_.name, "init_args": run_.init_args, "label": run_.label})
+        entries.append({"config": rel(str(best)), "label": f"{run_.label}_tuned"})
+    raw.update(settings={setting: configs}, seeds=spec.confirm_seeds, estimators=entries)
+    path = out / f"confirm_{setting}.yaml"
+    path.write_text(f"# catvae tune --confirm: each estimator of {spec_path} at its default and at its best point, "
+                    "with fresh seeds (written by catvae tune; rerunning it rewrites this file)\n"
+                    + yaml.safe_dump(raw, sort_keys=False, allow_unicode=True))
+    return path
+
+
+def confirm(spec_path: Path, spec: TuneSpec, out: Path, args: argparse.Namespace) -> int:
+    """``--confirm``: re-run every estimator at its default and at its best point with fresh seeds, as one
+    ``catvae compare`` per setting (``confirm_<setting>/``, resumable like any compare folder), and tabulate
+    default vs tuned vs gain per column (``confirm.md``, ``confirm.csv``)."""
+    status, rows = 0, []
+    for setting in dict.fromkeys(r.setting for r, _ in spec.studies):
+        path = confirm_spec(spec_path, spec, out, setting)
+        folder = out / f"confirm_{setting}"
+        print(f"catvae tune --confirm: {setting}: default vs best point, seeds {spec.confirm_seeds} -> {folder}",
+              flush=True)
+        status = status or compare(argparse.Namespace(
+            spec=str(path), out=str(folder), quick=args.quick, steps=args.steps, seeds=None, settings=None,
+            group_size=None, progress_every=args.progress_every, batched=False, parallel=args.parallel, shard=None,
+            collect=None, dry_run=False))
+        if status >= 128:  # stopped: nothing to tabulate yet
+            return status
+        rows += confirm_rows(spec, setting, folder / "results.csv", load_spec(path, quick=args.quick,
+                                                                                steps=args.steps)[0].metrics)
+    write_confirm(spec, rows, out)
+    return status
+
+
+def confirm_rows(spec: TuneSpec, setting: str, results_csv: Path, metrics) -> list[dict]:
+    """Per estimator of ``setting``: its default and best parameters and, per column of ``metrics``, the mean ±
+    std over the confirmation seeds at each point and the gain (positive: the tuned point is better)."""
+    with open(results_csv, newline="") as f:
+        table = list(csv.DictReader(f))
+
+    def stats(label: str, column: str):
+        return _stats([float(r[column]) for r in table if r["estimator"] == label and r.get(column)])[:2]
+
+    rows = []
+    for run_, params in spec.studies:
+        if run_.setting != setting:
+            continue
+        best = _read_best(Path(results_csv).parent.parent / "best" / setting / f"{run_.label}.yaml", params)
+        row = {"setting": setting, "estimator": run_.label, "default": _params(_default_point(run_, params)),
+               "tuned": _params(best)}
+        for m in metrics:
+            (d, ds), (t, ts) = stats(run_.label, m.column), stats(f"{run_.label}_tuned", m.column)
+            gain = None if d is None or t is None else (d - t if m.lower else t - d)
+            row.update({f"{m.column}_default": d, f"{m.column}_default_std": ds, f"{m.column}_tuned": t,
+                        f"{m.column}_tuned_std": ts, f"{m.column}_gain": gain})
+        row["metrics"] = metrics
+        rows.append(row)
+    return rows
+
+
+def _read_best(path: Path, params: list[Param]) -> dict:
+    """The tuned values of ``params`` in a ``best/`` config (as :func:`best_config` wrote them)."""
+    init = ((yaml.safe_load(path.read_text()) or {}).get("model") or {}).get("init_args") or {}
+    est = (init.get("estimator") or {}).get("init_args") or {}
+    return {p.name: (est if p.target == "estimator" else init).get(p.name) for p in params}
+
+
+def write_confirm(spec: TuneSpec, rows: list[dict], out: Path) -> None:
+    """``confirm.csv`` and ``confirm.md``: default vs tuned vs gain, mean ± std over the confirmation seeds."""
+    if not rows:
+        return
+    metrics = rows[0]["metrics"]
+    fields = [k for k in rows[0] if k != "metrics"]
+    with open(out / "confirm.csv", "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=fields, extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(rows)
+
+    def cell(mean, std):
+        return "—" if mean is None else f"{mean:.4g} ± {std:.2g}"
+
+    head = "".join(f" {m.header}: default | tuned | gain |" for m in metrics)
+    lines = [f"# catvae tune --confirm: default vs tuned, seeds {spec.confirm_seeds}", "",
+             f"Each estimator re-run at its default point (the spec's values, Table 5's) and at its best trial's "
+             f"point with fresh seeds {spec.confirm_seeds} (the search used {spec.seeds}); mean ± std over them. "
+             "gain: how much better the tuned point is (positive: better; in the column's units).", "",
+             "| setting | estimator | default | tuned |" + head,
+             "|---|---|---|---|" + "---:|---:|---:|" * len(metrics)]
+    for r in rows:
+        cells = "".join(f" {cell(r[f'{m.column}_default'], r[f'{m.column}_default_std'])} | "
+                        f"{cell(r[f'{m.column}_tuned'], r[f'{m.column}_tuned_std'])} | "
+                        f"{'—' if r[f'{m.column}_gain'] is None else format(r[f'{m.column}_gain'], '+.4g')} |"
+                        for m in metrics)
+        lines.append(f"| {r['setting']} | {r['estimator']} | {r['default']} | {r['tuned']} |{cells}")
+    (out / "confirm.md").write_text("\n".join(lines) + "\n")
+    print(f"wrote {out / 'confirm.md'}, {out / 'confirm.csv'}")
 
 
 def _figures(study: optuna.Study, out: Path, stem: str, metric: str) -> None:
