@@ -8,7 +8,8 @@ A tune spec is a compare spec (``base:`` one, or the same keys: settings, estima
 * ``trials``: completed (or pruned) trials per estimator and setting; ``seeds``: the seeds of one trial, whose
   metric is their mean; ``metric``: the objective, a logged tag (default: the task's ``monitor``), with
   ``direction`` (``minimize``, default, or ``maximize``); ``pruning``: stop unpromising trials at a validation
-  (Optuna's median rule over the study's earlier trials; default on); ``sampler_seed``: the TPE sampler's seed.
+  (Optuna's median rule over the study's earlier trials; default on); ``sampler_seed``: the TPE sampler's seed (mixed with the worker's
+  process id, so that workers propose different points).
 
 Each (setting, estimator) is one Optuna study (``<setting>/<label>``) with the TPE sampler, in one storage: by
 default a journal file in the results folder (``study.journal``: several ``catvae tune`` processes on one machine
@@ -334,7 +335,7 @@ def run(args: argparse.Namespace) -> int:
             for run_, params in spec.studies:
                 study = optuna.create_study(
                     study_name=f"{run_.setting}/{run_.label}", storage=storage, direction=spec.direction,
-                    load_if_exists=True, sampler=optuna.samplers.TPESampler(seed=spec.sampler_seed),
+                    load_if_exists=True, sampler=optuna.samplers.TPESampler(seed=_worker_seed(spec.sampler_seed)),
                     pruner=optuna.pruners.MedianPruner(n_startup_trials=3) if spec.pruning else optuna.pruners.NopPruner())
                 _fail_dead_trials(study)
                 objective = _objective(spec, run_, params, out, storage_arg, children, threads, study)
@@ -360,6 +361,14 @@ def run(args: argparse.Namespace) -> int:
     if args.confirm:
         return confirm(spec_path, spec, out, args)
     return 0
+
+
+def _worker_seed(seed: int) -> int:
+    """The TPE sampler's seed in this process: ``sampler_seed`` mixed with the process id. With one seed for all,
+    two workers (or a worker and its own rerun) draw the same random start-up points, and half the trials are
+    duplicates (seen: two workers, identical lr in trials 2 and 3). The trials' runs stay reproducible (each
+    run's own seed); the sequence of proposed points is not."""
+    return (seed * 1_000_003 + os.getpid()) % 2**32
 
 
 def _best(study: optuna.Study):

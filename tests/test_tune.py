@@ -130,6 +130,8 @@ def test_two_workers_on_one_journal_finish_the_study_without_loss_or_duplicates(
     counted = [t for t in study.trials if t.state in (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)]
     assert len(numbers) == len(set(numbers)) and len(counted) in (4, 5), [(t.number, t.state) for t in study.trials]
     assert sum("k20/st trial" in log for log in logs) == 2  # both workers ran trials
+    lrs = [t.params["lr"] for t in study.trials]
+    assert len(set(lrs)) == len(lrs), lrs  # the workers propose different points (not one seed's same draws)
     # each line is about the worker's own finished trial, never the other worker's running one
     assert not any(": running" in log for log in logs), logs
 

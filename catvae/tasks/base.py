@@ -120,7 +120,17 @@ class BenchmarkTask(EstimatorTask):
         with torch.no_grad():
             self._window[self._window_count % len(self._window)] = value
             self._window_count += 1
-        self.log(f"{self.train_tag}_step", value, on_step=True, on_epoch=False, batch_size=1)
+        self.log_step(f"{self.train_tag}_step", value)
+
+    def log_step(self, name: str, value: Tensor) -> None:
+        """Log a per-step training value on the steps the logger writes (every ``trainer.log_every_n_steps``),
+        and only then: Lightning builds a result entry at every ``self.log`` call, and the values of the other
+        steps are dropped anyway. Measured on a 2-core CPU (GMM, 3,000 steps, 1 thread): logging every step
+        cost 3.4 ms per step, half of the run's time (20.7 s vs 10.6 s without these calls)."""
+        trainer = self._trainer
+        every = trainer.log_every_n_steps if trainer is not None else 1
+        if (every and (self.global_step + 1) % every == 0) or (trainer is not None and trainer.fast_dev_run):
+            self.log(name, value, on_step=True, on_epoch=False, batch_size=1)
 
     def window_stats(self) -> tuple[Tensor, Tensor]:
         """Mean and std of the training objective over the last :attr:`window` steps (fewer at the start)."""

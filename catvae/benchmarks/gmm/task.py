@@ -172,7 +172,7 @@ class GMMTask(BenchmarkTask):
                                         self.sample_objective).mean()
         value = loss.detach()
         self.log_train_objective(value)
-        self.log("train/nelbo_nc", value - self.constant, on_step=True, on_epoch=False, batch_size=1)
+        self.log_step("train/nelbo_nc", value - self.constant)
         return loss
 
     def on_train_epoch_end(self) -> None:

@@ -109,7 +109,7 @@ class PolynomialTask(BenchmarkTask):
         loss = self.sample_loss(self.hparams.samples_per_step)
         self.log_train_objective(loss)
         with torch.no_grad():
-            self.log("train/objective", self.objective(), on_step=True, on_epoch=False, batch_size=1)
+            self.log_step("train/objective", self.objective())
         return loss
 
     def on_train_epoch_end(self) -> None:
