@@ -8,8 +8,8 @@ A tune spec is a compare spec (``base:`` one, or the same keys: settings, estima
 * ``trials``: completed (or pruned) trials per estimator and setting; ``seeds``: the seeds of one trial, whose
   metric is their mean; ``metric``: the objective, a logged tag (default: the task's ``monitor``), with
   ``direction`` (``minimize``, default, or ``maximize``); ``pruning``: stop unpromising trials at a validation
-  (Optuna's median rule over the study's earlier trials; default on); ``sampler_seed``: the TPE sampler's seed (mixed with the worker's
-  process id, so that workers propose different points).
+  (Optuna's median rule over the study's earlier trials; default on); ``sampler_seed``: the TPE sampler's
+  seed (mixed with the worker's process id, so that workers propose different points).
 
 Each (setting, estimator) is one Optuna study (``<setting>/<label>``) with the TPE sampler, in one storage: by
 default a journal file in the results folder (``study.journal``: several ``catvae tune`` processes on one machine

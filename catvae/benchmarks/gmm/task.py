@@ -144,7 +144,8 @@ class GMMTask(BenchmarkTask):
         return self.n_points * self.dim / 2 * math.log(2 * math.pi * self.sigma_y**2)
 
     def sample_objective(self, x: Tensor) -> Tensor:
-        """``F`` with the likelihood (and with ``mc_terms`` the entropy term) evaluated at assignments ``x [..., N, K]`` (one-hot or relaxed), ``[...]``."""
+        """``F`` with the likelihood (and with ``mc_terms`` the entropy term) evaluated at assignments
+        ``x [..., N, K]`` (one-hot or relaxed), ``[...]``."""
         residual = self.y - x @ self.means  # [..., N, d]
         nll = residual.pow(2).sum(dim=(-1, -2)) / (2 * self.sigma_y**2) + self._nll_const()
         if self.hparams.mc_terms:
