@@ -29,6 +29,13 @@ def _args(tmp_path, **overrides) -> argparse.Namespace:
     return argparse.Namespace(**{**base, **overrides})
 
 
+def test_the_recipes_estimators_are_the_gpu_table3_specs():
+    """gpu_check keeps a literal list (it imports the standard library only); it must be table3_gpu.yaml's."""
+    from catvae.bench import table3_estimators
+
+    assert gpu_check.ESTIMATORS == table3_estimators()
+
+
 def test_preflight_names_the_missing_mnist_file_and_the_fix(tmp_path, capsys):
     assert gpu_check.main(["--out", str(tmp_path / "out"), "--work", str(tmp_path / "work"), "--carried",
                            str(tmp_path / "nothing"), "--data_dir", str(tmp_path / "data")]) == 2
