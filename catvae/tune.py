@@ -22,7 +22,8 @@ Rerunning the command continues the studies: a trial whose process was stopped o
 Results in the folder: ``best/<setting>/<label>.yaml`` (the best point as a config file: ``catvae fit --config``
 takes it, and so does a compare spec's estimator list), ``tune.md``/``tune.csv`` (per estimator: trials, the
 default point's parameters, the best parameters and value) and per study the optimization history and the
-parameter importances (``history_*.png``, ``importance_*.png``). ``optuna-dashboard <storage>`` shows the studies
+values against each parameter and, with two parameters or more, their importances (``history_*.png``,
+``slice_*.png``, ``importance_*.png``). ``optuna-dashboard <storage>`` shows the studies
 live.
 """
 
@@ -568,7 +569,8 @@ def write_confirm(spec: TuneSpec, rows: list[dict], out: Path) -> None:
 
 
 def _figures(study: optuna.Study, out: Path, stem: str, metric: str) -> None:
-    """The study's optimization history and parameter importances (matplotlib), when it has completed trials."""
+    """The study's optimization history, its values against each parameter and (two parameters or more) their
+    importances (matplotlib), when it has completed trials; log values when all are positive."""
     import matplotlib  # deferred: 0.6-0.8 s of import at every start of catvae (as compare/report.py)
 
     matplotlib.use("Agg")
@@ -578,12 +580,17 @@ def _figures(study: optuna.Study, out: Path, stem: str, metric: str) -> None:
     complete = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
     if not complete:
         return
-    plots = [("history", views.plot_optimization_history)]
-    if len(complete) >= 2:
+    positive = all(t.value > 0 for t in complete)
+    plots = [("history", views.plot_optimization_history), ("slice", views.plot_slice)]
+    if len(complete) >= 2 and len(complete[0].params) >= 2:  # one parameter: its importance is 1 by definition
         plots.append(("importance", views.plot_param_importances))
     for name, plot in plots:
         with warnings.catch_warnings():  # Optuna marks its matplotlib views experimental (their API may change)
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            ax = plot(study, target_name=metric)
-        ax.figure.savefig(out / f"{name}_{stem}.png", dpi=110, bbox_inches="tight")
-        plt.close(ax.figure)
+            axes = plot(study, target_name=metric)
+        first = axes.flat[0] if hasattr(axes, "flat") else axes  # plot_slice: one panel per parameter
+        if name != "importance" and positive:  # values spanning decades (a diverging learning rate)
+            for ax in (axes.flat if hasattr(axes, "flat") else [axes]):
+                ax.set_yscale("log")
+        first.figure.savefig(out / f"{name}_{stem}.png", dpi=110, bbox_inches="tight")
+        plt.close(first.figure)

@@ -73,6 +73,7 @@ def test_a_tiny_study_runs_continues_and_its_best_config_trains(tmp_path, capsys
     assert best["model"]["init_args"]["lr"] == pytest.approx(study.best_params["lr"])
     assert best["model"]["init_args"]["estimator"]["init_args"]["tau"] == pytest.approx(study.best_params["tau"])
     table = (out / "tune.md").read_text()
+    assert all((out / f"{name}_k20_st.png").stat().st_size > 1000 for name in ("history", "slice", "importance"))
     assert "| k20 | st |" in table and "lr=0.01" in table  # the default point (Table 5's GMM lr 0.01) next to the best
     # every trial is an ordinary run with its parameters recorded
     hparams = yaml.safe_load(next((out / "trials" / "k20" / "st" / "trial0").rglob("hparams.yaml")).read_text())
@@ -108,6 +109,7 @@ def test_confirm_reruns_the_default_and_the_best_point_with_fresh_seeds(tmp_path
     assert float(row["test_nelbo_nc_gain"]) == pytest.approx(mean["st"] - mean["st_tuned"])
     assert float(row["test_nelbo_nc_tuned"]) == pytest.approx(mean["st_tuned"])
     assert "| k20 | st | lr=0.01 |" in (out / "confirm.md").read_text()
+    assert (out / "slice_k20_st.png").is_file() and not (out / "importance_k20_st.png").exists()  # one parameter
     # rerunning continues: nothing left to train or retrain, the same table
     versions, table = sorted(map(str, (out / "confirm_k20").rglob("version_*"))), (out / "confirm.csv").read_text()
     assert main(["tune", spec, "--out", str(out), "--confirm", "--progress_every", "0"]) == 0
