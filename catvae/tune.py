@@ -585,12 +585,13 @@ def _figures(study: optuna.Study, out: Path, stem: str, metric: str) -> None:
     if len(complete) >= 2 and len(complete[0].params) >= 2:  # one parameter: its importance is 1 by definition
         plots.append(("importance", views.plot_param_importances))
     for name, plot in plots:
-        with warnings.catch_warnings():  # Optuna marks its matplotlib views experimental (their API may change)
+        with warnings.catch_warnings(), matplotlib.rc_context():  # Optuna's views set the ggplot style globally:
+            # rc_context gives the caller's style back (compare's figures after --confirm)
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
             axes = plot(study, target_name=metric)
-        first = axes.flat[0] if hasattr(axes, "flat") else axes  # plot_slice: one panel per parameter
-        if name != "importance" and positive:  # values spanning decades (a diverging learning rate)
-            for ax in (axes.flat if hasattr(axes, "flat") else [axes]):
-                ax.set_yscale("log")
-        first.figure.savefig(out / f"{name}_{stem}.png", dpi=110, bbox_inches="tight")
-        plt.close(first.figure)
+            first = axes.flat[0] if hasattr(axes, "flat") else axes  # plot_slice: one panel per parameter
+            if name != "importance" and positive:  # values spanning decades (a diverging learning rate)
+                for ax in (axes.flat if hasattr(axes, "flat") else [axes]):
+                    ax.set_yscale("log")
+            first.figure.savefig(out / f"{name}_{stem}.png", dpi=110, bbox_inches="tight")
+            plt.close(first.figure)

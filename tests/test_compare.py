@@ -248,3 +248,50 @@ def test_two_shards_then_collect_assemble_one_table(tmp_path, capsys):
                           (["--collect", str(tmp_path / "nope")], "no such folder")):
         assert main(["compare", str(spec), "--out", str(table), *bad]) == 2
         assert fragment in capsys.readouterr().err
+
+
+def test_fourteen_curves_are_told_apart_whatever_the_active_style(tmp_path):
+    """More labels than colours: (colour, line style) pairs stay distinct, even under a style whose colour cycle
+    is shorter than ten (ggplot's has seven; Optuna's figures switch to it); tune's figures leave the style as
+    they found it."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from catvae.compare.report import plot_curves
+    from catvae.compare.spec import Curve, Run
+
+    labels = [f"e{k}" for k in range(14)]
+    runs = [Run("s", [], label, "st", {}, 0, 10, curves=(Curve("val/x", "x"),)) for label in labels]
+    results = [{"setting": "s", "estimator": label, "curves": {"val/x": [[1, k + 1.0], [2, k + 0.5]]}}
+               for k, label in enumerate(labels)]
+    seen = []
+    original = plt.Figure.savefig
+
+    def capture(fig, *args, **kwargs):
+        seen.extend((matplotlib.colors.to_hex(line.get_color()), line.get_linestyle())
+                    for line in fig.axes[0].get_lines())
+        return original(fig, *args, **kwargs)
+
+    with plt.style.context("ggplot"):
+        plt.Figure.savefig = capture
+        try:
+            assert plot_curves(results, runs, tmp_path)
+        finally:
+            plt.Figure.savefig = original
+    assert len(seen) == 14 and len(set(seen)) == 14, seen
+
+
+def test_tune_figures_give_the_style_back(tmp_path):
+    import matplotlib
+    import optuna
+
+    from catvae.tune import _figures
+
+    study = optuna.create_study()
+    study.optimize(lambda t: t.suggest_float("lr", 1e-3, 1.0, log=True) ** 2 + 0.1, n_trials=4)
+    before = dict(matplotlib.rcParams)
+    _figures(study, tmp_path, "s", "val/x")
+    assert dict(matplotlib.rcParams) == before
+    assert (tmp_path / "history_s.png").is_file() and (tmp_path / "slice_s.png").is_file()

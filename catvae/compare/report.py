@@ -163,6 +163,9 @@ def plot_curves(results: list[dict], runs: list[Run], out: Path) -> list[Path]:
     import numpy as np
     from matplotlib.ticker import FuncFormatter, MaxNLocator
 
+    # the ten-colour palette itself, whatever the active style's cycle (ggplot's has seven: "C7" is "C0")
+    palette = matplotlib.colormaps["tab10"]
+
     settings = list(dict.fromkeys(r.setting for r in runs))
     labels = list(dict.fromkeys(r.label for r in runs))
     done = {r["key"] for r in results if "key" in r}
@@ -185,7 +188,7 @@ def plot_curves(results: list[dict], runs: list[Run], out: Path) -> list[Path]:
                 values = np.array([[c[t] for t in steps] for c in curves])
                 mean, std = values.mean(0), values.std(0)
                 style = {"linestyle": STYLES[k // 10 % len(STYLES)] if len(labels) > 10 else STYLES[k % len(STYLES)],
-                         "color": f"C{k % 10}", "marker": "o" if len(steps) <= 30 else None, "markersize": 3}
+                         "color": palette(k % 10), "marker": "o" if len(steps) <= 30 else None, "markersize": 3}
                 start = steps[-1] - TAIL * (steps[-1] - steps[0])
                 keep = np.array(steps) >= start
                 for ax, sel in ((full, slice(None)), (tail, keep)):
