@@ -85,6 +85,12 @@ class Param:
             return trial.suggest_int(self.name, int(self.low), int(self.high), log=self.log)
         return trial.suggest_float(self.name, float(self.low), float(self.high), log=self.log)
 
+    def contains(self, value) -> bool:
+        """Whether ``value`` is a point of this dimension (a default outside the range is not searched)."""
+        if self.choices is not None:
+            return value in self.choices
+        return isinstance(value, (int, float)) and not isinstance(value, bool) and self.low <= value <= self.high
+
     def arg(self, value) -> str:
         where = "--model.init_args.estimator.init_args" if self.target == "estimator" else "--model.init_args"
         return f"{where}.{self.name}={value}"
@@ -258,7 +264,7 @@ def _objective(spec: TuneSpec, run: Run, params: list[Param], out: Path, storage
         values = {p.name: p.suggest(trial) for p in params}
         trial.set_user_attr("worker", f"{socket.gethostname()}:{os.getpid()}")
         reporter = []
-        if spec.pruning:
+        if spec.pruning and not trial.user_attrs.get("default_point"):  # the reference point runs to the end
             reporter = ["--trainer.callbacks+=" + json.dumps(
                 {"class_path": "catvae.tune.TrialReporter",
                  "init_args": {"storage": storage, "study": study, "trial": trial.number,
@@ -334,10 +340,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         with children.watch:
             for run_, params in spec.studies:
-                study = optuna.create_study(
-                    study_name=f"{run_.setting}/{run_.label}", storage=storage, direction=spec.direction,
-                    load_if_exists=True, sampler=optuna.samplers.TPESampler(seed=_worker_seed(spec.sampler_seed)),
-                    pruner=optuna.pruners.MedianPruner(n_startup_trials=3) if spec.pruning else optuna.pruners.NopPruner())
+                study = _open_study(spec, f"{run_.setting}/{run_.label}", storage, run_, params)
                 _fail_dead_trials(study)
                 objective = _objective(spec, run_, params, out, storage_arg, children, threads, study)
                 while _counted(study, running=True) < spec.trials:
@@ -362,6 +365,25 @@ def run(args: argparse.Namespace) -> int:
     if args.confirm:
         return confirm(spec_path, spec, out, args)
     return 0
+
+
+def _open_study(spec: TuneSpec, name: str, storage, run: Run, params: list[Param]) -> optuna.Study:
+    """The study ``name``: created, with the default point (Table 5's values, :func:`_default_point`) queued as
+    its first trial when it lies in the space — its value, under the search's own seeds and budget and never
+    pruned, is what tune.md sets the best against — or loaded when another worker (or an earlier run) created it.
+    The storage creates a study once (a second creator gets ``DuplicatedStudyError``), so concurrent workers
+    queue the default point once."""
+    sampler = optuna.samplers.TPESampler(seed=_worker_seed(spec.sampler_seed))
+    pruner = optuna.pruners.MedianPruner(n_startup_trials=3) if spec.pruning else optuna.pruners.NopPruner()
+    try:
+        study = optuna.create_study(study_name=name, storage=storage, direction=spec.direction, sampler=sampler,
+                                    pruner=pruner)
+    except optuna.exceptions.DuplicatedStudyError:
+        return optuna.load_study(study_name=name, storage=storage, sampler=sampler, pruner=pruner)
+    point = _default_point(run, params)
+    if all(p.contains(point[p.name]) for p in params):
+        study.enqueue_trial(point, user_attrs={"default_point": True})
+    return study
 
 
 def _worker_seed(seed: int) -> int:
@@ -421,11 +443,14 @@ def report(spec: TuneSpec, storage, out: Path) -> None:
         study = optuna.load_study(study_name=name, storage=storage)
         states = [t.state for t in study.trials]
         best = _best(study)
+        default = next((t for t in study.trials if t.user_attrs.get("default_point")
+                        and t.state == optuna.trial.TrialState.COMPLETE), None)
         row = {"setting": run_.setting, "estimator": run_.label,
                "complete": states.count(optuna.trial.TrialState.COMPLETE),
                "pruned": states.count(optuna.trial.TrialState.PRUNED),
                "failed": states.count(optuna.trial.TrialState.FAIL),
                "default": _params(_default_point(run_, params)),
+               "default_value": default.value if default else None,
                "best": _params(best.params) if best else "", "best_value": best.value if best else None,
                "best_trial": best.number if best else None}
         rows.append(row)
@@ -442,12 +467,14 @@ def report(spec: TuneSpec, storage, out: Path) -> None:
         writer.writerows(rows)
     lines = [f"# catvae tune: {spec.metric.tag} ({spec.direction})", "",
              f"{spec.trials} trials per estimator, seeds {spec.seeds} per trial, "
-             f"{spec.studies[0][0].steps} steps. `default`: the values without tuning (Table 5's); `best`: the "
-             "best trial (its value is the search's own: re-run it with fresh seeds before comparing).", "",
-             "| setting | estimator | trials (complete/pruned/failed) | default | best | best value |",
-             "|---|---|---|---|---|---:|"]
+             f"{spec.studies[0][0].steps} steps. `default`: the values without tuning (Table 5's), run as a trial "
+             "of the study (its value: same seeds and budget as the search; — when outside the space or not run); "
+             "`best`: the best trial (its value is the search's own: re-run it with fresh seeds before comparing, "
+             "`--confirm`).", "",
+             "| setting | estimator | trials (complete/pruned/failed) | default | default value | best | best value |",
+             "|---|---|---|---|---:|---|---:|"]
     lines += [f"| {r['setting']} | {r['estimator']} | {r['complete']}/{r['pruned']}/{r['failed']} | {r['default']} | "
-              f"{r['best']} | {_fmt(r['best_value'])} |" for r in rows]
+              f"{_fmt(r['default_value'])} | {r['best']} | {_fmt(r['best_value'])} |" for r in rows]
     (out / "tune.md").write_text("\n".join(lines) + "\n")
     print(f"wrote {out / 'tune.md'}, {out / 'tune.csv'}, best configs in {out / 'best'}")
 

@@ -69,12 +69,17 @@ def test_a_tiny_study_runs_continues_and_its_best_config_trains(tmp_path, capsys
     done = [t for t in study.trials if t.state in (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)]
     assert len(done) == 3 and len({tuple(t.params.items()) for t in done}) == 3
     assert all(0.001 <= t.params["lr"] <= 0.3 and 0.5 <= t.params["tau"] <= 2.0 for t in done)
+    # trial 0 is the default point (Table 5's GMM lr, ST's τ), run to the end (never pruned): tune.md's reference
+    first = study.trials[0]
+    assert first.params == {"lr": 0.01, "tau": 1.0} and first.user_attrs["default_point"]
+    assert first.state == optuna.trial.TrialState.COMPLETE
+    assert sum(bool(t.user_attrs.get("default_point")) for t in study.trials) == 1
     best = yaml.safe_load((out / "best" / "k20" / "st.yaml").read_text())
     assert best["model"]["init_args"]["lr"] == pytest.approx(study.best_params["lr"])
     assert best["model"]["init_args"]["estimator"]["init_args"]["tau"] == pytest.approx(study.best_params["tau"])
     table = (out / "tune.md").read_text()
     assert all((out / f"{name}_k20_st.png").stat().st_size > 1000 for name in ("history", "slice", "importance"))
-    assert "| k20 | st |" in table and "lr=0.01" in table  # the default point (Table 5's GMM lr 0.01) next to the best
+    assert "| k20 | st |" in table and f"| lr=0.01 tau=1 | {first.value:.4g} |" in table, table  # the default point (Table 5's GMM lr 0.01) next to the best
     # every trial is an ordinary run with its parameters recorded
     hparams = yaml.safe_load(next((out / "trials" / "k20" / "st" / "trial0").rglob("hparams.yaml")).read_text())
     assert hparams["lr"] == pytest.approx(study.trials[0].params["lr"])
