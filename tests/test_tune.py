@@ -79,7 +79,7 @@ def test_a_tiny_study_runs_continues_and_its_best_config_trains(tmp_path, capsys
     assert best["model"]["init_args"]["estimator"]["init_args"]["tau"] == pytest.approx(study.best_params["tau"])
     table = (out / "tune.md").read_text()
     assert all((out / f"{name}_k20_st.png").stat().st_size > 1000 for name in ("history", "slice", "importance"))
-    assert "| k20 | st |" in table and f"| lr=0.01 tau=1 | {first.value:.4g} |" in table, table  # the default point (Table 5's GMM lr 0.01) next to the best
+    assert "| k20 | st |" in table and f"| lr=0.01 tau=1 | {first.value:.4g} |" in table, table
     # every trial is an ordinary run with its parameters recorded
     hparams = yaml.safe_load(next((out / "trials" / "k20" / "st" / "trial0").rglob("hparams.yaml")).read_text())
     assert hparams["lr"] == pytest.approx(study.trials[0].params["lr"])
