@@ -597,7 +597,8 @@ def write_confirm(spec: TuneSpec, rows: list[dict], out: Path) -> None:
 
 def _figures(study: optuna.Study, out: Path, stem: str, metric: str) -> None:
     """The study's optimization history, its values against each parameter and (two parameters or more) their
-    importances (matplotlib), when it has completed trials; log values when all are positive."""
+    importances (matplotlib), when it has completed trials; log values when they are positive and span more than
+    a decade."""
     import matplotlib  # deferred: 0.6-0.8 s of import at every start of catvae (as compare/report.py)
 
     matplotlib.use("Agg")
@@ -607,7 +608,8 @@ def _figures(study: optuna.Study, out: Path, stem: str, metric: str) -> None:
     complete = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
     if not complete:
         return
-    positive = all(t.value > 0 for t in complete)
+    values = [t.value for t in complete]
+    spans_decades = min(values) > 0 and max(values) > 10 * min(values)  # a log axis only then (readable ticks)
     plots = [("history", views.plot_optimization_history), ("slice", views.plot_slice)]
     if len(complete) >= 2 and len(complete[0].params) >= 2:  # one parameter: its importance is 1 by definition
         plots.append(("importance", views.plot_param_importances))
@@ -617,7 +619,7 @@ def _figures(study: optuna.Study, out: Path, stem: str, metric: str) -> None:
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
             axes = plot(study, target_name=metric)
             first = axes.flat[0] if hasattr(axes, "flat") else axes  # plot_slice: one panel per parameter
-            if name != "importance" and positive:  # values spanning decades (a diverging learning rate)
+            if name != "importance" and spans_decades:  # e.g. a learning rate that diverges
                 for ax in (axes.flat if hasattr(axes, "flat") else [axes]):
                     ax.set_yscale("log")
             first.figure.savefig(out / f"{name}_{stem}.png", dpi=110, bbox_inches="tight")
