@@ -339,7 +339,8 @@ def run(args: argparse.Namespace) -> int:
     previous = _install(children.stop)
     try:
         with children.watch:
-            for run_, params in spec.studies:
+            total, started, ran = len(spec.studies) * spec.trials, time.perf_counter(), 0
+            for index, (run_, params) in enumerate(spec.studies):
                 study = _open_study(spec, f"{run_.setting}/{run_.label}", storage, run_, params)
                 _fail_dead_trials(study)
                 objective = _objective(spec, run_, params, out, storage_arg, children, threads, study)
@@ -354,7 +355,9 @@ def run(args: argparse.Namespace) -> int:
                           f"{last.state.name.lower()}{' (' + why[0][:160] + ')' if why else ''} {_fmt(last.value)} "
                           f"{_params(last.params)} "
                           f"({time.perf_counter() - t0:.0f}s); best {_fmt(best.value if best else None)}"
-                          f"{' ' + _params(best.params) if best else ''}", flush=True)
+                          f"{' ' + _params(best.params) if best else ''} | "
+                          f"{_bar(index * spec.trials + min(_counted(study), spec.trials), total, started, ran := ran + 1)}",
+                          flush=True)
     except Interrupted:
         print("catvae tune: stopped; the stopped trial is failed and not counted: run the same command to go on",
               file=sys.stderr, flush=True)
@@ -392,6 +395,20 @@ def _worker_seed(seed: int) -> int:
     duplicates (seen: two workers, identical lr in trials 2 and 3). The trials' runs stay reproducible (each
     run's own seed); the sequence of proposed points is not."""
     return (seed * 1_000_003 + os.getpid()) % 2**32
+
+
+def _bar(done: int, total: int, started: float, ran: int, width: int = 20) -> str:
+    """The whole run's progress: a text bar over every study's trials (those of the studies before this one
+    count as done), and this worker's estimate of the time left (its own pace; other workers shorten it)."""
+    filled = round(width * done / total) if total else width
+    left = (time.perf_counter() - started) / ran * max(total - done, 0)
+    return f"all studies [{'#' * filled}{'.' * (width - filled)}] {done}/{total}, ETA {_duration(left)}"
+
+
+def _duration(seconds: float) -> str:
+    minutes, secs = divmod(int(seconds), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}h{minutes:02d}m" if hours else f"{minutes}m{secs:02d}s"
 
 
 def _best(study: optuna.Study):

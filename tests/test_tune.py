@@ -65,6 +65,7 @@ def test_a_tiny_study_runs_continues_and_its_best_config_trains(tmp_path, capsys
     assert main(["tune", spec, "--out", str(out), "--progress_every", "0"]) == 0
     printed = capsys.readouterr().out
     assert printed.count("k20/st trial") == 3 and "best" in printed
+    assert "all studies [#######.............] 1/3, ETA" in printed and "all studies [####################] 3/3" in printed
     study = optuna.load_study(study_name="k20/st", storage=_journal(out))
     done = [t for t in study.trials if t.state in (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)]
     assert len(done) == 3 and len({tuple(t.params.items()) for t in done}) == 3
