@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import csv
+import inspect
 import json
 
 import pytest
+import yaml
 from conftest import ROOT, needs_mnist
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
@@ -13,6 +15,7 @@ from catvae import CategoricalVAE
 from catvae.benchmarks.gmm import GMMTask
 from catvae.cli import main
 from catvae.compare import Run, load_spec, write_markdown
+from catvae.compare.execute import finished
 from catvae.compare.spec import Metric
 from estimators.base import ConfigError
 
@@ -186,16 +189,55 @@ def test_a_spec_can_start_from_a_base_spec(tmp_path):
         load_spec(tmp_path / "c.yaml")
 
 
-def test_a_run_is_keyed_by_its_config_contents_not_their_paths(tmp_path):
-    """A results folder still matches its spec from a clone or a worktree; an edited config is another run."""
+def test_a_run_is_keyed_by_the_values_its_configs_give_not_their_text(tmp_path):
+    """A results folder still matches its spec from a clone or a worktree, after a comment or a layout change,
+    and after a value moves from a config file to the class default it equals (configs de-duplicated); a
+    changed value, or a changed default, is another run."""
     spec = "steps: 5\nsettings: {{k20: {cfg}}}\nestimators: [st]\n"
     here = load_spec(_write(tmp_path / "a.yaml", spec.format(cfg=ROOT / "configs/gmm/k20.yaml")))[0]
     moved = tmp_path / "elsewhere" / "k20.yaml"
     moved.parent.mkdir()
-    moved.write_text((ROOT / "configs/gmm/k20.yaml").read_text())
+    text = (ROOT / "configs/gmm/k20.yaml").read_text()
+    moved.write_text("# a comment\n" + text.replace("  init_args:", "  init_args:  # edited\n", 1))
     assert load_spec(_write(tmp_path / "b.yaml", spec.format(cfg=moved)))[0].key() == here.key()
-    moved.write_text(moved.read_text() + "\n# edited\n")
-    assert load_spec(_write(tmp_path / "c.yaml", spec.format(cfg=moved)))[0].key() != here.key()
+    lr = inspect.signature(GMMTask).parameters["lr"].default
+    config = yaml.safe_load(text)
+    config["model"]["init_args"]["lr"] = lr  # as a file that states the default
+    moved.write_text(yaml.safe_dump(config))
+    stated = load_spec(_write(tmp_path / "c.yaml", spec.format(cfg=moved)))[0].key()
+    del config["model"]["init_args"]["lr"]  # as a file that leaves it to the class
+    moved.write_text(yaml.safe_dump(config))
+    assert load_spec(_write(tmp_path / "d.yaml", spec.format(cfg=moved)))[0].key() == stated
+    config["model"]["init_args"]["lr"] = lr * 3
+    moved.write_text(yaml.safe_dump(config))
+    assert load_spec(_write(tmp_path / "e.yaml", spec.format(cfg=moved)))[0].key() != stated
+
+
+def test_every_shipped_spec_gives_each_run_its_own_key():
+    """Two runs of one spec never share a key (estimators that build alike, e.g. ST and ReinMax at τ = 1, differ by
+    their name), nor a folder."""
+    for path in sorted(SPEC.glob("*.yaml")):
+        runs = load_spec(path)
+        assert len({r.key() for r in runs}) == len(runs), path.name
+        assert len({r.experiment for r in runs}) == len(runs), path.name
+
+
+def test_a_result_recorded_under_the_old_text_key_is_kept_and_rekeyed(tmp_path):
+    """A finished run whose result.json holds the key an older catvae wrote (the config files' text) is still
+    finished while the files are unchanged, and gets today's key; any other key is refused in one line."""
+    spec = _write(tmp_path / "s.yaml", f"steps: 5\nsettings: {{k20: {ROOT / 'configs/gmm/k20.yaml'}}}\nestimators: [st]\n")
+    run = load_spec(spec)[0]
+    out = tmp_path / "out"
+    run.folder(out).mkdir(parents=True)
+    marker = run.folder(out) / "result.json"
+    record = {"key": run.legacy_key(), "run_dir": "x", **{m.column: 1.0 for m in run.metrics},
+              "curves": {c.tag: [] for c in run.curves}}
+    marker.write_text(json.dumps(record))
+    assert finished(run, out)["key"] == run.key()
+    assert json.loads(marker.read_text())["key"] == run.key() != run.legacy_key()
+    marker.write_text(json.dumps({**record, "key": "0" * 16}))
+    with pytest.raises(ConfigError, match="made with other arguments"):
+        finished(run, out)
 
 
 def _write(path, text):

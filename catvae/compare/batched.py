@@ -256,17 +256,25 @@ def _representatives(runs: list[Run]) -> list[Run]:
     return [*chosen.values(), *([other_seed] if other_seed else [])]
 
 
-def group_key(runs: list[Run]) -> str:
-    return hashlib.sha1(json.dumps([r.key() for r in runs]).encode()).hexdigest()[:12]
+def group_key(runs: list[Run], legacy: bool = False) -> str:
+    keys = [r.legacy_key() if legacy else r.key() for r in runs]
+    return hashlib.sha1(json.dumps(keys).encode()).hexdigest()[:12]
 
 
 def group_folder(runs: list[Run], out: Path) -> Path:
-    return out / "groups" / runs[0].setting / f"{runs[0].label}-seed{runs[0].seed}-x{len(runs)}-{group_key(runs)}"
+    """The group's folder: named by its runs' keys, or by their keys of an older catvae (:meth:`Run.legacy_key`)
+    when only such a folder exists (a group started before the key changed resumes there)."""
+    base = out / "groups" / runs[0].setting
+    name = f"{runs[0].label}-seed{runs[0].seed}-x{len(runs)}-"
+    folder = base / (name + group_key(runs))
+    legacy = base / (name + group_key(runs, legacy=True))
+    return legacy if not folder.exists() and legacy.exists() else folder
 
 
 def payload(runs: list[Run], out: Path) -> str:
     """What the group's process needs (:func:`group_main`)."""
-    return json.dumps({"folder": str(group_folder(runs, out)), "key": group_key(runs),
+    folder = group_folder(runs, out)
+    return json.dumps({"folder": str(folder), "key": folder.name.rpartition("-")[2],
                        "fit": [r.train_args(out) for r in runs]})
 
 

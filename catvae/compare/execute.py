@@ -104,7 +104,7 @@ def execute(run: Run, out: Path, threads: int, children: _Children | None = None
     started = folder / "started.json"
     key = run.key()
     resume = False
-    if started.is_file() and json.loads(started.read_text()).get("key") == key:
+    if started.is_file() and json.loads(started.read_text()).get("key") in (key, run.legacy_key()):
         resume = any((v / "checkpoints" / "last.ckpt").is_file() for v in _versions(folder))
     started.write_text(json.dumps({"key": key}))
     fit = ["fit", *run.train_args(out), *(["--ckpt_path", "last"] if resume else [])]
@@ -193,6 +193,9 @@ def finished(run: Run, out: Path) -> dict | None:
     if not marker.is_file():
         return None
     done = json.loads(marker.read_text())
+    if done.get("key") != run.key() and done.get("key") == run.legacy_key():
+        done["key"] = run.key()  # recorded by an older catvae from the same files: record today's key
+        marker.write_text(json.dumps(done, indent=1))
     if done.get("key") != run.key():
         raise ConfigError(f"{marker} was made with other arguments (another spec, budget or --quick); "
                           "use another --out, or delete that run's folder to redo it")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import importlib
+import inspect
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,7 +17,7 @@ from estimators.base import ConfigError
 from ..runs import safe_name
 from ..tools import QUICK_STEPS
 
-__all__ = ["COMMON_ARGS", "QUICK_STEPS", "Curve", "Metric", "Run", "load_spec", "read_spec", "task_class", "task_defaults"]
+__all__ = ["COMMON_ARGS", "QUICK_STEPS", "Curve", "Metric", "Run", "load_spec", "merge_config", "read_spec", "task_class", "task_defaults"]
 
 #: arguments every run gets (quiet logs in files).
 COMMON_ARGS = ["--trainer.enable_model_summary=false"]
@@ -93,10 +94,45 @@ class Run:
         """``catvae test`` of this run's last checkpoint."""
         return ["test", *self.cli_args(out), "--ckpt_path", "last"]
 
+    def explicit_config(self) -> dict:
+        """What the run's config files set, merged in order (the setting's files, then the estimator's): the
+        values as YAML reads them, so comments, layout and which file holds a value do not count."""
+        merged: dict = {}
+        for path in (*self.configs, *([self.estimator_config] if self.estimator_config else [])):
+            merged = merge_config(merged, yaml.safe_load(Path(path).read_text()) or {})
+        return merged
+
+    def resolved_config(self) -> dict:
+        """:meth:`explicit_config` with the model's and data module's arguments completed by their classes'
+        defaults (plain values only: numbers, strings, lists of them), the classes named by where they are
+        defined (an alias path is the same class), and the estimator as it is built (every hyperparameter, its
+        defaults too): a value moved from a config file to a class default, or back, is the same run."""
+        resolved = self.explicit_config()
+        for section in ("model", "data"):
+            spec = resolved.get(section)
+            cls = _class(spec.get("class_path")) if isinstance(spec, dict) else None
+            if cls is None:
+                continue
+            init = {n: p.default for n, p in inspect.signature(cls).parameters.items() if _plain(p.default)}
+            init.update(spec.get("init_args") or {})
+            resolved[section] = {**spec, "class_path": f"{cls.__module__}.{cls.__qualname__}", "init_args": init}
+        model = resolved.get("model")
+        if isinstance(model, dict) and isinstance(model.get("init_args"), dict):
+            model["init_args"].pop("estimator", None)
+        resolved["estimator"] = {"name": self.name, **estimators.build(self.name, **self.init_args).hparams()}
+        return resolved
+
     def key(self) -> str:
-        """What the run's result depends on: a changed spec, budget or config file is another run. Config files
-        count by their contents, not their paths, so a results folder still matches after the repository moves
-        (a clone, a worktree)."""
+        """What the run's result depends on: a changed spec, budget, argument, config value or class default is
+        another run. The config files count by the values they give (:meth:`resolved_config`), not their paths,
+        text or which file holds a value, so a results folder still matches after the repository moves (a
+        clone, a worktree) or its configs are reorganised."""
+        return _digest([self.resolved_config(), self.seed, self.steps, self.args])
+
+    def legacy_key(self) -> str:
+        """The key catvae wrote until 2026-12-03: the config files' text. A finished run recorded under it
+        is this run while the files are unchanged (:func:`catvae.compare.execute.finished` then records the
+        new key)."""
         estimator_file = Path(self.estimator_config).read_text() if self.estimator_config else None
         configs = [Path(c).read_text() for c in self.configs]
         blob = json.dumps([configs, self.name, self.init_args, estimator_file, self.seed, self.steps, self.args],
@@ -105,6 +141,52 @@ class Run:
 
     def params(self) -> str:
         return " ".join(f"{k}={v}" for k, v in self.init_args.items())
+
+
+def _plain(value) -> bool:
+    """A default that a config file could spell: ``None``, a bool, number or string, or a list/tuple of them."""
+    if isinstance(value, (list, tuple)):
+        return all(_plain(v) for v in value)
+    return value is None or isinstance(value, (bool, int, float, str))
+
+
+def _digest(value) -> str:
+    """A short hash of a JSON-able value, numbers as floats (``2`` in a file and ``2.0`` as a default agree),
+    tuples as lists."""
+    def norm(v):
+        if isinstance(v, dict):
+            return {str(k): norm(x) for k, x in v.items()}
+        if isinstance(v, (list, tuple)):
+            return [norm(x) for x in v]
+        if isinstance(v, (int, float)) and not isinstance(v, bool):
+            return float(v)
+        return v
+    return hashlib.sha1(json.dumps(norm(value), sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _class(class_path) -> type | None:
+    """The class a config's ``class_path`` names (a bare name is looked up in :mod:`catvae`), or ``None``."""
+    if not isinstance(class_path, str):
+        return None
+    module, _, name = class_path.rpartition(".")
+    try:
+        cls = getattr(importlib.import_module(module or "catvae"), name)
+    except (ImportError, AttributeError):
+        return None
+    return cls if isinstance(cls, type) else None
+
+
+def merge_config(base: dict, over: dict) -> dict:
+    """``over``'s values on ``base``'s, mappings merged key by key (a later ``--config`` file, as LightningCLI
+    applies it); a section whose ``class_path`` names another class starts afresh."""
+    out = dict(base)
+    for k, v in over.items():
+        old = out.get(k)
+        if isinstance(v, dict) and isinstance(old, dict) and v.get("class_path", old.get("class_path")) == old.get("class_path"):
+            out[k] = merge_config(old, v)
+        else:
+            out[k] = v
+    return out
 
 
 def _resolve_config(path: str, spec_dir: Path) -> str:
@@ -209,13 +291,7 @@ def task_class(configs: list[str]) -> type | None:
             continue  # the run reports the unreadable file itself
         if isinstance(model, dict) and isinstance(model.get("class_path"), str):
             class_path = model["class_path"]
-    if not class_path:
-        return None
-    module, _, name = class_path.rpartition(".")
-    try:
-        return getattr(importlib.import_module(module or "catvae"), name)
-    except (ImportError, AttributeError):
-        return None
+    return _class(class_path) if class_path else None
 
 
 def _report(spec: dict, path: Path) -> dict:
