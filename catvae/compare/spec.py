@@ -17,7 +17,8 @@ from estimators.base import ConfigError
 from ..runs import safe_name
 from ..tools import QUICK_STEPS
 
-__all__ = ["COMMON_ARGS", "QUICK_STEPS", "Curve", "Metric", "Run", "load_spec", "merge_config", "read_spec", "task_class", "task_defaults"]
+__all__ = ["COMMON_ARGS", "QUICK_STEPS", "Curve", "Metric", "Run", "load_spec", "merge_config", "read_spec", "task_class",
+           "task_defaults"]
 
 #: arguments every run gets (quiet logs in files).
 COMMON_ARGS = ["--trainer.enable_model_summary=false"]
