@@ -202,7 +202,7 @@ def test_a_run_is_keyed_by_the_values_its_configs_give_not_their_text(tmp_path):
     assert load_spec(_write(tmp_path / "b.yaml", spec.format(cfg=moved)))[0].key() == here.key()
     lr = inspect.signature(GMMTask).parameters["lr"].default
     config = yaml.safe_load(text)
-    config["model"]["init_args"]["lr"] = lr  # as a file that states the default
+    config["model"].setdefault("init_args", {})["lr"] = lr  # as a file that states the default
     moved.write_text(yaml.safe_dump(config))
     stated = load_spec(_write(tmp_path / "c.yaml", spec.format(cfg=moved)))[0].key()
     del config["model"]["init_args"]["lr"]  # as a file that leaves it to the class

@@ -3,6 +3,7 @@ parser, and short runs through Lightning and the ``catvae`` CLI."""
 
 from __future__ import annotations
 
+import inspect
 import itertools
 import json
 import math
@@ -342,6 +343,8 @@ PAPER = ROOT.parent / "shared" / "paper" / "redge.txt"
 COLUMNS = ["redge", "redge_max", "redge_cov", "gumbel", "st", "reinmax"]  # Table 5's sampler columns
 BEYOND = ("redge_max_cov", "gumbel_rao")  # estimators with config files that Table 5 does not list
 ROWS = {b.table5: b.configs for b in BENCHMARKS.values()}  # Table 5's row title: the benchmark's config folder
+#: arguments that name a setting (its file says them even where they equal a default: l48_k2 is L = 48, K = 2)
+SETTING_KEYS = {"latent_dim", "n_categories", "p", "n_components", "n_puzzles", "n_clues"}
 
 
 def _paper_table5() -> tuple[dict, dict]:
@@ -387,10 +390,18 @@ def test_configs_give_the_hyperparameters_of_table5(bench):
         expected = {**paper, "t_1": paper.get("t_1", 1 / (paper["n_steps"] - 1))} if "n_steps" in paper else paper
         assert {k: est.hparams()[k] for k in expected} == pytest.approx(expected), (bench, name)
     (benchmark,) = [b for b in BENCHMARKS.values() if b.configs == bench]
+    # Table 5's learning rate is the task's default, and no setting restates it (nor any other default)
+    assert inspect.signature(benchmark.task_class).parameters["lr"].default == rates[bench]
     for path in benchmark.settings():
-        model = yaml.safe_load(path.read_text()).get("model") or {}
-        if "class_path" in model:  # a setting (linear.yaml is an add-on to one)
-            assert model["init_args"]["lr"] == rates[bench], path.stem
+        config = yaml.safe_load(path.read_text())
+        for section in ("model", "data"):
+            spec = config.get(section) or {}
+            cls = benchmark.task_class if section == "model" else benchmark.data_class
+            if spec.get("class_path"):  # a setting (linear.yaml is an add-on to one)
+                defaults = {n: p.default for n, p in inspect.signature(cls).parameters.items()}
+                restated = {k for k, v in (spec.get("init_args") or {}).items()
+                            if k in defaults and v == defaults[k] and k not in SETTING_KEYS}
+                assert not restated, (path.stem, section, restated)
     own = {p.stem for p in (ROOT / "configs" / bench / "estimators").glob("*.yaml")}
     for name in own:  # a benchmark's own file exists only where its column differs from the VAE column
         assert name in BEYOND or params[(bench, name)] != params[("mnist", name)], (bench, name)
