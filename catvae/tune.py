@@ -36,6 +36,7 @@ import inspect
 import json
 import math
 import os
+import random
 import socket
 import sys
 import time
@@ -43,6 +44,7 @@ import warnings
 from pathlib import Path
 
 import optuna
+import sqlalchemy.exc
 import yaml
 from lightning.pytorch.callbacks import Callback
 from optuna.storages.journal import JournalFileBackend
@@ -192,12 +194,20 @@ def storage_of(url: str | None, out: Path):
     """The study storage: ``url`` (an RDB URL, with a heartbeat so that the trials of a dead worker are failed),
     else a journal file in ``out`` (shared safely by the processes of one machine)."""
     if url:
-        try:
-            with warnings.catch_warnings():  # Optuna marks the heartbeat experimental (its API may change)
-                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-                return optuna.storages.RDBStorage(url, heartbeat_interval=60, grace_period=180)
-        except Exception as err:  # a bad URL, an unreachable server, a missing driver
-            raise ConfigError(f"--storage {url}: {' '.join(str(err).split())[:200]}") from None
+        for attempt in range(5):
+            try:
+                with warnings.catch_warnings():  # Optuna marks the heartbeat experimental (its API may change)
+                    warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                    return optuna.storages.RDBStorage(url, heartbeat_interval=60, grace_period=180)
+            except sqlalchemy.exc.IntegrityError:
+                # Two workers opening a fresh database both create Optuna's tables and version row; the second
+                # gets a unique violation (seen in CI, PostgreSQL). Once the first has committed, opening works.
+                if attempt == 4:
+                    raise ConfigError(f"--storage {url}: could not create Optuna's tables (another worker kept "
+                                      "creating them); run the command again") from None
+                time.sleep(0.2 + random.random())
+            except Exception as err:  # a bad URL, an unreachable server, a missing driver
+                raise ConfigError(f"--storage {url}: {' '.join(str(err).split())[:200]}") from None
     return optuna.storages.JournalStorage(JournalFileBackend(str(out / "study.journal")))
 
 

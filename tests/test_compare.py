@@ -60,7 +60,7 @@ VAE_METRICS = tuple(Metric(m["column"], m["tag"], m["header"], m.get("lower", Tr
 
 
 def test_markdown_bolds_the_best_mean_over_seeds(tmp_path):
-    runs = [Run("s", [], lab, lab, {}, seed, 10, metrics=VAE_METRICS) for lab in ("a", "b") for seed in (0, 1)]
+    runs = [Run("s", [], lab, "st", {}, seed, 10, metrics=VAE_METRICS) for lab in ("a", "b") for seed in (0, 1)]
     res = [{"estimator": r.label, "setting": "s", "seed": r.seed, "train_loss": v, "train_nelbo_exact": v + 1,
             "test_nelbo": v + 2, "test_log_likelihood": -v, "epoch_s": 1.0, "ms_per_step": 10.0}
            for r, v in zip(runs, (100.0, 102.0, 90.0, 91.0))]

@@ -93,11 +93,11 @@ def test_watch_shows_the_newest_line_of_each_log_once(tmp_path):
 @needs_mnist
 @pytest.mark.slow
 def test_a_batched_group_logs_progress_while_it_trains_and_the_sweep_shows_it(tmp_path, capsys):
-    """A group of two small runs (40 steps) with a 0.2 s interval: its log.txt holds progress lines at steps
-    before the end (written while it trained), with the group's loss range; the sweep printed them as they came,
+    """A group of two small runs (120 steps) with a 0.05 s interval: its log.txt holds progress lines at steps
+    before the end (written while it trained; CI saw 138 steps/s, so 40 steps at 0.2 s gave only one), with the group's loss range; the sweep printed them as they came,
     under the group's name."""
     spec = tmp_path / "tiny.yaml"
-    spec.write_text(f"""steps: 40
+    spec.write_text(f"""steps: 120
 seeds: [0]
 settings: {{tiny: {ROOT / 'configs/mnist/l48_k2.yaml'}}}
 estimators: [{{name: st}}, {{name: gumbel}}]
@@ -106,10 +106,10 @@ args: ["--model.init_args.encoder_hidden=[64]", "--model.init_args.decoder_hidde
        --trainer.limit_test_batches=1, --model.n_importance_samples=2]
 """)
     out = tmp_path / "out"
-    assert main(["compare", str(spec), "--out", str(out), "--batched", "--progress_every", "0.2"]) == 0
+    assert main(["compare", str(spec), "--out", str(out), "--batched", "--progress_every", "0.05"]) == 0
     log = next((out / "groups" / "tiny").glob("*/log.txt")).read_text()
     steps = [int(m.group(1)) for m in map(STEP.match, progress_lines(log)) if m]
-    assert steps[0] == 0 and steps[-1] == 40 and len([s for s in steps if 0 < s < 40]) >= 2
+    assert steps[0] == 0 and steps[-1] == 120 and len([s for s in steps if 0 < s < 120]) >= 2
     assert steps == sorted(steps)
     assert "train/loss_epoch_min" in progress_lines(log)[-2]
     printed = capsys.readouterr()

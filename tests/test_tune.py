@@ -230,5 +230,11 @@ def test_two_workers_share_one_postgresql_study(tmp_path, postgres_url):
     counted = [t for t in study.trials if t.state in (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)]
     assert len(numbers) == len(set(numbers)) and len(counted) in (4, 5), [(t.number, t.state) for t in study.trials]
     assert sum("k20/st trial" in log for log in logs) == 2  # both workers ran trials
+    # A worker reports the trials finished when it stops (the other may still finish a better one); the same
+    # command on the complete study runs no trial and rewrites the report from all of them.
+    again = subprocess.run([sys.executable, "-m", "catvae", "tune", spec, "--storage", postgres_url, "--out",
+                            str(tmp_path / "worker0"), "--progress_every", "0"], cwd=ROOT, capture_output=True,
+                           text=True, timeout=600)
+    assert again.returncode == 0 and "k20/st trial" not in again.stdout, again.stdout + again.stderr
     best = yaml.safe_load((tmp_path / "worker0" / "best" / "k20" / "st.yaml").read_text())
     assert best["model"]["init_args"]["lr"] == pytest.approx(study.best_params["lr"])
