@@ -6,7 +6,6 @@ from __future__ import annotations
 import contextlib
 import functools
 import importlib
-import inspect
 import io
 import math
 from collections.abc import Callable
@@ -28,7 +27,7 @@ from callbacks.compat import (
 )
 from estimators import CategoricalEstimator
 from estimators.base import ConfigError
-from estimators.constraints import validate
+from estimators.constraints import CheckedInit
 from estimators.rng import seeded
 
 from .errors import TrainingDiverged
@@ -112,7 +111,7 @@ def _describe(spec):
     return repr(spec)
 
 
-class EstimatorTask(LoggedHParams, L.LightningModule):
+class EstimatorTask(CheckedInit, LoggedHParams, L.LightningModule):
     """Base LightningModule of every task: holds the gradient estimator (a constructor argument).
 
     * The estimator is a module attribute; the task never branches on its name.
@@ -195,16 +194,12 @@ class EstimatorTask(LoggedHParams, L.LightningModule):
         The flags of the optimizer built here win over the file's (a load-state-dict pre-hook)."""
         return adam(self.parameters(), self.hparams.lr, self.device, capturable)
 
-    def save_task_hyperparameters(self) -> None:
-        """Check the calling ``__init__``'s arguments against the class's :attr:`arg_constraints` (a
-        :class:`ConfigError` naming the first bad one), then ``save_hyperparameters`` them, with the estimator
-        recorded by name and hyperparameters (TensorBoard's hparams, ``hparams.yaml``) instead of as a module, and
-        the optimizer and scheduler as plain data."""
-        frame = inspect.currentframe().f_back
-        validate(type(self).arg_constraints, frame.f_locals)
-        self.save_hyperparameters(ignore=["estimator"], frame=frame)
-        # a second call, so that hparams_initial (what the loggers write) has them too; LightningCLI gives the
-        # optimizer and scheduler as their config ({class_path, init_args}), a Python caller as callables
+    def record_estimator(self) -> None:
+        """After ``self.save_hyperparameters(ignore=["estimator"])`` in a task's ``__init__``: record the estimator
+        by name and hyperparameters (TensorBoard's hparams, ``hparams.yaml``) instead of as a module, and the
+        optimizer and scheduler as plain data, also in ``hparams_initial`` (what the loggers write). LightningCLI
+        gives the optimizer and scheduler as their config ({class_path, init_args}), a Python caller as
+        callables. The constructor's arguments were checked before ``__init__`` ran (:class:`CheckedInit`)."""
         self.save_hyperparameters({"estimator": {"name": self.estimator.name, **self.estimator.hparams()},
                                    **{k: _describe(self.hparams.get(k)) for k in ("optimizer", "lr_scheduler")}})
 

@@ -11,13 +11,14 @@ and the CLI raise the same type.
 
 from __future__ import annotations
 
+import inspect
 import math
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, ClassVar
 
 __all__ = [
-    "ConfigError", "Constraint", "boolean", "integer", "interval", "is_int", "is_real", "nonnegative", "one_of",
-    "one_or_list", "optional", "positive", "real", "sizes", "text", "unit_interval", "validate",
+    "CheckedInit", "ConfigError", "Constraint", "boolean", "integer", "interval", "is_int", "is_real", "nonnegative",
+    "one_of", "one_or_list", "optional", "positive", "real", "sizes", "text", "unit_interval", "validate",
 ]
 
 
@@ -202,3 +203,22 @@ text = _Text()
 def validate(constraints: Mapping[str, Constraint], values: Mapping[str, Any]) -> dict[str, Any]:
     """Check every argument that has a constraint; the normalized values (``int`` → ``float`` for numbers)."""
     return {name: rule(name, values[name]) for name, rule in constraints.items() if name in values}
+
+
+class CheckedInit:
+    """A class whose constructor arguments are checked against its :attr:`arg_constraints` before any
+    ``__init__`` runs (in ``__new__``, against the signature of the class's ``__init__``): a subclass declares
+    its rules and calls nothing, and a :class:`ConfigError` names the first bad argument. ``__init__`` itself
+    is left as written, so its signature is what LightningCLI, ``--help`` and ``load_from_checkpoint`` read."""
+
+    #: what each constructor argument accepts; a subclass extends its parent's (``{**Parent.arg_constraints, ...}``).
+    arg_constraints: ClassVar[dict] = {}
+
+    def __new__(cls, *args, **kwargs):
+        try:
+            bound = inspect.signature(cls.__init__).bind(None, *args, **kwargs)
+        except TypeError:
+            pass  # a wrong call (or copy/pickle's bare __new__): Python's own error comes from __init__
+        else:
+            validate(cls.arg_constraints, bound.arguments)
+        return super().__new__(cls)

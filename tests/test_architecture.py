@@ -117,3 +117,43 @@ def test_config_error_has_one_import_path():
                 if module not in ("estimators.base", ".base"):
                     others.append(f"{path.relative_to(ROOT)}:{node.lineno}: from {module}")
     assert not others, "import ConfigError from estimators.base:\n" + "\n".join(others)
+
+
+def test_argument_checks_are_declared_not_read_from_the_callers_frame():
+    """One mechanism for constructor checks: a class declares ``arg_constraints`` and
+    ``estimators.constraints.CheckedInit`` checks them before ``__init__`` runs; nothing reads a caller's stack
+    frame (``inspect.currentframe``, ``f_back``, ``f_locals``) to find the arguments."""
+    found = []
+    for path in sorted(p for d in PACKAGES for p in (ROOT / d).rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Attribute) and node.attr in ("currentframe", "f_back", "f_locals"):
+                found.append(f"{path.relative_to(ROOT)}:{node.lineno}: .{node.attr}")
+    assert not found, found
+
+
+def test_every_task_and_data_module_checks_its_arguments_before_init(monkeypatch):
+    """Each registered benchmark's task and DataModule is a ``CheckedInit``: every declared argument, given a value
+    no rule accepts, is a ``ConfigError`` naming it, raised before the class's own ``__init__`` body runs; the
+    signature LightningCLI reads is the class's own."""
+    import inspect
+
+    import pytest
+
+    import estimators
+    from catvae.benchmarks import BENCHMARKS
+    from estimators.base import ConfigError
+    from estimators.constraints import CheckedInit
+
+    classes = [c for b in BENCHMARKS.values() for c in (b.task_class, b.data_class)]
+    assert len(classes) == 2 * len(BENCHMARKS) and all(issubclass(c, CheckedInit) for c in classes), classes
+    for cls in classes:
+        parameters = inspect.signature(cls.__init__).parameters
+        assert cls.arg_constraints and set(cls.arg_constraints) <= set(parameters), cls
+        required = {"estimator": estimators.build("st")} if "estimator" in parameters else {}
+        body_ran = []
+        monkeypatch.setattr(CheckedInit, "__setattr__", lambda self, *a: body_ran.append(a), raising=False)
+        for name in cls.arg_constraints:
+            with pytest.raises(ConfigError, match=name):
+                cls(**{**required, name: object()})
+        monkeypatch.undo()
+        assert not body_ran, (cls, body_ran[:3])

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import inspect
 from pathlib import Path
 
 import lightning as L
 import torch
 
-from estimators.constraints import integer, validate
+from estimators.constraints import CheckedInit, integer
 
 from ..loggers import LoggedHParams
 from .loader import TensorBatches
@@ -16,7 +15,7 @@ from .loader import TensorBatches
 __all__ = ["StepsDataModule"]
 
 
-class StepsDataModule(LoggedHParams, L.LightningDataModule):
+class StepsDataModule(CheckedInit, LoggedHParams, L.LightningDataModule):
     """A benchmark's problem instance (``problem()``), driven by steps instead of a dataset.
 
     Each training batch is a dummy (the step index); one "epoch" is ``steps_per_epoch`` optimizer steps
@@ -40,16 +39,8 @@ class StepsDataModule(LoggedHParams, L.LightningDataModule):
 
     def __init__(self, steps_per_epoch: int = 100) -> None:
         super().__init__()
-        validate(StepsDataModule.arg_constraints, {"steps_per_epoch": steps_per_epoch})
         self.steps_per_epoch = steps_per_epoch
         self._problem = None
-
-    def save_arguments(self) -> None:
-        """Check the calling ``__init__``'s arguments against :attr:`arg_constraints`, then save them as the
-        hyperparameters (what the run's ``hparams.yaml`` records)."""
-        frame = inspect.currentframe().f_back
-        validate(type(self).arg_constraints, frame.f_locals)
-        self.save_hyperparameters(frame=frame)
 
     def source_name(self, prefix: str, generated: str) -> str:
         """``<prefix>_<file stem>`` for a problem read from ``hparams.source``, else ``<prefix>_<generated>``."""

@@ -82,7 +82,7 @@ class GMMDataModule(StepsDataModule):
                  sigma_y: float = 2.0, data_seed: int = 0, source: str | None = None,
                  steps_per_epoch: int = 100) -> None:
         super().__init__(steps_per_epoch)
-        self.save_arguments()
+        self.save_hyperparameters()
 
     @property
     def run_name(self) -> str:

@@ -105,7 +105,8 @@ class GMMTask(BenchmarkTask):
         lr_scheduler: SchedulerSpec = None,
     ) -> None:
         super().__init__(estimator, optimizer, lr_scheduler)
-        self.save_task_hyperparameters()  # checks arg_constraints
+        self.save_hyperparameters(ignore=["estimator"])
+        self.record_estimator()
         self.declare("theta", "means")
         self.register_buffer("_window", torch.zeros(window))  # the paper's window; the base's is 100 steps
 

@@ -34,7 +34,7 @@ class PolynomialDataModule(StepsDataModule):
 
     def __init__(self, length: int = 128, c: float = 0.45, steps_per_epoch: int = 100) -> None:
         super().__init__(steps_per_epoch)
-        self.save_arguments()
+        self.save_hyperparameters()
         self.length, self.c = length, float(c)
 
     def make_problem(self) -> PolynomialProblem:

@@ -71,7 +71,8 @@ class PolynomialTask(BenchmarkTask):
         lr_scheduler: SchedulerSpec = None,
     ) -> None:
         super().__init__(estimator, optimizer, lr_scheduler)
-        self.save_task_hyperparameters()  # checks arg_constraints
+        self.save_hyperparameters(ignore=["estimator"])
+        self.record_estimator()
         self.p = float(p)
         self.declare("theta")
 

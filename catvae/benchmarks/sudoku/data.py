@@ -282,7 +282,7 @@ class SudokuDataModule(StepsDataModule):
                  n_clues: int | list[int] = 30,
                  generator_seed: int = 0, steps_per_epoch: int = 100) -> None:
         super().__init__(steps_per_epoch)
-        self.save_arguments()
+        self.save_hyperparameters()
 
     @property
     def run_name(self) -> str:

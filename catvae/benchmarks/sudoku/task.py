@@ -75,7 +75,8 @@ class SudokuTask(BenchmarkTask):
         lr_scheduler: SchedulerSpec = None,
     ) -> None:
         super().__init__(estimator, optimizer, lr_scheduler)
-        self.save_task_hyperparameters()  # checks arg_constraints
+        self.save_hyperparameters(ignore=["estimator"])
+        self.record_estimator()
         self.register_buffer("groups", membership(), persistent=False)
         # per puzzle: the last training sample was a valid grid (checkpointed: a resumed or tested run keeps it)
         self.declare("theta", buffers=("last_sample_valid",))

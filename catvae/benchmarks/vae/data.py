@@ -13,7 +13,7 @@ from torch import Tensor
 from torchvision.datasets import KMNIST, MNIST, FashionMNIST
 
 from estimators.base import ConfigError
-from estimators.constraints import boolean, integer, one_of, optional, text, validate
+from estimators.constraints import CheckedInit, boolean, integer, one_of, optional, text, validate
 
 from ...data.loader import TensorBatches
 from ...data.paths import resolve_data_dir
@@ -79,7 +79,7 @@ def _bernoulli(batch: Tensor, gen: torch.Generator) -> Tensor:
     return (torch.rand(batch.shape, generator=gen, device=batch.device) < batch).to(batch.dtype)
 
 
-class MNISTDataModule(LoggedHParams, L.LightningDataModule):
+class MNISTDataModule(CheckedInit, LoggedHParams, L.LightningDataModule):
     """MNIST (or an MNIST-format dataset) for the categorical VAE, with the whole dataset resident on the
     training device.
 
@@ -124,7 +124,6 @@ class MNISTDataModule(LoggedHParams, L.LightningDataModule):
         dataset: str = "mnist",
     ) -> None:
         super().__init__()
-        validate(self.arg_constraints, locals())
         validate({"train_subset": optional(integer(1, SIZES[True] - val_size))}, {"train_subset": train_subset})
         if train_subset is not None and train_subset < batch_size:
             raise ConfigError(f"train_subset ({train_subset}) is smaller than batch_size ({batch_size}): not one full "

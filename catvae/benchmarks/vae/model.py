@@ -299,7 +299,8 @@ class CategoricalVAE(VAEMath, EstimatorTask):
         lr_scheduler: SchedulerSpec = None,
     ) -> None:
         super().__init__(estimator, optimizer, lr_scheduler)
-        self.save_task_hyperparameters()  # checks arg_constraints
+        self.save_hyperparameters(ignore=["estimator"])
+        self.record_estimator()
         self.latent_dim, self.n_categories = latent_dim, n_categories
         self.n_importance_samples, self.importance_chunk = n_importance_samples, importance_chunk
         self.image_shape = _image_shape(image_shape, image_size)
