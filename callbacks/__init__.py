@@ -1,5 +1,5 @@
-"""Lightning callbacks for catvae: checkpoints of a run, interrupts, progress lines, timing, hyperparameters, images,
-diagnostics, schedules."""
+"""Lightning callbacks for catvae: checkpoints of a run, interrupts, progress lines, timing, hyperparameters,
+diagnostics, schedules: each works on any task (or names in its docstring the protocol it needs)."""
 
 __distribution__ = "catvae"  # checked by catvae.layout: this top-level package is catvae's
 
@@ -7,11 +7,10 @@ from .checkpoint import RunCheckpoint
 from .diagnostics import GradientDiagnostics
 from .durable import CommitCheckpoints, DurableCheckpointIO
 from .hparams import HParamsSummary
-from .images import ImageLogger
 from .interrupt import CheckpointOnInterrupt
 from .progress import ProgressLines
 from .schedule import EstimatorSchedule
 from .timing import Throughput
 
 __all__ = ["CheckpointOnInterrupt", "CommitCheckpoints", "DurableCheckpointIO", "EstimatorSchedule", "GradientDiagnostics",
-           "HParamsSummary", "ImageLogger", "ProgressLines", "RunCheckpoint", "Throughput"]
+           "HParamsSummary", "ProgressLines", "RunCheckpoint", "Throughput"]

@@ -18,6 +18,7 @@ _EXPORTS = {
     "PolynomialTask": "benchmarks.polynomial", "PolynomialDataModule": "benchmarks.polynomial",
     "SudokuTask": "benchmarks.sudoku", "SudokuDataModule": "benchmarks.sudoku",
     "CategoricalVAE": "benchmarks.vae", "MNISTDataModule": "benchmarks.vae", "StackedVAE": "benchmarks.vae",
+    "ImageLogger": "benchmarks.vae",
 }
 
 __all__ = sorted(_EXPORTS)

@@ -119,6 +119,33 @@ def test_config_error_has_one_import_path():
     assert not others, "import ConfigError from estimators.base:\n" + "\n".join(others)
 
 
+def test_models_import_nothing_from_callbacks():
+    """The benchmarks' models, tasks and data (``catvae/benchmarks/``) and the task base (``catvae/core.py``, but for
+    the compat accessors) do not import ``callbacks/``: a callback is wired by a config or the CLI, and what one
+    benchmark needs alone (the VAE's image grids) lives in its package."""
+    modules, graph = _graph()
+    found = [(m, t, line) for m, edges in graph.items() if m.startswith("catvae.benchmarks") or m == "catvae.core"
+             for t, line, _ in edges if t.startswith("callbacks") and not (m == "catvae.core" and t == "callbacks.compat")]
+    assert not found, found
+
+
+def test_benchmark_lists_come_from_the_registry():
+    """No list, tuple or set literal in the project or its tests names two benchmarks: the tools and tests read
+    ``catvae.benchmarks.BENCHMARKS``, so a new benchmark is picked up everywhere by its registry entry."""
+    from catvae.benchmarks import BENCHMARKS
+
+    names = set(BENCHMARKS) | {b.configs for b in BENCHMARKS.values()}
+    exempt = ROOT / "catvae" / "benchmarks" / "__init__.py"
+    found = []
+    for path in sorted(p for d in (*PACKAGES, "tests") for p in (ROOT / d).rglob("*.py") if p != exempt):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, (ast.List, ast.Tuple, ast.Set)):
+                named = {e.value for e in node.elts if isinstance(e, ast.Constant)} & names
+                if len(named) >= 2:
+                    found.append(f"{path.relative_to(ROOT)}:{node.lineno}: {sorted(named)}")
+    assert not found, found
+
+
 def test_argument_checks_are_declared_not_read_from_the_callers_frame():
     """One mechanism for constructor checks: a class declares ``arg_constraints`` and
     ``estimators.constraints.CheckedInit`` checks them before ``__init__`` runs; nothing reads a caller's stack
@@ -145,15 +172,16 @@ def test_every_task_and_data_module_checks_its_arguments_before_init(monkeypatch
     from estimators.constraints import CheckedInit
 
     classes = [c for b in BENCHMARKS.values() for c in (b.task_class, b.data_class)]
+    body_ran = []
     assert len(classes) == 2 * len(BENCHMARKS) and all(issubclass(c, CheckedInit) for c in classes), classes
     for cls in classes:
         parameters = inspect.signature(cls.__init__).parameters
         assert cls.arg_constraints and set(cls.arg_constraints) <= set(parameters), cls
         required = {"estimator": estimators.build("st")} if "estimator" in parameters else {}
-        body_ran = []
-        monkeypatch.setattr(CheckedInit, "__setattr__", lambda self, *a: body_ran.append(a), raising=False)
+        monkeypatch.setattr(CheckedInit, "__setattr__", lambda self, *a, cls=cls: body_ran.append((cls, a)),
+                            raising=False)
         for name in cls.arg_constraints:
             with pytest.raises(ConfigError, match=name):
                 cls(**{**required, name: object()})
         monkeypatch.undo()
-        assert not body_ran, (cls, body_ran[:3])
+    assert not body_ran, body_ran[:3]

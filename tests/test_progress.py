@@ -94,8 +94,8 @@ def test_watch_shows_the_newest_line_of_each_log_once(tmp_path):
 @pytest.mark.slow
 def test_a_batched_group_logs_progress_while_it_trains_and_the_sweep_shows_it(tmp_path, capsys):
     """A group of two small runs (120 steps) with a 0.05 s interval: its log.txt holds progress lines at steps
-    before the end (written while it trained; CI saw 138 steps/s, so 40 steps at 0.2 s gave only one), with the group's loss range; the sweep printed them as they came,
-    under the group's name."""
+    before the end (written while it trained; CI saw 138 steps/s, so 40 steps at 0.2 s gave only one), with the
+    group's loss range; the sweep printed them as they came, under the group's name."""
     spec = tmp_path / "tiny.yaml"
     spec.write_text(f"""steps: 120
 seeds: [0]

@@ -349,7 +349,7 @@ def test_progress_bar_refreshes_every_10_steps_unless_configured(tmp_path, extra
 def test_image_logger_writes_grids_every_n_epochs():
     from types import SimpleNamespace
 
-    from callbacks import ImageLogger
+    from catvae.benchmarks.vae import ImageLogger
 
     class Writer:
         def __init__(self):

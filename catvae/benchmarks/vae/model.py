@@ -9,7 +9,6 @@ import torch
 from torch import Tensor, nn
 from torchmetrics import MeanMetric, SumMetric
 
-from callbacks import ImageLogger
 from estimators.base import ConfigError
 from estimators.constraints import boolean, integer, one_of, optional, positive, sizes
 from estimators.functional import LOW_PRECISION, log_softmax, sample_one_hot, softmax
@@ -18,6 +17,7 @@ from ...core import EstimatorSpec, EstimatorTask, OptimizerSpec, SchedulerSpec
 from ...fast import ReplayOptimizer, StepRunner
 from ...metrics import StepMean
 from .data import IMAGE_SHAPE
+from .images import ImageLogger
 
 __all__ = ["CategoricalVAE", "RunLinear", "VAEMath", "bernoulli_nll", "kl_to_uniform", "mlp", "run_mlp", "stack_mlps"]
 

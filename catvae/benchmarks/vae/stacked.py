@@ -40,13 +40,13 @@ from __future__ import annotations
 
 import math
 import sys
+import time
 from collections.abc import Callable, Sequence
 
 import lightning as L
 import torch
 from torch import Tensor, nn
 
-from callbacks.timing import device_clock
 from estimators import rng
 from estimators.base import ConfigError, NonFiniteLogitsError
 from estimators.functional import sample_one_hot, softmax
@@ -380,11 +380,18 @@ class StackedVAE(VAEMath, L.LightningModule):
                 continue
             self.writer(r, {k: v[r] if isinstance(v, list) else v for k, v in table.items()}, step)
 
+    def _clock(self) -> float:
+        """``time.perf_counter()`` once the device has finished its queued work (as ``callbacks.Throughput``
+        measures a single run's epoch; a model imports nothing from ``callbacks/``)."""
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        return time.perf_counter()
+
     def on_train_start(self) -> None:
         self._epoch_t0 = None  # an epoch resumed in the middle has no start in this process
 
     def on_train_epoch_start(self) -> None:
-        self._epoch_t0 = device_clock(self)
+        self._epoch_t0 = self._clock()
 
     def on_train_epoch_end(self) -> None:
         step = self.global_step - 1
@@ -394,7 +401,7 @@ class StackedVAE(VAEMath, L.LightningModule):
                 values["train/nelbo_exact"] = self.train_nelbo_exact.compute()
             if self._epoch_t0 is not None:
                 # the group's epoch time shared by its runs: each run's amortized cost, comparable across group sizes
-                values["time/epoch_s"] = torch.full((self.R,), (device_clock(self) - self._epoch_t0) / self.R)
+                values["time/epoch_s"] = torch.full((self.R,), (self._clock() - self._epoch_t0) / self.R)
             self._write(values, step)
             alive = [r for r in range(self.R) if r not in self._dead]
             if alive:  # what the group's progress line shows (its runs' own values go to their loggers)

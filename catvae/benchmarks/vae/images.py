@@ -1,4 +1,5 @@
-"""Image grids of reconstructions and prior samples in TensorBoard."""
+"""The VAE's image grids of reconstructions and prior samples in TensorBoard (its own callback: it needs the VAE's
+``forward``, ``generate`` and ``image_shape``, so it lives with the VAE, not in the generic ``callbacks/``)."""
 
 from __future__ import annotations
 
