@@ -1,7 +1,9 @@
 """The package layout: imports point one way (catvae → callbacks → estimators), no cycles, no hidden imports.
 
 The import graph is read from the source (``ast``), so these tests see every import, also those inside
-functions. ``python -m pytest tests/test_architecture.py -q`` is the check behind docs/architecture.md.
+functions. ``python -m pytest tests/test_architecture.py -q`` is the check behind docs/architecture.md. The AST
+scan for private framework attributes outside ``callbacks/compat.py`` lives with the compat module's own tests
+(``tests/test_compat.py``), next to the per-attribute version checks it complements.
 """
 
 from __future__ import annotations
