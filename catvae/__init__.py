@@ -7,6 +7,15 @@ answer before torch and Lightning are imported; ``catvae.CategoricalVAE`` (a con
 
 from __future__ import annotations
 
+import os
+
+# Intel MKL (torch's CPU BLAS on x86) picks its kernels by the memory alignment of the operands unless told
+# not to, so a run resumed from a checkpoint (tensors loaded at other addresses) drifted from the uninterrupted run
+# by float rounding on AVX-512 CPUs (seen: tests/test_kill_points.py, 8 cases, on a Xeon with AVX-512; AVX2 machines
+# agreed). STRICT makes MKL's results independent of alignment on a given CPU (Intel's "conditional numerical
+# reproducibility"); set before torch is imported. A user's own MKL_CBWR wins.
+os.environ.setdefault("MKL_CBWR", "AUTO,STRICT")
+
 from . import layout  # noqa: F401  (first: checks that estimators/, callbacks/ on the path are catvae's)
 from .lazy import lazy_exports
 

@@ -1,3 +1,4 @@
+import catvae  # noqa: F401, I001  (first: it sets MKL_CBWR before torch is loaded, see catvae/__init__.py)
 import os
 from pathlib import Path
 
