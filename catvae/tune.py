@@ -361,12 +361,13 @@ def run(args: argparse.Namespace) -> int:
                     best = _best(study)
                     why = last.system_attrs.get("fail_reason", "").strip().splitlines()[-1:] \
                         if last.state != optuna.trial.TrialState.COMPLETE else []
-                    print(f"[{_counted(study)}/{spec.trials}] {study.study_name} trial {last.number}: "
+                    counted = _counted(study)
+                    print(f"[{counted}/{spec.trials}] {study.study_name} trial {last.number}: "
                           f"{last.state.name.lower()}{' (' + why[0][:160] + ')' if why else ''} {_fmt(last.value)} "
                           f"{_params(last.params)} "
                           f"({time.perf_counter() - t0:.0f}s); best {_fmt(best.value if best else None)}"
                           f"{' ' + _params(best.params) if best else ''} | "
-                          f"{_bar(index * spec.trials + min(_counted(study), spec.trials), total, started, ran := ran + 1)}",
+                          f"{_bar(index * spec.trials + min(counted, spec.trials), total, started, ran := ran + 1)}",
                           flush=True)
     except Interrupted:
         print("catvae tune: stopped; the stopped trial is failed and not counted: run the same command to go on",
@@ -552,14 +553,15 @@ def confirm(spec_path: Path, spec: TuneSpec, out: Path, args: argparse.Namespace
             collect=None, dry_run=False))
         if status >= 128:  # stopped: nothing to tabulate yet
             return status
-        rows += confirm_rows(spec, setting, folder / "results.csv", load_spec(path, quick=args.quick,
+        rows += confirm_rows(spec, setting, out, folder / "results.csv", load_spec(path, quick=args.quick,
                                                                                 steps=args.steps)[0].metrics)
     write_confirm(spec, rows, out)
     return status
 
 
-def confirm_rows(spec: TuneSpec, setting: str, results_csv: Path, metrics) -> list[dict]:
-    """Per estimator of ``setting``: its default and best parameters and, per column of ``metrics``, the mean ±
+def confirm_rows(spec: TuneSpec, setting: str, out: Path, results_csv: Path, metrics) -> list[dict]:
+    """Per estimator of ``setting``: its default and best parameters (the best from ``out/best/``, as
+    :func:`report` wrote it) and, per column of ``metrics``, the mean ±
     std over the confirmation seeds at each point and the gain (positive: the tuned point is better)."""
     with open(results_csv, newline="") as f:
         table = list(csv.DictReader(f))
@@ -571,7 +573,7 @@ def confirm_rows(spec: TuneSpec, setting: str, results_csv: Path, metrics) -> li
     for run_, params in spec.studies:
         if run_.setting != setting:
             continue
-        best = _read_best(Path(results_csv).parent.parent / "best" / setting / f"{run_.label}.yaml", params)
+        best = _read_best(out / "best" / setting / f"{run_.label}.yaml", params)
         row = {"setting": setting, "estimator": run_.label, "default": _params(_default_point(run_, params)),
                "tuned": _params(best)}
         for m in metrics:
