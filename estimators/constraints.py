@@ -206,13 +206,19 @@ def validate(constraints: Mapping[str, Constraint], values: Mapping[str, Any]) -
 
 
 class CheckedInit:
-    """A class whose constructor arguments are checked against its :attr:`arg_constraints` before any
+    """A class whose constructor arguments are checked against the rules its classes declare before any
     ``__init__`` runs (in ``__new__``, against the signature of the class's ``__init__``): a subclass declares
     its rules and calls nothing, and a :class:`ConfigError` names the first bad argument. ``__init__`` itself
     is left as written, so its signature is what LightningCLI, ``--help`` and ``load_from_checkpoint`` read."""
 
-    #: what each constructor argument accepts; a subclass extends its parent's (``{**Parent.arg_constraints, ...}``).
+    #: what each constructor argument accepts. A base class's rules apply to its subclasses too (a subclass that
+    #: passes ``steps_per_epoch`` on to its base is checked by the base's rule): see :meth:`all_constraints`.
     arg_constraints: ClassVar[dict] = {}
+
+    @classmethod
+    def all_constraints(cls) -> dict:
+        """The rules of ``cls`` and of its bases, a subclass's rule winning for an argument both name."""
+        return {name: rule for klass in reversed(cls.__mro__) for name, rule in vars(klass).get("arg_constraints", {}).items()}
 
     def __new__(cls, *args, **kwargs):
         try:
@@ -220,5 +226,5 @@ class CheckedInit:
         except TypeError:
             pass  # a wrong call (or copy/pickle's bare __new__): Python's own error comes from __init__
         else:
-            validate(cls.arg_constraints, bound.arguments)
+            validate(cls.all_constraints(), bound.arguments)
         return super().__new__(cls)

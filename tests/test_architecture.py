@@ -125,7 +125,7 @@ def test_models_import_nothing_from_callbacks():
     """The benchmarks' models, tasks and data (``catvae/benchmarks/``) and the task base (``catvae/core.py``, but for
     the compat accessors) do not import ``callbacks/``: a callback is wired by a config or the CLI, and what one
     benchmark needs alone (the VAE's image grids) lives in its package."""
-    modules, graph = _graph()
+    _, graph = _graph()
     found = [(m, t, line) for m, edges in graph.items() if m.startswith("catvae.benchmarks") or m == "catvae.core"
              for t, line, _ in edges if t.startswith("callbacks") and not (m == "catvae.core" and t == "callbacks.compat")]
     assert not found, found
@@ -161,9 +161,10 @@ def test_argument_checks_are_declared_not_read_from_the_callers_frame():
 
 
 def test_every_task_and_data_module_checks_its_arguments_before_init(monkeypatch):
-    """Each registered benchmark's task and DataModule is a ``CheckedInit``: every declared argument, given a value
-    no rule accepts, is a ``ConfigError`` naming it, raised before the class's own ``__init__`` body runs; the
-    signature LightningCLI reads is the class's own."""
+    """Each registered benchmark's task and DataModule is a ``CheckedInit``: every argument it or a base declares a
+    rule for (``steps_per_epoch`` is ``StepsDataModule``'s), given a value no rule accepts, is a ``ConfigError``
+    naming it, raised before the class's own ``__init__`` body runs; the signature LightningCLI reads is the
+    class's own."""
     import inspect
 
     import pytest
@@ -178,11 +179,12 @@ def test_every_task_and_data_module_checks_its_arguments_before_init(monkeypatch
     assert len(classes) == 2 * len(BENCHMARKS) and all(issubclass(c, CheckedInit) for c in classes), classes
     for cls in classes:
         parameters = inspect.signature(cls.__init__).parameters
-        assert cls.arg_constraints and set(cls.arg_constraints) <= set(parameters), cls
+        rules = cls.all_constraints()
+        assert cls.arg_constraints and set(rules) <= set(parameters), cls
         required = {"estimator": estimators.build("st")} if "estimator" in parameters else {}
         monkeypatch.setattr(CheckedInit, "__setattr__", lambda self, *a, cls=cls: body_ran.append((cls, a)),
                             raising=False)
-        for name in cls.arg_constraints:
+        for name in rules:
             with pytest.raises(ConfigError, match=name):
                 cls(**{**required, name: object()})
         monkeypatch.undo()
