@@ -23,7 +23,6 @@ from callbacks.compat import (
     metric_reductions,
     metric_state_defaults,
     set_logging_step,
-    set_update_count,
 )
 from estimators import CategoricalEstimator
 from estimators.base import ConfigError
@@ -254,12 +253,19 @@ class EstimatorTask(CheckedInit, LoggedHParams, L.LightningModule):
         rng = {"torch": torch.get_rng_state()}
         if self.device.type == "cuda":
             rng["cuda"] = torch.cuda.get_rng_state(self.device)
-        checkpoint["catvae_rng"] = rng
-        checkpoint["catvae_task"] = {"class": type(self).__qualname__, "estimator": self.estimator.name}
-        checkpoint["catvae_metrics"] = self._metric_states()
-        data = getattr(attached_trainer(self), "datamodule", None)
-        if data is not None:  # what the model was trained on (catvae sample and analyze rebuild its test set)
-            checkpoint["catvae_data"] = {"class_path": f"{type(data).__module__}.{type(data).__qualname__}"}
+        checkpoint.update(self.checkpoint_entries(rng, getattr(attached_trainer(self), "datamodule", None)))
+
+    def checkpoint_entries(self, rng: dict, datamodule: L.LightningDataModule | None = None) -> dict:
+        """What the task adds to its Lightning checkpoint: ``catvae_rng`` (``rng``, the training noise state to
+        continue from), ``catvae_task`` (its class and estimator), ``catvae_metrics`` (its epoch means,
+        :meth:`_metric_states`) and, given the ``datamodule`` it was trained on, ``catvae_data`` (its class:
+        ``catvae sample`` and ``analyze`` rebuild its test set). A batched group's run checkpoints are completed
+        with it too (:func:`catvae.compare.batched.split_checkpoint`)."""
+        entries = {"catvae_rng": rng, "catvae_task": {"class": type(self).__qualname__, "estimator": self.estimator.name},
+                   "catvae_metrics": self._metric_states()}
+        if datamodule is not None:
+            entries["catvae_data"] = {"class_path": f"{type(datamodule).__module__}.{type(datamodule).__qualname__}"}
+        return entries
 
     def on_test_epoch_end(self) -> None:
         """The test metrics go on the step the evaluated model was trained to (Lightning takes a logged ``step`` as
@@ -336,8 +342,7 @@ class EstimatorTask(CheckedInit, LoggedHParams, L.LightningModule):
                         setattr(metric, key, [v.to(default[0].device if default else "cpu") for v in value])
                     else:
                         setattr(metric, key, value.to(device=default.device, dtype=default.dtype))
-            # torchmetrics has no public setter for it; compute() and update_called read it
-            set_update_count(metric, entry.get("update_count", 0))
+            metric.set_update_count(entry.get("update_count", 0))
 
     def on_train_start(self) -> None:
         if self._pending_rng is not None:  # resume: continue the training noise exactly

@@ -6,6 +6,8 @@ import torch
 from torch import Tensor
 from torchmetrics import MeanMetric
 
+from callbacks.compat import set_update_count
+
 __all__ = ["StepMean"]
 
 
@@ -30,3 +32,22 @@ class StepMean(MeanMetric):
     def update(self, value: Tensor, weight: float = 1.0) -> None:  # type: ignore[override]
         self.mean_value += value.detach().to(self.mean_value.dtype) * weight
         self.weight += weight
+
+    def means(self) -> Tensor:
+        """The ``R`` means of a ``runs=R`` metric, of shape ``[R]`` for ``R = 1`` too (``compute``, as every
+        torchmetrics metric's, squeezes a one-element result to a scalar)."""
+        return self.compute().reshape(self.mean_value.shape)
+
+    def load_run(self, states: dict[str, Tensor], r: int, update_count: int | None = None) -> None:
+        """Make this single mean run ``r``'s part of a ``runs=R`` mean's saved ``states`` (``mean_value`` ``[R]``,
+        the shared ``weight``) after ``update_count`` updates (the runs' shared count; unknown — a group
+        checkpoint written before it was recorded — as one update if any was made)."""
+        self.reset()
+        self.mean_value = states["mean_value"][r].to(self.mean_value).clone()
+        self.weight = states["weight"].to(self.weight).clone()
+        self.set_update_count(int(self.weight > 0) if update_count is None else update_count)
+
+    def set_update_count(self, count: int) -> None:
+        """Set the number of updates behind the saved states put back (``compute`` warns when it is 0; torchmetrics
+        has no public setter for it, hence :mod:`callbacks.compat`)."""
+        set_update_count(self, count)

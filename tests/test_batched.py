@@ -185,6 +185,38 @@ def _run_states(tmp: Path, specs) -> dict:
     return out
 
 
+def _differences(a, b, path: str = "checkpoint") -> list[str]:
+    """Where two checkpoints (nested dicts and lists of tensors and values) differ; tensors bitwise, dtype and shape."""
+    if isinstance(a, dict) and isinstance(b, dict):
+        return [d for k in a.keys() | b.keys() for d in
+                (_differences(a[k], b[k], f"{path}[{k!r}]") if k in a and k in b else [f"{path}[{k!r}] in one only"])]
+    if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)) and len(a) == len(b):
+        return [d for i, (x, y) in enumerate(zip(a, b)) for d in _differences(x, y, f"{path}[{i}]")]
+    if isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor):
+        same = a.dtype == b.dtype and a.shape == b.shape and torch.equal(a, b)
+    else:
+        same = type(a) is type(b) and a == b
+    return [] if same else [path]
+
+
+@needs_mnist
+def test_a_group_writes_the_run_checkpoint_that_catvae_fit_writes(tmp_path):
+    """A group of one run trained to step 11 and resumed to step 13 (past an epoch end, mid-epoch) writes the run's
+    ``last.ckpt`` that ``catvae fit`` of the run alone writes at step 13, entry for entry (tensors bitwise):
+    parameters, Adam, noise, epoch means and their update counts, loop progress and the position in the data,
+    hyperparameters, Lightning's own entries; all but the callbacks' states, which belong to the group's folder.
+    (A group of one trains through its epoch ends: its means are one-element tensors, which torchmetrics'
+    ``compute`` squeezes.)"""
+    spec = [(0, "gumbel")]
+    for steps in (11, 13):
+        B.fit_group([_tiny_args(tmp_path / "group", 0, "gumbel", steps)], tmp_path / "group" / "group", "k", test=False)
+    assert main(["fit", *_tiny_args(tmp_path / "alone", 0, "gumbel", 13)]) == 0
+    grouped, alone = (_run_states(tmp_path / t, spec)[spec[0]] for t in ("group", "alone"))
+    assert grouped.pop("callbacks") == {} and alone.pop("callbacks")
+    assert grouped["global_step"] == 13 and grouped["catvae_metrics"]["train_loss"]["update_count"] == 3
+    assert _differences(grouped, alone) == []
+
+
 @needs_mnist
 @pytest.mark.slow
 def test_an_interrupted_and_resumed_group_equals_an_uninterrupted_one(tmp_path):
@@ -212,6 +244,7 @@ def _assert_same_runs(straight: Path, resumed: Path, specs, steps: int, logged_f
         for name, value in a[key]["state_dict"].items():
             assert torch.equal(b[key]["state_dict"][name], value), (key, name)
         assert torch.equal(a[key]["catvae_rng"]["torch"], b[key]["catvae_rng"]["torch"])
+        assert _differences(a[key]["catvae_metrics"], b[key]["catvae_metrics"]) == []  # update counts too
         for i, state in a[key]["optimizer_states"][0]["state"].items():
             assert torch.equal(b[key]["optimizer_states"][0]["state"][i]["exp_avg_sq"], state["exp_avg_sq"])
     run = load_spec(SPEC / "quick.yaml")[0]

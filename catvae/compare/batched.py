@@ -57,6 +57,7 @@ from ..benchmarks.vae.stacked import StackedVAE, run_slice, upgrade_group_checkp
 from ..core import EstimatorTask
 from ..data.loader import StackedBatches
 from ..loggers import drop_held_logs
+from ..metrics import StepMean
 from ..runs import LAST, claim_version, load_checkpoint, record_versions
 from .child import tie_to_parent
 from .spec import Run
@@ -347,23 +348,27 @@ _GROUP_ONLY = ("state_dict", "optimizer_states", "callbacks", "hyper_parameters"
 
 
 def split_checkpoint(group: dict, r: int, template: Template) -> dict:
-    """Run ``r``'s own ``CategoricalVAE`` checkpoint from a group checkpoint.
+    """Run ``r``'s own ``CategoricalVAE`` checkpoint from a group checkpoint: entry for entry what ``catvae fit`` of
+    the run alone writes at the same step (``tests/test_batched.py`` compares them), but for the callbacks' states,
+    which belong to the group's folder.
 
     The group checkpoint is Lightning's (``trainer.save_checkpoint`` of the group's trainer), and every entry that
     is not per run is carried over from it as Lightning wrote it (format version, epoch, global step, loop
-    progress, learning-rate schedulers, the optimizer's parameter groups): nothing of Lightning's format is
-    written here. What is per run is cut from the group's stacked tensors: the parameters (in the run's own
-    layout, under the names of its model, whose other state — buffers — completes them), Adam's moments, the
-    run's position in its data (its part of the stacked loader's state), its noise state and epoch means (the
-    single-run keys ``catvae_rng``, ``catvae_metrics``), its hyperparameters and data module's; no callback
-    states (they belong to the group's folder)."""
-    model = template.model
+    progress, learning-rate schedulers, the optimizer's parameter groups). What is per run is cut from the group's
+    stacked tensors into the run's own model (``template.model``: its parameters in its own layout, its epoch
+    means, :meth:`~catvae.metrics.StepMean.load_run`), which then gives its state dict, hyperparameters and its
+    ``catvae_*`` entries (:meth:`~catvae.core.EstimatorTask.checkpoint_entries`, with the run's noise stream); Adam's
+    moments and the run's position in its data (its part of the stacked loader's state) are sliced here."""
+    model, data = template.model, template.datamodule
     names = [n for n, _ in model.named_parameters()]
     upgrade_group_checkpoint(group, names)
     params = group["state_dict"]
     transposed = [linear_layout(n, params[n]) for n in names]
-    sd = {n: run_slice(params[n], r, t) for n, t in zip(names, transposed)}
-    sd.update({k: v for k, v in model.state_dict().items() if k not in sd})
+    model.load_state_dict({**model.state_dict(), **{n: run_slice(params[n], r, t) for n, t in zip(names, transposed)}})
+    updates = group["catvae_task"].get("metric_updates") or {}
+    for name, metric in model.named_modules():
+        if isinstance(metric, StepMean) and f"{name}.weight" in params:
+            metric.load_run({k: params[f"{name}.{k}"] for k in ("mean_value", "weight")}, r, updates.get(name))
     optimizer = group["optimizer_states"][0]
     state = {i: {k: (run_slice(v, r, transposed[i]) if k != "step" else v.clone()) for k, v in s.items()}
              for i, s in optimizer["state"].items()}
@@ -371,23 +376,15 @@ def split_checkpoint(group: dict, r: int, template: Template) -> dict:
     loader = loops["fit_loop"].get("state_dict", {}).get("combined_loader")
     if loader:
         loops["fit_loop"]["state_dict"]["combined_loader"] = [loader[0]["runs"][r]]
-
-    def mean_state(metric: str) -> dict:
-        w = params[f"{metric}.weight"].clone()
-        return {"states": {"mean_value": params[f"{metric}.mean_value"][r].clone(), "weight": w},
-                "update_count": int(w > 0)}
-
-    data = template.datamodule
     return {
         **{k: v for k, v in group.items() if k not in _GROUP_ONLY},
-        "state_dict": sd, "loops": loops, "callbacks": {},
+        "state_dict": model.state_dict(), "loops": loops, "callbacks": {},
         "optimizer_states": [{**optimizer, "state": state, "param_groups": copy.deepcopy(optimizer["param_groups"])}],
-        "hyper_parameters": dict(model.hparams), "datamodule_hyper_parameters": dict(data.hparams),
-        "datamodule_hparams_name": "kwargs",
-        "catvae_rng": dict(group["catvae_streams"][r]),
-        "catvae_task": {"class": type(model).__qualname__, "estimator": model.estimator.name},
-        "catvae_data": {"class_path": f"{type(data).__module__}.{type(data).__qualname__}"},
-        "catvae_metrics": {"train_loss": mean_state("train_loss"), "train_nelbo_exact": mean_state("train_nelbo_exact")},
+        # the arguments as Lightning's dump_checkpoint writes them: the data module's from save_hyperparameters(),
+        # the task's last saved as a dict (EstimatorTask.record_estimator), for which Lightning records no name
+        model.CHECKPOINT_HYPER_PARAMS_NAME: None, model.CHECKPOINT_HYPER_PARAMS_KEY: dict(model.hparams),
+        data.CHECKPOINT_HYPER_PARAMS_NAME: "kwargs", data.CHECKPOINT_HYPER_PARAMS_KEY: dict(data.hparams),
+        **model.checkpoint_entries(dict(group["catvae_streams"][r]), data),
     }
 
 

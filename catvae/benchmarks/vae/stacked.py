@@ -396,9 +396,9 @@ class StackedVAE(VAEMath, L.LightningModule):
     def on_train_epoch_end(self) -> None:
         step = self.global_step - 1
         if float(self.train_loss.weight) > 0:
-            values = {"train/loss_epoch": self.train_loss.compute()}
+            values = {"train/loss_epoch": self.train_loss.means()}
             if float(self.train_nelbo_exact.weight) > 0:
-                values["train/nelbo_exact"] = self.train_nelbo_exact.compute()
+                values["train/nelbo_exact"] = self.train_nelbo_exact.means()
             if self._epoch_t0 is not None:
                 # the group's epoch time shared by its runs: each run's amortized cost, comparable across group sizes
                 values["time/epoch_s"] = torch.full((self.R,), (self._clock() - self._epoch_t0) / self.R)
@@ -424,7 +424,7 @@ class StackedVAE(VAEMath, L.LightningModule):
 
     def on_validation_epoch_end(self) -> None:
         if not self.trainer.sanity_checking and float(self.val_nelbo.weight) > 0:
-            self._write({"val/nelbo": self.val_nelbo.compute(),
+            self._write({"val/nelbo": self.val_nelbo.means(),
                          "val/n_examples": self.val_nelbo.weight.expand(self.R)}, self.global_step - 1)
         self.val_nelbo.reset()
 
@@ -440,7 +440,7 @@ class StackedVAE(VAEMath, L.LightningModule):
 
     def on_test_epoch_end(self) -> None:
         if float(self.test_nelbo.weight) > 0:
-            self._write({"test/nelbo": self.test_nelbo.compute(), "test/log_likelihood": self.test_ll.compute()},
+            self._write({"test/nelbo": self.test_nelbo.means(), "test/log_likelihood": self.test_ll.means()},
                         self.global_step)
         self.test_nelbo.reset()
         self.test_ll.reset()
@@ -469,7 +469,8 @@ class StackedVAE(VAEMath, L.LightningModule):
             checkpoint["state_dict"]["diverged_at"] = self.diverged_at.detach().clone().cpu()
         checkpoint["catvae_streams"] = [dict(s) for s in self.streams.states]
         checkpoint["catvae_task"] = {"class": type(self).__qualname__, "runs": self.R,
-                                     "estimators": [est.name for est in self.estimators], "layout": LAYOUT}
+                                     "estimators": [est.name for est in self.estimators], "layout": LAYOUT,
+                                     "metric_updates": {name: m.update_count for name, m in self._means()}}
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         task = checkpoint.get("catvae_task") or {}
@@ -478,9 +479,14 @@ class StackedVAE(VAEMath, L.LightningModule):
                               f"{self.R} of {type(self).__qualname__}: delete the group's folder to start it over")
         upgrade_group_checkpoint(checkpoint, self.parameter_names())
         self.streams = RunStreams(checkpoint["catvae_streams"])
+        for name, metric in self._means():  # the means' states come with the state dict, their update counts here
+            metric.set_update_count(task.get("metric_updates", {}).get(name, 0))
         diverged = checkpoint["state_dict"].get("diverged_at")
         self._dead = set() if diverged is None else {r for r, step in enumerate(diverged.tolist()) if step >= 0}
         self._blocks = None
+
+    def _means(self) -> list[tuple[str, StepMean]]:
+        return [(name, m) for name, m in self.named_modules() if isinstance(m, StepMean)]
 
     def parameter_names(self) -> list[str]:
         """The names of the stacked parameters, in order (those of :class:`CategoricalVAE`'s)."""
