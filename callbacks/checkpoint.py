@@ -100,8 +100,20 @@ class RunCheckpoint(ModelCheckpoint):
             # resumed run is bounded by max_epochs)
             return
         super().on_train_epoch_end(trainer, pl_module)
+        if self.epoch_trigger and (_budget_spent(trainer) or _last_epoch(trainer)) and not trainer.sanity_checking \
+                and last_saved_step(self) != trainer.global_step:
+            # the run's last step ends an epoch that is not an every_n_epochs-th one (a batched group's): saved as
+            # the epoch's end, as a run saving every epoch saves it. Saved after the fit instead, as a completed
+            # epoch, a run resumed from it would start its next epoch with another data order
+            save_checkpoint_now(self, trainer, self.format_checkpoint_name({}))
 
 
 def _budget_spent(trainer) -> bool:
     max_steps = trainer.max_steps
     return max_steps is not None and max_steps > 0 and trainer.global_step >= max_steps
+
+
+def _last_epoch(trainer) -> bool:
+    """In ``on_train_epoch_end``: the epoch ending is the last one ``max_epochs`` allows."""
+    max_epochs = trainer.max_epochs
+    return max_epochs is not None and max_epochs > 0 and trainer.current_epoch + 1 >= max_epochs

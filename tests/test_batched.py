@@ -200,20 +200,28 @@ def _differences(a, b, path: str = "checkpoint") -> list[str]:
 
 
 @needs_mnist
-def test_a_group_writes_the_run_checkpoint_that_catvae_fit_writes(tmp_path):
-    """A group of one run trained to step 11 and resumed to step 13 (past an epoch end, mid-epoch) writes the run's
-    ``last.ckpt`` that ``catvae fit`` of the run alone writes at step 13, entry for entry (tensors bitwise):
-    parameters, Adam, noise, epoch means and their update counts, loop progress and the position in the data,
-    hyperparameters, Lightning's own entries; all but the callbacks' states, which belong to the group's folder.
+@pytest.mark.parametrize("budgets", [[11, 13], [20], ["2 epochs"]], ids=["resumed-mid-epoch", "steps-end-an-epoch",
+                                                                           "max-epochs"])
+def test_a_group_writes_the_run_checkpoint_that_catvae_fit_writes(tmp_path, budgets):
+    """A group of one run writes the run's ``last.ckpt`` that ``catvae fit`` of the run alone writes, entry for
+    entry (tensors bitwise): parameters, Adam, noise, epoch means and their update counts, loop progress and the
+    position in the data, hyperparameters, Lightning's own entries; all but the callbacks' states, which belong to
+    the group's folder. Trained to step 11 and resumed to 13 (past an epoch end, mid-epoch); ending at the end of an
+    epoch, by max_steps or max_epochs (10 steps an epoch), which the group checkpoints as an epoch end (as a run
+    saving every epoch does), so that a run continued from it draws the data order of a straight run.
     (A group of one trains through its epoch ends: its means are one-element tensors, which torchmetrics'
     ``compute`` squeezes.)"""
+    def args(tmp: Path, budget) -> list[str]:
+        steps = budget if isinstance(budget, int) else -1
+        return [*_tiny_args(tmp, 0, "gumbel", steps), *([] if steps > 0 else ["--trainer.max_epochs", "2"])]
+
     spec = [(0, "gumbel")]
-    for steps in (11, 13):
-        B.fit_group([_tiny_args(tmp_path / "group", 0, "gumbel", steps)], tmp_path / "group" / "group", "k", test=False)
-    assert main(["fit", *_tiny_args(tmp_path / "alone", 0, "gumbel", 13)]) == 0
+    for budget in budgets:
+        B.fit_group([args(tmp_path / "group", budget)], tmp_path / "group" / "group", "k", test=False)
+    assert main(["fit", *args(tmp_path / "alone", budgets[-1])]) == 0
     grouped, alone = (_run_states(tmp_path / t, spec)[spec[0]] for t in ("group", "alone"))
     assert grouped.pop("callbacks") == {} and alone.pop("callbacks")
-    assert grouped["global_step"] == 13 and grouped["catvae_metrics"]["train_loss"]["update_count"] == 3
+    assert grouped["global_step"] == (13 if len(budgets) > 1 else 20)
     assert _differences(grouped, alone) == []
 
 
