@@ -9,12 +9,14 @@ and keeps its own data order, noise and estimator inside the group.
 What a group leaves behind is what the unbatched sweep leaves: every run has its own
 ``runs/<setting>/<label>/seed<seed>/<estimator>/version_N`` with TensorBoard scalars under the single-run tags,
 ``hparams.yaml`` and ``checkpoints/last.ckpt``, an ordinary ``CategoricalVAE`` checkpoint (``catvae test`` and
-``catvae fit --ckpt_path`` take it; its noise state is the run's own), and ``test/nelbo`` and
+``catvae fit --ckpt_path`` take it; entry for entry what ``catvae fit`` of the run alone writes at that step,
+:func:`split_checkpoint`), and ``test/nelbo`` and
 ``test/log_likelihood`` as ``catvae test --ckpt_path last`` gives them for the run alone (same draws), computed
 for the whole group in one pass (on a GPU, 105 separate ``catvae test`` processes would cost minutes of
 start-up). The group itself checkpoints into
-``groups/<setting>/<group>/checkpoints/last.ckpt`` (every ``--checkpoint_every_n_steps`` steps, at the end, and
-on SIGINT/SIGTERM; not every epoch as a single run does, since a group checkpoint holds every run), and a
+``groups/<setting>/<group>/checkpoints/last.ckpt`` (every ``--checkpoint_every_n_steps`` steps, at the end — as
+an epoch's end when the budget ends one —, and on SIGINT/SIGTERM; not every epoch as a single run does, since a
+group checkpoint holds every run), and a
 rerun of the sweep resumes it exactly; the runs' own checkpoints are written from it when the group stops
 (finished, or interrupted: then they are loadable, but the group is what resumes).
 
