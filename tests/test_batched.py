@@ -336,7 +336,7 @@ def test_batched_quick_sweep_gives_the_unbatched_results_folder(quick_sweep, tmp
     # a deadline far above the work (issue 23: no test bounded by the machine's speed)
     assert gpu_check.main(["--out", str(out), "--work", str(work), "--data_dir", str(tmp_path / "data"), "--table3",
                            str(spec), "--setting", "l48_k2", "--quick", "--deadline_s", "3000"]) == 0
-    assert "3 to run in 1 group(s)" in (work / "quick_seed0_l48_k2.txt").read_text()
+    assert "3 to run in 1 group(s) (largest l48_k2: 3 runs)" in (work / "quick_seed0_l48_k2.txt").read_text()
     assert "ok quick_seed0 l48_k2" in (out / "summary.txt").read_text()
     # what comes back from a device call: within its limits, the tables on their own and in the archive
     assert gpu_check.returnable(out) == [] and {p.name for p in out.iterdir()} == {

@@ -288,10 +288,14 @@ def run_groups(runs: list[Run], out: Path, group_limit: int | None = None,
     (:mod:`catvae.compare.batched`), one group at a time, each in its own process; then each run is tested and
     collected as :func:`run_all` does. ``(results, failures, stop signal or None)``."""
     results, todo = _split_finished(runs, out)
-    groups, sizes = batched.plan_groups([runs[i] for i in todo], out, group_limit)
+    groups, _ = batched.plan_groups([runs[i] for i in todo], out, group_limit)
+    largest = {g[0].setting: 0 for g in groups}
+    for g in groups:
+        largest[g[0].setting] = max(largest[g[0].setting], len(g))
     print(f"catvae compare --batched: {len(runs)} runs, {len(runs) - len(todo)} already finished, {len(todo)} to run "
-          f"in {len(groups)} group(s) of at most {', '.join(f'{s}: {n}' for s, n in sizes.items()) or '-'} runs "
-          f"-> {out}", flush=True)
+          f"in {len(groups)} group(s)"
+          f"{' (largest ' + ', '.join(f'{s}: {n} runs' for s, n in largest.items()) + ')' if largest else ''}"
+          f" -> {out}", flush=True)
     index = {id(run): i for i, run in enumerate(runs)}
     failures: list[str] = []
     children = _Children(Watch(progress_every))
