@@ -209,11 +209,11 @@ def test_a_group_writes_the_run_checkpoint_that_catvae_fit_writes(tmp_path, budg
     entry (integer tensors bitwise, floating ones to the tolerance of a group of one's step, which on the CPUs tried
     is equality, as in test_a_group_trains_each_run_as_the_single_run_step): parameters, Adam, noise, epoch means
     and their update counts, loop progress and the position in the data, hyperparameters, Lightning's own entries;
-    all but the callbacks' states, which belong to the group's folder. Trained to step 11 and resumed to 13 (past an epoch end, mid-epoch); ending at the end of an
-    epoch, by max_steps or max_epochs (10 steps an epoch), which the group checkpoints as an epoch end (as a run
-    saving every epoch does), so that a run continued from it draws the data order of a straight run.
-    (A group of one trains through its epoch ends: its means are one-element tensors, which torchmetrics'
-    ``compute`` squeezes.)"""
+    all but the callbacks' states, which belong to the group's folder. Trained to step 11 and resumed to 13 (past an
+    epoch end, mid-epoch); ending at the end of an epoch, by max_steps or max_epochs (10 steps an epoch), which the
+    group checkpoints as an epoch end (as a run saving every epoch does), so that a run continued from it draws the
+    data order of a straight run. (A group of one trains through its epoch ends: its means are one-element tensors,
+    which torchmetrics' ``compute`` squeezes.)"""
     def args(tmp: Path, budget) -> list[str]:
         steps = budget if isinstance(budget, int) else -1
         return [*_tiny_args(tmp, 0, "gumbel", steps), *([] if steps > 0 else ["--trainer.max_epochs", "2"])]
