@@ -86,7 +86,7 @@ def compare(args: argparse.Namespace) -> int:
         raise ConfigError("--shard runs part of a sweep and --collect assembles one: use one or the other")
     mine = [r for j, r in enumerate(runs) if j % shard[1] == shard[0]] if shard else runs
     if args.dry_run and args.batched:
-        groups, _ = batched.plan_groups(mine, out, args.group_size)
+        groups = batched.plan_groups(mine, out, args.group_size)
         for g, group in enumerate(groups):
             print(f"group {g + 1}/{len(groups)} ({group[0].setting}, {len(group)} runs): "
                   + ", ".join(f"{r.label}/seed{r.seed}" for r in group))

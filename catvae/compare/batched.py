@@ -235,16 +235,16 @@ def plan(runs: list[Run], size: int | dict[str, int]) -> list[list[Run]]:
     return groups
 
 
-def plan_groups(runs: list[Run], out: Path, limit: int | None = None) -> tuple[list[list[Run]], dict[str, int]]:
+def plan_groups(runs: list[Run], out: Path, limit: int | None = None) -> list[list[Run]]:
     """The groups of ``runs`` (:func:`plan`) with each setting's size from :func:`group_size` (its first run built
-    as ``catvae fit`` would build it), and those sizes."""
+    as ``catvae fit`` would build it)."""
     sizes: dict[str, int] = {}
     for setting in dict.fromkeys(run.setting for run in runs):
         templates = [build_template(run.train_args(out)) for run in _representatives([r for r in runs if r.setting == setting])]
         sizes[setting] = group_size(templates[0], limit)
         check_group(templates)
     drop_held_logs()  # "Seed set to 0" of each template: the groups print theirs in their own log.txt
-    return plan(runs, sizes), sizes
+    return plan(runs, sizes)
 
 
 def _representatives(runs: list[Run]) -> list[Run]:

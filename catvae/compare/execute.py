@@ -288,10 +288,10 @@ def run_groups(runs: list[Run], out: Path, group_limit: int | None = None,
     (:mod:`catvae.compare.batched`), one group at a time, each in its own process; then each run is tested and
     collected as :func:`run_all` does. ``(results, failures, stop signal or None)``."""
     results, todo = _split_finished(runs, out)
-    groups, _ = batched.plan_groups([runs[i] for i in todo], out, group_limit)
-    largest = {g[0].setting: 0 for g in groups}
+    groups = batched.plan_groups([runs[i] for i in todo], out, group_limit)
+    largest: dict[str, int] = {}
     for g in groups:
-        largest[g[0].setting] = max(largest[g[0].setting], len(g))
+        largest[g[0].setting] = max(largest.get(g[0].setting, 0), len(g))
     print(f"catvae compare --batched: {len(runs)} runs, {len(runs) - len(todo)} already finished, {len(todo)} to run "
           f"in {len(groups)} group(s)"
           f"{' (largest ' + ', '.join(f'{s}: {n} runs' for s, n in largest.items()) + ')' if largest else ''}"
