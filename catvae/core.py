@@ -31,7 +31,7 @@ from estimators.rng import seeded
 
 from .errors import TrainingDiverged
 from .loggers import LoggedHParams
-from .metrics import StepMean
+from .metrics import step_means
 
 __all__ = ["EstimatorSpec", "EstimatorTask", "OptimizerSpec", "SchedulerSpec", "resolve_estimator"]
 
@@ -309,9 +309,7 @@ class EstimatorTask(CheckedInit, LoggedHParams, L.LightningModule):
         logged = loop is not None and loop.epoch_progress.current.processed > loop.epoch_progress.current.completed \
             and loop.epoch_loop.batch_progress.is_last_batch
         states = {}
-        for name, metric in self.named_modules():
-            if not isinstance(metric, StepMean):
-                continue
+        for name, metric in step_means(self).items():
             if logged:
                 states[name] = {"states": {key: _detached(v) for key, v in metric_state_defaults(metric).items()},
                                 "update_count": 0}
@@ -326,10 +324,10 @@ class EstimatorTask(CheckedInit, LoggedHParams, L.LightningModule):
         reduction on every rank, so that the next reduction over ranks gives the saved value again."""
         trainer = attached_trainer(self)
         rank = trainer.global_rank if trainer is not None else 0
-        modules = dict(self.named_modules())
+        means = step_means(self)
         for name, entry in saved.items():
-            metric = modules.get(name)
-            if not isinstance(metric, StepMean):
+            metric = means.get(name)
+            if metric is None:
                 continue
             metric.reset()
             for key, value in entry["states"].items():

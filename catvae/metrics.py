@@ -8,7 +8,7 @@ from torchmetrics import MeanMetric
 
 from callbacks.compat import set_update_count
 
-__all__ = ["StepMean"]
+__all__ = ["StepMean", "step_means"]
 
 
 class StepMean(MeanMetric):
@@ -51,3 +51,8 @@ class StepMean(MeanMetric):
         """Set the number of updates behind the saved states put back (``compute`` warns when it is 0; torchmetrics
         has no public setter for it, hence :mod:`callbacks.compat`)."""
         set_update_count(self, count)
+
+
+def step_means(module: torch.nn.Module) -> dict[str, StepMean]:
+    """The :class:`StepMean` submodules of ``module`` by name (a task's epoch means, which its checkpoints carry)."""
+    return {name: m for name, m in module.named_modules() if isinstance(m, StepMean)}

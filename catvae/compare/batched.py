@@ -59,7 +59,7 @@ from ..benchmarks.vae.stacked import StackedVAE, run_slice, upgrade_group_checkp
 from ..core import EstimatorTask
 from ..data.loader import StackedBatches
 from ..loggers import drop_held_logs
-from ..metrics import StepMean
+from ..metrics import step_means
 from ..runs import LAST, claim_version, load_checkpoint, record_versions
 from .child import tie_to_parent
 from .spec import Run
@@ -368,8 +368,8 @@ def split_checkpoint(group: dict, r: int, template: Template) -> dict:
     transposed = [linear_layout(n, params[n]) for n in names]
     model.load_state_dict({**model.state_dict(), **{n: run_slice(params[n], r, t) for n, t in zip(names, transposed)}})
     updates = group["catvae_task"].get("metric_updates") or {}
-    for name, metric in model.named_modules():
-        if isinstance(metric, StepMean) and f"{name}.weight" in params:
+    for name, metric in step_means(model).items():
+        if f"{name}.weight" in params:
             metric.load_run({k: params[f"{name}.{k}"] for k in ("mean_value", "weight")}, r, updates.get(name))
     optimizer = group["optimizer_states"][0]
     state = {i: {k: (run_slice(v, r, transposed[i]) if k != "step" else v.clone()) for k, v in s.items()}

@@ -54,7 +54,7 @@ from estimators.functional import sample_one_hot, softmax
 from ...core import adam
 from ...errors import TrainingDiverged
 from ...fast import ReplayOptimizer, StepRunner, canonical_device
-from ...metrics import StepMean
+from ...metrics import StepMean, step_means
 from .model import CategoricalVAE, VAEMath, bernoulli_nll, kl_to_uniform, linear_layout, run_mlp, stack_mlps
 
 __all__ = ["ARCHITECTURE", "RunStreams", "StackedVAE", "run_slice", "upgrade_group_checkpoint"]
@@ -470,7 +470,7 @@ class StackedVAE(VAEMath, L.LightningModule):
         checkpoint["catvae_streams"] = [dict(s) for s in self.streams.states]
         checkpoint["catvae_task"] = {"class": type(self).__qualname__, "runs": self.R,
                                      "estimators": [est.name for est in self.estimators], "layout": LAYOUT,
-                                     "metric_updates": {name: m.update_count for name, m in self._means()}}
+                                     "metric_updates": {name: m.update_count for name, m in step_means(self).items()}}
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         task = checkpoint.get("catvae_task") or {}
@@ -479,14 +479,11 @@ class StackedVAE(VAEMath, L.LightningModule):
                               f"{self.R} of {type(self).__qualname__}: delete the group's folder to start it over")
         upgrade_group_checkpoint(checkpoint, self.parameter_names())
         self.streams = RunStreams(checkpoint["catvae_streams"])
-        for name, metric in self._means():  # the means' states come with the state dict, their update counts here
+        for name, metric in step_means(self).items():  # the means' states come with the state dict, their update counts here
             metric.set_update_count(task.get("metric_updates", {}).get(name, 0))
         diverged = checkpoint["state_dict"].get("diverged_at")
         self._dead = set() if diverged is None else {r for r, step in enumerate(diverged.tolist()) if step >= 0}
         self._blocks = None
-
-    def _means(self) -> list[tuple[str, StepMean]]:
-        return [(name, m) for name, m in self.named_modules() if isinstance(m, StepMean)]
 
     def parameter_names(self) -> list[str]:
         """The names of the stacked parameters, in order (those of :class:`CategoricalVAE`'s)."""
