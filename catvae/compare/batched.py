@@ -329,7 +329,7 @@ def fit_group(fit: list[list[str]], folder: Path, key: str, callbacks: list | No
     try:
         trainer.fit(module, datamodule=data, ckpt_path=str(ckpt) if resume else None, weights_only=True)
         if trainer.global_step > max(last_saved_step(c) for c in last):
-            trainer.save_checkpoint(ckpt)  # the end of training, between two checkpoint steps
+            trainer.save_checkpoint(ckpt)  # a stop the callbacks did not save (the budget's end they do), e.g. max_time
         if test:
             trainer.test(module, datamodule=data, verbose=False, weights_only=True)
     finally:
